@@ -1,0 +1,35 @@
+"""gpt2cy: OpenAI's GPT-2 on the CPU, from the original checkpoint files.
+
+    import gpt2cy
+    model = gpt2cy.load("124M")            # or a directory with OpenAI's or HuggingFace's files
+    print(model.generate("Hello, my name is", max_new_tokens=20))
+"""
+from .errors import (CheckpointError, ContextLengthError, DownloadError, GPT2CyError,
+                     ModelNotFound, TokenizerError)
+
+__version__ = "0.1.0"
+
+# Heavier pieces load on first use, so `gpt2cy --help` and `import gpt2cy` stay fast.
+_LAZY = {
+    "load": ("model", "load"),
+    "Model": ("model", "Model"),
+    "Config": ("config", "Config"),
+    "Tokenizer": ("tokenizer", "Tokenizer"),
+    "get_tokenizer": ("tokenizer", "get_tokenizer"),
+    "Chat": ("chat", "Chat"),
+    "GenerationChunk": ("generation", "GenerationChunk"),
+    "verify": ("checkpoint", "verify"),
+}
+
+__all__ = ["CheckpointError", "ContextLengthError", "DownloadError", "GPT2CyError", "ModelNotFound",
+           "TokenizerError", "__version__", *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+        mod, attr = _LAZY[name]
+        value = getattr(importlib.import_module(f".{mod}", __name__), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'gpt2cy' has no attribute {name!r}")

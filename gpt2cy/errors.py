@@ -1,0 +1,25 @@
+"""The package's exception types. Every user-facing failure is one of these, with a one-line message."""
+
+
+class GPT2CyError(Exception):
+    """Base class of every error gpt2cy raises on purpose."""
+
+
+class CheckpointError(GPT2CyError):
+    """A model file is missing, truncated, corrupt, or does not match hparams.json."""
+
+
+class TokenizerError(GPT2CyError):
+    """A vocabulary file is malformed, or a token id is outside the vocabulary."""
+
+
+class ContextLengthError(GPT2CyError, ValueError):
+    """A sequence would run past the model's context (n_ctx positions)."""
+
+
+class ModelNotFound(GPT2CyError):
+    """A named model is not in the cache and may not be downloaded (offline, or download=False)."""
+
+
+class DownloadError(GPT2CyError):
+    """A download failed; no partial file was left under the final name."""
