@@ -1,0 +1,54 @@
+"""Benchmark setup: pinned thread pools, the BLAS kernel on record, a random 124M-shaped checkpoint.
+
+Run with: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE pytest --benchmark-only
+"""
+import os
+
+# Pin every pool before numpy or torch start theirs: oversubscribed OpenMP/BLAS pools swamp the timings.
+_THREADS = os.environ.get("GPT2CY_BENCH_THREADS") or str(min(2, os.cpu_count() or 1))
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, _THREADS)
+
+import pytest  # noqa: E402
+
+
+def bench_threads() -> int:
+    """The thread count every benchmark (ours and the peers') uses."""
+    return int(_THREADS)
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """Record which BLAS kernel numpy runs, and the OpenBLAS variables, beside the figures."""
+    machine_info["bench_threads"] = bench_threads()
+    machine_info["OPENBLAS_CORETYPE"] = os.environ.get("OPENBLAS_CORETYPE")
+    machine_info["OPENBLAS_L2_SIZE"] = os.environ.get("OPENBLAS_L2_SIZE")
+    try:
+        import numpy  # noqa: F401
+        from threadpoolctl import threadpool_info
+        machine_info["threadpools"] = [
+            {k: p.get(k) for k in ("internal_api", "version", "architecture", "num_threads")}
+            for p in threadpool_info()]
+    except ImportError:
+        machine_info["threadpools"] = "threadpoolctl not installed"
+
+
+def pytest_report_header(config):
+    try:
+        import numpy  # noqa: F401
+        from threadpoolctl import threadpool_info
+        kernels = ", ".join(f"{p.get('internal_api')} {p.get('architecture')} x{p.get('num_threads')}"
+                            for p in threadpool_info())
+    except ImportError:
+        kernels = "unknown (threadpoolctl not installed)"
+    return [f"gpt2cy bench: {bench_threads()} threads; numpy BLAS: {kernels}; "
+            f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')}"]
+
+
+@pytest.fixture(scope="session")
+def model_124m_dir(tmp_path_factory):
+    """A random-weight checkpoint with GPT-2 124M's exact shapes, in OpenAI's file format."""
+    from gpt2cy.config import PUBLISHED
+    from gpt2cy.testing import write_random_model
+    path = tmp_path_factory.mktemp("gpt2-124M-random")
+    write_random_model(str(path), PUBLISHED["124M"], seed=0)
+    return str(path)
