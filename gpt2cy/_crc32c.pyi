@@ -1,0 +1,9 @@
+from typing import Union
+
+import numpy as np
+
+_Buffer = Union[bytes, bytearray, memoryview, np.ndarray]
+
+def hardware_accelerated() -> bool: ...
+def crc32c(data: _Buffer, crc: int = 0, hardware: bool = True) -> int: ...
+def checksum_f32(data: _Buffer, crc: int = 0, hardware: bool = True) -> tuple[int, int]: ...

@@ -1,0 +1,312 @@
+"""Model-directory loading: layout detection, hparams, key set and shapes, zero-copy views, verify, and a
+one-line CheckpointError for every broken model directory."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+import gpt2cy
+from gpt2cy import CheckpointError
+from gpt2cy.checkpoint import (LAYER_PARAMS, expected_shapes, find_layout, hf_name, load_config, load_weights,
+                               match_tf_entries, tf_name, tf_shapes, verify)
+from gpt2cy.config import PUBLISHED, Config
+from gpt2cy.testing import random_tensors, write_random_model
+from gpt2cy.tfbundle import check_data_ranges, data_filename, parse_index, read_index
+from gpt2cy.tfbundle_writer import build_index, write_bundle
+
+TINY = Config(n_vocab=50257, n_ctx=64, n_embd=32, n_head=4, n_layer=2)
+SMALL_VOCAB = Config(n_vocab=97, n_ctx=16, n_embd=8, n_head=2, n_layer=3)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return write_random_model(str(tmp_path_factory.mktemp("tiny")), TINY, seed=3)
+
+
+@pytest.fixture
+def model_copy(tiny_dir, tmp_path):
+    """A private copy of the tiny model to damage."""
+    dst = tmp_path / "m"
+    shutil.copytree(tiny_dir, dst)
+    return str(dst)
+
+
+def _tensors(config, seed):
+    return {name: np.concatenate(list(chunks)).reshape(shape) for name, shape, chunks in random_tensors(config, seed)}
+
+
+# --- names and shapes -----------------------------------------------------------------------------
+
+def test_names():
+    assert tf_name("wte") == "model/wte"
+    assert tf_name("h11.attn.c_attn.w") == "model/h11/attn/c_attn/w"
+    assert tf_name("ln_f.g") == "model/ln_f/g"
+    assert hf_name("h11.attn.c_attn.w") == "h.11.attn.c_attn.weight"
+    assert hf_name("h0.ln_1.g") == "h.0.ln_1.weight"
+    assert hf_name("h0.mlp.c_proj.b") == "h.0.mlp.c_proj.bias"
+    assert hf_name("wpe") == "wpe.weight" and hf_name("ln_f.b") == "ln_f.bias"
+
+
+def test_expected_shapes_cover_gpt2():
+    shapes = expected_shapes(PUBLISHED["124M"])
+    assert len(shapes) == 4 + 12 * 12 == 148
+    assert shapes["h3.attn.c_attn.w"] == (768, 2304) and shapes["h3.mlp.c_proj.w"] == (3072, 768)
+    assert sum(int(np.prod(s)) for s in shapes.values()) == PUBLISHED["124M"].n_params == 124_439_808
+    assert tf_shapes(PUBLISHED["124M"])["model/h0/mlp/c_fc/w"] == (1, 768, 3072)
+    assert len(LAYER_PARAMS) == 12
+
+
+@pytest.mark.parametrize("size", list(PUBLISHED))
+def test_published_sizes_accepted_from_index_alone(size):
+    """An index with each published size's shapes (no data file) passes every check against its hparams."""
+    config = PUBLISHED[size]
+    offset, entries = 0, []
+    for name, shape in tf_shapes(config).items():
+        n = 4 * int(np.prod(shape))
+        entries.append((name, np.float32, shape, offset, n, 0))
+        offset += n
+    index = parse_index(build_index(entries), f"{size}.index")
+    names = match_tf_entries(index, config)
+    assert len(names) == 4 + 12 * config.n_layer
+    assert offset == 4 * config.n_params
+    published = {"124M": 497_759_232, "355M": 1_419_292_672, "774M": 3_096_120_320, "1558M": 6_230_444_800}
+    assert offset == published[size]
+    check_data_ranges(index, "x.data", offset)
+    with pytest.raises(CheckpointError, match="file is"):
+        check_data_ranges(index, "x.data", offset - 1)
+    other = PUBLISHED["355M" if size != "355M" else "124M"]
+    with pytest.raises(CheckpointError):
+        match_tf_entries(index, other)
+
+
+def test_real_124m_index_size():
+    """OpenAI's 124M model.ckpt.index is 5,215 bytes; our writer produces the same table size."""
+    config = PUBLISHED["124M"]
+    entries, offset = [], 0
+    for name, shape in sorted(tf_shapes(config).items()):         # data in key order, as TF's Saver writes
+        n = 4 * int(np.prod(shape))
+        entries.append((name, np.float32, shape, offset, n, 0x12345678))
+        offset += n
+    assert len(build_index(entries)) == 5215
+
+
+# --- loading --------------------------------------------------------------------------------------
+
+def test_load_tiny(tiny_dir):
+    w = load_weights(tiny_dir)
+    assert w.config == Config(50257, 64, 32, 4, 2, name=os.path.basename(tiny_dir))
+    assert w.format == "tf"
+    shapes = expected_shapes(TINY)
+    assert list(w.tensors) == list(shapes)
+    want = _tensors(TINY, seed=3)
+    for name, a in w.tensors.items():
+        assert a.shape == shapes[name] and a.dtype == np.float32
+        assert a.flags.c_contiguous and not a.flags.writeable and not a.flags.owndata
+        np.testing.assert_array_equal(a, want[name])
+    assert w.nbytes == 4 * TINY.n_params
+
+
+def test_views_share_one_mapping(tiny_dir):
+    w = load_weights(tiny_dir)
+    bases = set()
+    for a in w.tensors.values():
+        b = a
+        while isinstance(b, np.ndarray) and b.base is not None:
+            b = b.base
+        bases.add(id(b.obj if isinstance(b, memoryview) else b))
+    assert len(bases) == 1                       # every tensor is a view of the same mmap, no copies
+    with pytest.raises(ValueError):
+        w.tensors["wte"][0, 0] = 1.0
+
+
+def test_random_weights_are_sane_and_seeded(tiny_dir, tmp_path):
+    w = load_weights(tiny_dir).tensors
+    assert abs(float(w["wte"].std()) - 0.02) < 0.001
+    assert abs(float(w["h0.ln_1.g"].mean()) - 1.0) < 0.02
+    assert float(np.abs(w["h1.mlp.c_fc.b"]).max()) < 0.1
+    again = load_weights(write_random_model(str(tmp_path / "again"), TINY, seed=3)).tensors
+    other = load_weights(write_random_model(str(tmp_path / "other"), TINY, seed=4)).tensors
+    assert all(np.array_equal(w[k], again[k]) for k in w)
+    assert not np.array_equal(w["wte"], other["wte"])
+
+
+def test_model_dir_has_openai_files(tiny_dir, vocab_dir):
+    files = set(os.listdir(tiny_dir))
+    assert {"hparams.json", "model.ckpt.index", "model.ckpt.data-00000-of-00001", "checkpoint",
+            "encoder.json", "vocab.bpe"} <= files
+    assert json.load(open(os.path.join(tiny_dir, "hparams.json"))) == TINY.to_json()
+    assert open(os.path.join(tiny_dir, "checkpoint")).read().startswith('model_checkpoint_path: "model.ckpt"')
+    for f in ("encoder.json", "vocab.bpe"):
+        assert open(os.path.join(tiny_dir, f), "rb").read() == open(os.path.join(vocab_dir, f), "rb").read()
+
+
+def test_verify(tiny_dir):
+    r = verify(tiny_dir)
+    assert (r.format, r.n_tensors, r.n_bytes, r.checksummed) == ("tf", 28, 4 * TINY.n_params, True)
+    assert gpt2cy.verify(tiny_dir) == r
+
+
+def test_load_accepts_pathlike_and_other_prefixes(tiny_dir, tmp_path):
+    """gpt-2-simple style: the `checkpoint` file names the prefix (model-1000)."""
+    from pathlib import Path
+    assert load_weights(Path(tiny_dir)).config.n_layer == 2
+    d = tmp_path / "run1"
+    d.mkdir()
+    shutil.copy(os.path.join(tiny_dir, "hparams.json"), d)
+    shutil.copy(os.path.join(tiny_dir, "model.ckpt.index"), d / "model-1000.index")
+    shutil.copy(os.path.join(tiny_dir, "model.ckpt.data-00000-of-00001"), d / "model-1000.data-00000-of-00001")
+    (d / "model-500.index").write_bytes(b"")        # an older, broken save the checkpoint file no longer names
+    (d / "checkpoint").write_text('model_checkpoint_path: "model-1000"\nall_model_checkpoint_paths: "model-1000"\n')
+    assert find_layout(str(d)) == ("tf", str(d / "model-1000"))
+    assert load_weights(str(d)).tensors["wte"].shape == (50257, 32)
+
+
+def test_optimizer_slots_and_global_step_ignored(tmp_path):
+    d = tmp_path / "ft"
+    d.mkdir()
+    t = {tf_name(k): v.reshape((1, *v.shape)) if k.endswith(".w") else v
+         for k, v in _tensors(SMALL_VOCAB, 0).items()}
+    t["model/wte/Adam"] = np.zeros((97, 8), np.float32)
+    t["global_step"] = np.array(1000, np.int64)
+    t["beta1_power"] = np.float32(0.9)
+    write_bundle(str(d / "model.ckpt"), t)
+    (d / "hparams.json").write_text(json.dumps(SMALL_VOCAB.to_json()))
+    w = load_weights(str(d))
+    assert set(w.tensors) == set(expected_shapes(SMALL_VOCAB))
+    assert verify(str(d)).n_tensors == len(t)
+
+
+# --- broken model directories ---------------------------------------------------------------------
+
+def _err(model_dir, match):
+    with pytest.raises(CheckpointError, match=match) as e:
+        load_weights(model_dir)
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_truncated_data_file(model_copy):
+    p = data_filename(os.path.join(model_copy, "model.ckpt"))
+    with open(p, "r+b") as f:
+        f.truncate(os.path.getsize(p) - 1000)
+    msg = _err(model_copy, "but tensor .* needs bytes")
+    assert msg.startswith(p)
+
+
+def test_flipped_index_byte(model_copy):
+    p = os.path.join(model_copy, "model.ckpt.index")
+    data = bytearray(open(p, "rb").read())
+    data[len(data) // 2] ^= 0x04
+    open(p, "wb").write(data)
+    assert _err(model_copy, "checksum mismatch").startswith(p)
+
+
+def test_flipped_data_byte_is_found_by_verify_only(model_copy):
+    p = data_filename(os.path.join(model_copy, "model.ckpt"))
+    with open(p, "r+b") as f:
+        f.seek(12345)
+        b = f.read(1)
+        f.seek(12345)
+        f.write(bytes([b[0] ^ 1]))
+    load_weights(model_copy)                       # loading never reads the data
+    with pytest.raises(CheckpointError, match=r"checksum mismatch in tensor 'model/h0/attn/c_attn/w' \(bytes \[384, 12672\)"):
+        verify(model_copy)
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("n_embd", 64, r"'model/wte' has shape \[50257, 32\], but .*hparams.json \(.*n_embd=64.* implies \[50257, 64\]"),
+    ("n_ctx", 128, r"'model/wpe' has shape \[64, 32\].* implies \[128, 32\]"),
+    ("n_vocab", 50000, r"'model/wte' has shape \[50257, 32\]"),
+    ("n_layer", 3, r"missing tensor\(s\) model/h2/"),
+    ("n_layer", 1, r"unexpected tensor 'model/h1/"),
+])
+def test_wrong_shape_in_hparams(model_copy, key, value, match):
+    p = os.path.join(model_copy, "hparams.json")
+    h = json.load(open(p))
+    h[key] = value
+    json.dump(h, open(p, "w"))
+    _err(model_copy, match)
+
+
+def test_missing_tensor(tmp_path):
+    t = {tf_name(k): v.reshape((1, *v.shape)) if k.endswith(".w") else v
+         for k, v in _tensors(SMALL_VOCAB, 0).items()}
+    del t["model/h1/ln_2/b"]
+    write_bundle(str(tmp_path / "model.ckpt"), t)
+    (tmp_path / "hparams.json").write_text(json.dumps(SMALL_VOCAB.to_json()))
+    _err(str(tmp_path), r"missing tensor\(s\) model/h1/ln_2/b that .*hparams.json")
+
+
+def test_wrong_dtype(tmp_path):
+    t = {tf_name(k): v.reshape((1, *v.shape)) if k.endswith(".w") else v
+         for k, v in _tensors(SMALL_VOCAB, 0).items()}
+    t["model/ln_f/g"] = t["model/ln_f/g"].astype(np.float64)
+    write_bundle(str(tmp_path / "model.ckpt"), t)
+    (tmp_path / "hparams.json").write_text(json.dumps(SMALL_VOCAB.to_json()))
+    _err(str(tmp_path), "'model/ln_f/g' is float64, expected float32")
+
+
+@pytest.mark.parametrize("content,match", [
+    (b"", "too short for a checkpoint index"),
+    (b"\x00" * 100, "bad magic"),
+    ("encoder", "bad magic"),
+])
+def test_non_checkpoint_index(model_copy, content, match):
+    p = os.path.join(model_copy, "model.ckpt.index")
+    if content == "encoder":
+        content = open(os.path.join(model_copy, "encoder.json"), "rb").read()
+    open(p, "wb").write(content)
+    assert _err(model_copy, match).startswith(p)
+
+
+def test_empty_data_file(model_copy):
+    open(data_filename(os.path.join(model_copy, "model.ckpt")), "wb").close()
+    _err(model_copy, "file is 0 bytes")
+
+
+def test_missing_data_file(model_copy):
+    os.remove(data_filename(os.path.join(model_copy, "model.ckpt")))
+    _err(model_copy, "data-00000-of-00001: file not found")
+
+
+@pytest.mark.parametrize("content,match", [
+    (None, "hparams.json: file not found"),
+    (b"{not json", "not valid JSON"),
+    (b"\xff\xfe", "not valid JSON"),
+    (b"[1, 2]", "expected a JSON object"),
+    (b'{"n_vocab": 50257, "n_ctx": 64, "n_embd": 32, "n_head": 4}', "'n_layer' must be an integer"),
+    (b'{"n_vocab": 50257, "n_ctx": 64, "n_embd": 32, "n_head": 5, "n_layer": 2}', "not divisible"),
+    (b'{"n_vocab": 50257, "n_ctx": 64, "n_embd": "32", "n_head": 4, "n_layer": 2}', "'n_embd' must be"),
+    (b'{"n_vocab": 50257, "n_ctx": -64, "n_embd": 32, "n_head": 4, "n_layer": 2}', "out of range"),
+])
+def test_bad_hparams(model_copy, content, match):
+    p = os.path.join(model_copy, "hparams.json")
+    if content is None:
+        os.remove(p)
+    else:
+        open(p, "wb").write(content)
+    _err(model_copy, match)
+
+
+def test_not_a_model_directory(tmp_path):
+    _err(str(tmp_path / "nope"), "no such directory")
+    (tmp_path / "file").write_text("x")
+    _err(str(tmp_path / "file"), "not a directory")
+    (tmp_path / "empty").mkdir()
+    _err(str(tmp_path / "empty"), "no GPT-2 checkpoint here")
+    with pytest.raises(CheckpointError, match="no GPT-2 checkpoint"):
+        verify(str(tmp_path / "empty"))
+
+
+def test_index_is_a_directory(model_copy):
+    p = os.path.join(model_copy, "model.ckpt.index")
+    os.remove(p)
+    os.mkdir(p)
+    _err(model_copy, "is a directory")
+
+
+def test_load_config(tiny_dir):
+    assert load_config(tiny_dir).n_embd == 32
+    assert read_index(os.path.join(tiny_dir, "model.ckpt.index")).header.num_shards == 1
