@@ -57,7 +57,7 @@ class Config:
                 raw = json.loads(f.read().decode("utf-8"))
         except FileNotFoundError:
             raise CheckpointError(f"{path}: file not found") from None
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             raise CheckpointError(f"{path}: not valid JSON ({e})") from None
         except OSError as e:
             raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
