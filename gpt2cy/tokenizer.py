@@ -1,0 +1,451 @@
+"""GPT-2's tokenizer: load and check the vocabulary files, then encode and decode through the compiled BPE.
+
+    tok = gpt2cy.get_tokenizer()                    # the vocabulary of a cached model (124M by default)
+    tok = gpt2cy.Tokenizer.from_dir("models/124M")  # encoder.json + vocab.bpe, or vocab.json + merges.txt
+    tok.encode("Hello world")                       # [15496, 995]
+    tok.decode([15496, 995])                        # 'Hello world'
+
+Ids match OpenAI's encoder.py, tiktoken's "gpt2" encoding and HF tokenizers' GPT-2 for every string.
+The merge loop and the pre-tokenizer are in gpt2cy/_bpe.pyx and gpt2cy/_pretokenize.pxd (Unicode 16 tables).
+"""
+from __future__ import annotations
+
+import codecs
+import json
+import os
+from typing import AbstractSet, Collection, Iterable, Literal, Mapping, Sequence, Union
+
+from .errors import TokenizerError
+
+__all__ = ["Tokenizer", "StreamDecoder", "get_tokenizer", "load_encoder", "load_merges", "bytes_to_unicode",
+           "ENDOFTEXT"]
+
+ENDOFTEXT = "<|endoftext|>"
+GPT2_EOT_ID = 50256
+
+# File names of the two layouts, as (encoder, merges).
+OPENAI_FILES = ("encoder.json", "vocab.bpe")
+HF_FILES = ("vocab.json", "merges.txt")
+
+SpecialSet = Union[Literal["all"], AbstractSet[str], Collection[str]]
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map, used to spell byte strings in the JSON vocabulary.
+
+    Printable Latin-1 bytes stand for themselves; the 68 others (controls, space, soft hyphen ...) map to
+    U+0100 upwards in byte order. Same table as openai/gpt-2 src/encoder.py.
+    """
+    keep = {*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)}
+    table, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(0x100 + extra)
+            extra += 1
+    return table
+
+
+_BYTE_ENCODER = bytes_to_unicode()
+_BYTE_DECODER = {c: b for b, c in _BYTE_ENCODER.items()}
+# str.translate table: alphabet character -> the Latin-1 character of its byte; any other character below
+# U+0100 -> U+10FFFF, so that the Latin-1 encode below fails for every character outside the alphabet.
+_TO_LATIN1 = {cp: "\U0010FFFF" for cp in range(256)}
+_TO_LATIN1.update({ord(c): chr(b) for c, b in _BYTE_DECODER.items()})
+
+
+def _token_bytes(token: str) -> bytes | None:
+    """The bytes a vocabulary spelling stands for, or None when it uses a character outside the byte map."""
+    try:
+        return token.translate(_TO_LATIN1).encode("latin-1")
+    except UnicodeEncodeError:
+        return None
+
+
+def _line_of(text: str, needle: str) -> int:
+    """1-based line of the first occurrence of `needle` in `text` (1 when absent), for error messages."""
+    pos = text.find(needle)
+    return text.count("\n", 0, pos) + 1 if pos >= 0 else 1
+
+
+def load_encoder(path: str) -> dict[str, int]:
+    """Read and check encoder.json / vocab.json: a JSON object str -> int with ids exactly 0..n-1."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise TokenizerError(f"{path}: cannot read: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise TokenizerError(f"{path}: not UTF-8 text (byte {e.start})") from None
+
+    def pairs_hook(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise TokenizerError(f"{path} line {_line_of(text, json.dumps(key, ensure_ascii=False))}: "
+                                     f"token {key!r} appears twice")
+            seen.add(key)
+        return dict(pairs)
+
+    try:
+        encoder = json.loads(text, object_pairs_hook=pairs_hook)
+    except json.JSONDecodeError as e:
+        raise TokenizerError(f"{path} line {e.lineno}: invalid JSON: {e.msg}") from None
+    if not isinstance(encoder, dict):
+        raise TokenizerError(f"{path} line 1: expected a JSON object of token -> id, got {type(encoder).__name__}")
+    if not encoder:
+        raise TokenizerError(f"{path} line 1: the vocabulary is empty")
+    seen: dict[int, str] = {}
+    for token, i in encoder.items():
+        if type(i) is not int:
+            raise TokenizerError(f"{path} line {_line_of(text, json.dumps(token, ensure_ascii=False))}: "
+                                 f"id of {token!r} is {i!r}, not an integer")
+        if i in seen:
+            raise TokenizerError(f"{path} line {_line_of(text, json.dumps(token, ensure_ascii=False))}: "
+                                 f"id {i} is used by both {seen[i]!r} and {token!r}")
+        seen[i] = token
+        if token != ENDOFTEXT and _token_bytes(token) is None:
+            raise TokenizerError(f"{path} line {_line_of(text, json.dumps(token, ensure_ascii=False))}: "
+                                 f"{token!r} is not spelled in GPT-2's byte alphabet")
+    n = len(encoder)
+    bad = next((i for i in seen if not 0 <= i < n), None)
+    if bad is not None:
+        token = seen[bad]
+        raise TokenizerError(f"{path} line {_line_of(text, json.dumps(token, ensure_ascii=False))}: "
+                             f"id {bad} of {token!r} is outside 0..{n - 1} (ids must be exactly 0..n-1)")
+    missing = [c for c in _BYTE_DECODER if c not in encoder]
+    if missing:
+        raise TokenizerError(f"{path}: the single-byte token {missing[0]!r} (byte {_BYTE_DECODER[missing[0]]}) "
+                             f"is missing; BPE needs all 256")
+    if ENDOFTEXT not in encoder:
+        raise TokenizerError(f"{path}: {ENDOFTEXT!r} is missing")
+    if encoder[ENDOFTEXT] != GPT2_EOT_ID:
+        raise TokenizerError(f"{path} line {_line_of(text, json.dumps(ENDOFTEXT))}: {ENDOFTEXT!r} has id "
+                             f"{encoder[ENDOFTEXT]}, GPT-2's is {GPT2_EOT_ID}")
+    return encoder
+
+
+def load_merges(path: str, encoder: Mapping[str, int]) -> list[tuple[str, str]]:
+    """Read and check vocab.bpe / merges.txt: a '#version:' line, then one 'left right' pair per line.
+
+    Each pair's parts must be single bytes or results of earlier merges, and each part and result must be in
+    the encoder (that is what BPE training produces, and what makes rank order well defined).
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().split("\n")
+    except OSError as e:
+        raise TokenizerError(f"{path}: cannot read: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise TokenizerError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    if lines and lines[-1] == "":
+        lines.pop()                                  # the newline that ends the last line
+    if lines and lines[0].endswith("\r"):            # Windows line ends
+        lines = [line[:-1] if line.endswith("\r") else line for line in lines]
+    if not lines or not lines[0].startswith("#version:"):
+        raise TokenizerError(f"{path} line 1: expected the header '#version: 0.2'")
+    made = set(_BYTE_DECODER)
+    merges = []
+    for lineno, line in enumerate(lines[1:], start=2):
+        pair = line.split(" ")
+        if len(pair) == 2:
+            left, right = pair
+            merged = left + right
+            if left in made and right in made and merged not in made and merged in encoder:
+                made.add(merged)
+                merges.append((left, right))
+                continue
+        raise TokenizerError(f"{path} line {lineno}: {_merge_problem(line, encoder, made, merges)}")
+    return merges
+
+
+def _merge_problem(line: str, encoder: Mapping[str, int], made: set, merges: list) -> str:
+    """Why a merges line is rejected (only called for a bad line, so it may be slow)."""
+    pair = line.rstrip("\r").split(" ")
+    if len(pair) != 2 or not pair[0] or not pair[1] or line != line.rstrip("\r"):
+        return f"expected two tokens separated by one space, got {line!r}"
+    left, right = pair
+    for part in (left, right):
+        if part not in encoder:
+            return f"{part!r} is not in the encoder"
+        if part not in made:
+            return f"{part!r} is used before a merge creates it"
+    if left + right not in encoder:
+        return f"the merged token {left + right!r} is not in the encoder"
+    if (left, right) in merges:
+        return f"the merge {line!r} appears twice"
+    return f"the merge {line!r} makes {left + right!r}, which an earlier merge already makes"
+
+
+def _check_model_vocab(path: str, n_vocab: int) -> None:
+    """When the directory also holds a model's hyperparameters, their vocabulary size must agree."""
+    for fname, key in (("hparams.json", "n_vocab"), ("config.json", "vocab_size")):
+        fpath = os.path.join(path, fname)
+        if not os.path.isfile(fpath):
+            continue
+        try:
+            with open(fpath, encoding="utf-8") as f:
+                value = json.load(f).get(key)
+        except (OSError, ValueError, AttributeError):
+            continue                                  # the checkpoint loader reports broken hparams
+        if isinstance(value, int) and value != n_vocab:
+            raise TokenizerError(f"{fpath}: {key} is {value} but the vocabulary has {n_vocab} tokens")
+
+
+class StreamDecoder:
+    """Turns token ids, fed one at a time, into text that only ever holds whole UTF-8 characters.
+
+    A character split across tokens is held back until its last byte arrives, so a terminal never shows
+    half a character or a transient U+FFFD; bytes that can never form a character become U+FFFD at once.
+    """
+
+    def __init__(self, tokenizer: "Tokenizer", errors: str = "replace"):
+        self._token_bytes = tokenizer.decode_single_token_bytes
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors)
+
+    def feed(self, token_id: int) -> str:
+        """Text completed by this token ('' while a character is still incomplete)."""
+        return self._decoder.decode(self._token_bytes(token_id))
+
+    def flush(self) -> str:
+        """Whatever is held back (U+FFFD for an unfinished character), and start afresh."""
+        text = self._decoder.decode(b"", final=True)
+        self._decoder.reset()
+        return text
+
+
+class Tokenizer:
+    """GPT-2's byte-level BPE tokenizer (tiktoken-compatible surface).
+
+    Build with Tokenizer.from_dir(path) or gpt2cy.get_tokenizer(); the constructor takes an already checked
+    vocabulary: `encoder` maps GPT-2's byte-alphabet spellings to ids 0..n-1 and `merges` lists the merge pairs
+    in rank order.
+    """
+
+    def __init__(self, encoder: Mapping[str, int], merges: Sequence[tuple[str, str]], *, name: str = "gpt2"):
+        from ._bpe import BPECore
+        n = len(encoder)
+        if sorted(encoder.values()) != list(range(n)):
+            raise TokenizerError("token ids must be exactly 0..n-1")
+        token_bytes: list = [b""] * n
+        mergeable = [True] * n
+        self._special: dict[str, int] = {}
+        for token, i in encoder.items():
+            if token == ENDOFTEXT:
+                self._special[token] = i
+                token_bytes[i] = token.encode("ascii")
+                mergeable[i] = False
+            else:
+                token_bytes[i] = _token_bytes(token)
+                if token_bytes[i] is None:
+                    raise TokenizerError(f"{token!r} is not spelled in GPT-2's byte alphabet")
+        try:
+            byte_ids = [encoder[_BYTE_ENCODER[b]] for b in range(256)]
+            merge_ids = [(encoder[a], encoder[b], encoder[a + b]) for a, b in merges]
+        except KeyError as e:
+            raise TokenizerError(f"the token {e.args[0]!r} is missing from the encoder") from None
+        try:
+            self._core = BPECore(token_bytes, byte_ids, merge_ids, mergeable)
+        except ValueError as e:
+            raise TokenizerError(str(e)) from None
+        self.name = name
+        self.n_vocab: int = n
+        """Number of token ids, special ones included (50257 for GPT-2)."""
+        self.eot_token: int | None = self._special.get(ENDOFTEXT)
+        """Id of <|endoftext|> (50256 for GPT-2)."""
+
+    # ---- construction --------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_files(cls, encoder_path: str, merges_path: str, *, name: str = "gpt2") -> "Tokenizer":
+        """Load encoder.json + vocab.bpe (or vocab.json + merges.txt) from explicit paths, checking both."""
+        encoder = load_encoder(encoder_path)
+        merges = load_merges(merges_path, encoder)
+        return cls(encoder, merges, name=name)
+
+    @classmethod
+    def from_dir(cls, path: str) -> "Tokenizer":
+        """Load the vocabulary in `path`: OpenAI's layout (encoder.json, vocab.bpe) or HF's (vocab.json, merges.txt).
+
+        When the directory holds hparams.json / config.json, their vocabulary size must agree.
+        """
+        path = os.fspath(path)
+        if not os.path.isdir(path):
+            raise TokenizerError(f"{path}: not a directory")
+        for enc_name, merges_name in (OPENAI_FILES, HF_FILES):
+            enc_path, merges_path = os.path.join(path, enc_name), os.path.join(path, merges_name)
+            if os.path.isfile(enc_path) and os.path.isfile(merges_path):
+                tok = cls.from_files(enc_path, merges_path, name=os.path.basename(os.path.abspath(path)))
+                _check_model_vocab(path, tok.n_vocab)
+                return tok
+        raise TokenizerError(f"{path}: no vocabulary files (need {' + '.join(OPENAI_FILES)} "
+                             f"or {' + '.join(HF_FILES)})")
+
+    def __repr__(self) -> str:
+        return f"<Tokenizer {self.name!r} n_vocab={self.n_vocab}>"
+
+    # ---- encoding ------------------------------------------------------------------------------------------
+
+    @property
+    def special_tokens_set(self) -> set[str]:
+        """Names of the special tokens ({"<|endoftext|>"} for GPT-2)."""
+        return set(self._special)
+
+    def _specials(self, text: str, allowed_special: SpecialSet, disallowed_special: SpecialSet) -> AbstractSet[str]:
+        """The special tokens to honour in `text`; ValueError for unknown names or a disallowed one present."""
+        if allowed_special == "all":
+            allowed = set(self._special)
+        else:
+            if isinstance(allowed_special, str):
+                raise ValueError(f"allowed_special must be 'all' or a set of token names, not {allowed_special!r}")
+            allowed = set(allowed_special)
+            unknown = allowed - set(self._special)
+            if unknown:
+                raise ValueError(f"unknown special tokens {sorted(unknown)}; this vocabulary has "
+                                 f"{sorted(self._special)}")
+        if disallowed_special == "all":
+            disallowed = set(self._special) - allowed
+        elif isinstance(disallowed_special, str):
+            raise ValueError(f"disallowed_special must be 'all' or a set of token names, not {disallowed_special!r}")
+        else:
+            disallowed = set(disallowed_special)
+        for name in disallowed:
+            if name in text:
+                raise ValueError(f"the text contains the special token {name!r}; pass allowed_special={{{name!r}}} "
+                                 f"to encode it as a special token or disallowed_special=() to encode it as text")
+        return allowed
+
+    def _encode_ordinary(self, text: str, to_numpy: bool):
+        if not isinstance(text, str):
+            raise TypeError(f"text must be str, not {type(text).__name__}")
+        encode = self._core.encode_to_numpy if to_numpy else self._core.encode
+        try:
+            return encode(text)
+        except UnicodeEncodeError:
+            # Lone surrogates (e.g. from surrogateescape): join valid pairs and replace the rest with U+FFFD,
+            # exactly as tiktoken does.
+            text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+            return encode(text)
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Token ids of `text`, with every special-token spelling treated as plain text."""
+        return self._encode_ordinary(text, False)
+
+    def encode(self, text: str, *, allowed_special: SpecialSet = frozenset(),
+               disallowed_special: SpecialSet = ()) -> list[int]:
+        """Token ids of `text`.
+
+        By default "<|endoftext|>" in the text is plain text (several tokens). allowed_special="all" or
+        {"<|endoftext|>"} turns it into the single id 50256; disallowed_special="all" makes it a ValueError
+        (tiktoken's default).
+
+        >>> tok.encode("hello world")
+        [31373, 995]
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"text must be str, not {type(text).__name__}")
+        if not allowed_special and not disallowed_special:
+            return self._encode_ordinary(text, False)
+        allowed = self._specials(text, allowed_special, disallowed_special)
+        if not allowed or not any(name in text for name in allowed):
+            return self._encode_ordinary(text, False)
+        out: list[int] = []
+        for segment, special in self._split_special(text, allowed):
+            if segment:
+                out += self._encode_ordinary(segment, False)
+            if special is not None:
+                out.append(self._special[special])
+        return out
+
+    def _split_special(self, text: str, allowed: AbstractSet[str]):
+        """Yield (ordinary segment, following special token name or None), leftmost special first."""
+        start = 0
+        while True:
+            hits = [(text.find(name, start), name) for name in allowed]
+            hits = [(pos, -len(name), name) for pos, name in hits if pos >= 0]
+            if not hits:
+                yield text[start:], None
+                return
+            pos, _, name = min(hits)
+            yield text[start:pos], name
+            start = pos + len(name)
+
+    def encode_to_numpy(self, text: str, *, allowed_special: SpecialSet = frozenset(),
+                        disallowed_special: SpecialSet = ()):
+        """Like encode, returned as a numpy uint32 array (tiktoken's dtype)."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be str, not {type(text).__name__}")
+        if not allowed_special and not disallowed_special:
+            return self._encode_ordinary(text, True)
+        import numpy as np
+        return np.asarray(self.encode(text, allowed_special=allowed_special,
+                                      disallowed_special=disallowed_special), dtype=np.uint32)
+
+    def encode_batch(self, texts: Iterable[str], **kwargs) -> list[list[int]]:
+        """encode() of each text."""
+        return [self.encode(t, **kwargs) for t in texts]
+
+    # ---- decoding ------------------------------------------------------------------------------------------
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        """The bytes of the tokens joined; TokenizerError for an id outside the vocabulary."""
+        try:
+            return self._core.decode_bytes(ids)
+        except OverflowError:
+            raise TokenizerError(f"a token id is outside the vocabulary (0..{self.n_vocab - 1})") from None
+
+    def decode(self, ids: Iterable[int], errors: str = "replace") -> str:
+        """Text of the tokens: their bytes decoded as UTF-8 (invalid bytes become U+FFFD by default).
+
+        >>> tok.decode([15496, 995])
+        'Hello world'
+        """
+        try:
+            return self._core.decode(ids, errors)
+        except OverflowError:
+            raise TokenizerError(f"a token id is outside the vocabulary (0..{self.n_vocab - 1})") from None
+        except LookupError:
+            raise ValueError(f"unknown error handler {errors!r}") from None
+
+    def decode_single_token_bytes(self, token: int) -> bytes:
+        """The bytes of one token."""
+        try:
+            return self._core.token_bytes(token)
+        except (TypeError, OverflowError):
+            if isinstance(token, int) or hasattr(token, "__index__"):
+                raise TokenizerError(f"token id {token} is outside the vocabulary (0..{self.n_vocab - 1})") from None
+            raise TypeError(f"a token id must be an integer, not {type(token).__name__}") from None
+
+    def decode_tokens_bytes(self, ids: Iterable[int]) -> list[bytes]:
+        """The bytes of each token, separately."""
+        return [self.decode_single_token_bytes(i) for i in ids]
+
+    def stream_decoder(self, errors: str = "replace") -> StreamDecoder:
+        """An incremental decoder: .feed(id) -> str of whole characters only, .flush() -> the rest."""
+        return StreamDecoder(self, errors)
+
+
+_CACHE: dict = {}
+
+
+def get_tokenizer(name_or_path: str = "124M", *, download: bool = True, offline=None) -> Tokenizer:
+    """The tokenizer of a model, by name ('124M', 'gpt2-medium', ...) or directory; loaded once and shared.
+
+    A name is resolved with gpt2cy.hub.resolve_tokenizer, which fetches only the two vocabulary files
+    (ModelNotFound when they are not available); a directory needs only those files, not the weights.
+    """
+    from . import hub
+    path = hub.resolve_tokenizer(name_or_path, download=download, offline=offline)
+    stamp = []
+    for fname in (*OPENAI_FILES, *HF_FILES):
+        try:
+            st = os.stat(os.path.join(path, fname))
+            stamp.append((fname, st.st_mtime_ns, st.st_size))
+        except OSError:
+            pass
+    key = (path, tuple(stamp))
+    tok = _CACHE.get(key)
+    if tok is None:
+        tok = _CACHE[key] = Tokenizer.from_dir(path)
+    return tok
