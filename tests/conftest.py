@@ -4,6 +4,10 @@ import os
 import numpy as np
 import pytest
 
+# Subprocesses the tests start (`python -m gpt2cy`, `python -c`) must import the installed package, not the
+# source tree in the working directory, which has no compiled modules after a plain `pip install .`.
+os.environ["PYTHONSAFEPATH"] = "1"
+
 
 @pytest.fixture(scope="session")
 def vocab_dir():
@@ -15,3 +19,14 @@ def vocab_dir():
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, vocab_dir):
+    """A tiny random-weight GPT-2 in OpenAI's layout, written once: the real 50257-token vocabulary,
+    n_ctx 256 (room for the ~100-token chat preamble and a few turns)."""
+    from gpt2cy.config import Config
+    from gpt2cy.testing import write_random_model
+    path = tmp_path_factory.mktemp("gpt2-tiny")
+    return write_random_model(str(path), Config(n_vocab=50257, n_ctx=256, n_embd=32, n_head=2, n_layer=2,
+                                                name="tiny"), seed=0, vocab_dir=vocab_dir)
