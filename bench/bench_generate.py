@@ -1,0 +1,142 @@
+"""End-to-end generation on a random 124M-shaped checkpoint: 64 prompt tokens, then 128 new tokens,
+gpt2cy beside transformers' `generate` on the very same weights, and the sampler's cost per token.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE pytest bench/bench_generate.py --benchmark-only
+
+Groups: "generate-124M-greedy" and "generate-124M-sampled" (temp 0.8, top-k 40, top-p 0.95) each hold
+both implementations; extra_info["tokens/s"] is 128 / the median. "sampling-overhead" times one decode
+step and one Sampler call on real logits; extra_info["overhead %"] is the ratio of their medians
+(target < 1%).
+Greedy results are checked against each other before any figure counts.
+"""
+import numpy as np
+import pytest
+
+import gpt2cy
+from gpt2cy.generation import generate
+from gpt2cy.sampling import Sampler, SamplingParams
+
+from conftest import bench_threads
+
+N_PROMPT, N_NEW = 64, 128
+SAMPLED = dict(temperature=0.8, top_k=40, top_p=0.95)
+
+
+@pytest.fixture(scope="module")
+def ours(model_124m_dir):
+    return gpt2cy.load(model_124m_dir, threads=bench_threads())
+
+
+@pytest.fixture(scope="module")
+def hf(model_124m_dir):
+    """transformers' GPT2LMHeadModel holding the same tensors (Conv1D keeps the [in, out] layout)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from gpt2cy.checkpoint import hf_name, load_weights
+    torch.set_num_threads(bench_threads())
+    w = load_weights(model_124m_dir)
+    c = w.config
+    cfg = transformers.GPT2Config(vocab_size=c.n_vocab, n_positions=c.n_ctx, n_embd=c.n_embd, n_layer=c.n_layer,
+                                  n_head=c.n_head)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    state = {"transformer." + hf_name(k): torch.from_numpy(np.array(v)) for k, v in w.tensors.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.endswith("attn.bias") or k.endswith("attn.masked_bias") or k == "lm_head.weight"
+                                  for k in missing), missing
+    model.tie_weights()
+    return model
+
+
+@pytest.fixture(scope="module")
+def prompt_ids():
+    return np.random.default_rng(0).integers(0, 50256, N_PROMPT).tolist()
+
+
+def ours_generate(model, ids, **kw):
+    chunks = list(generate(model, ids, max_new_tokens=N_NEW, ignore_eos=True, stream=True, seed=0, **kw))
+    return [c.token for c in chunks]
+
+
+def hf_generate(model, ids, sample):
+    import torch
+    x = torch.tensor([ids])
+    kw = dict(do_sample=True, **SAMPLED) if sample else dict(do_sample=False)
+    with torch.inference_mode():
+        out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=N_NEW, min_new_tokens=N_NEW,
+                             pad_token_id=50256, **kw)
+    return out[0, len(ids):].tolist()
+
+
+def _record(benchmark, impl):
+    benchmark.extra_info["impl"] = impl
+    benchmark.extra_info["threads"] = bench_threads()
+    benchmark.extra_info["tokens/s"] = round(N_NEW / benchmark.stats.stats.median, 2)
+
+
+@pytest.fixture(scope="module")
+def greedy_reference(hf, prompt_ids):
+    return hf_generate(hf, prompt_ids, sample=False)
+
+
+@pytest.mark.parametrize("impl", ["gpt2cy", "transformers"])
+def test_generate_greedy(benchmark, impl, ours, hf, prompt_ids, greedy_reference):
+    benchmark.group = "generate-124M-greedy"
+    if impl == "gpt2cy":
+        toks = benchmark.pedantic(ours_generate, args=(ours, prompt_ids), kwargs=dict(temperature=0),
+                                  rounds=3, warmup_rounds=1)
+        # the same weights must give the same greedy text (random weights: allow a late near-tie to differ)
+        agree = next((i for i, (a, b) in enumerate(zip(toks, greedy_reference)) if a != b), N_NEW)
+        benchmark.extra_info["tokens equal to transformers"] = agree
+        assert agree >= 16
+    else:
+        toks = benchmark.pedantic(hf_generate, args=(hf, prompt_ids, False), rounds=3, warmup_rounds=1)
+    assert len(toks) == N_NEW
+    _record(benchmark, impl)
+
+
+@pytest.mark.parametrize("impl", ["gpt2cy", "transformers"])
+def test_generate_sampled(benchmark, impl, ours, hf, prompt_ids):
+    benchmark.group = "generate-124M-sampled"
+    if impl == "gpt2cy":
+        toks = benchmark.pedantic(ours_generate, args=(ours, prompt_ids), kwargs=SAMPLED, rounds=3, warmup_rounds=1)
+    else:
+        toks = benchmark.pedantic(hf_generate, args=(hf, prompt_ids, True), rounds=3, warmup_rounds=1)
+    assert len(toks) == N_NEW
+    _record(benchmark, impl)
+
+
+_STEP = {}   # the decode-step median, measured by test_decode_step before the sampler tests use it
+
+
+def test_decode_step(benchmark, ours, prompt_ids):
+    """One decode step at positions 64..512 (what each sampled token pays for)."""
+    benchmark.group = "sampling-overhead"
+    ours.reset()
+    logits = ours.prefill(prompt_ids)
+
+    def step():
+        if ours.n_past >= 512:
+            ours.reset()
+            ours.prefill(prompt_ids)
+        return ours.step(7)
+
+    out = benchmark.pedantic(step, rounds=200, warmup_rounds=5)
+    assert out.shape == logits.shape and np.isfinite(out).all()
+    _STEP["s"] = benchmark.stats.stats.median
+    benchmark.extra_info["threads"] = bench_threads()
+
+
+@pytest.mark.parametrize("setting", ["default", "top-p only", "greedy+penalty"])
+def test_sampling_overhead(benchmark, setting, ours, prompt_ids):
+    benchmark.group = "sampling-overhead"
+    params = {"default": SamplingParams(repetition_penalty=1.1),
+              "top-p only": SamplingParams(top_k=0, top_p=0.95),
+              "greedy+penalty": SamplingParams(temperature=0, repetition_penalty=1.1)}[setting]
+    ours.reset()
+    logits = ours.prefill(prompt_ids)
+    sampler = Sampler(params, seed=0)
+    tok = benchmark(sampler, logits, prompt_ids)
+    assert 0 <= tok < 50257
+    if "s" in _STEP:
+        benchmark.extra_info["decode step ms (median)"] = round(_STEP["s"] * 1e3, 3)
+        benchmark.extra_info["overhead %"] = round(100 * benchmark.stats.stats.median / _STEP["s"], 3)

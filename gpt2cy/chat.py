@@ -1,0 +1,228 @@
+"""A conversation with GPT-2 in the style of Carlini's C "ChatGPT clone" (carlini/c-chat-gpt-2).
+
+GPT-2 is not instruction-tuned, so the chat is a continuation of a hidden few-shot dialogue between
+Alice (the user) and Bob (the bot). Each user line is added as "\\nAlice: ...\\nBob:" and Bob's reply
+ends at a newline, at "\\nAlice:" or at <|endoftext|> (never before its first token: an empty reply is
+no answer).
+
+The conversation is kept as token ids. The KV cache holds the last prompt and reply, so the next turn,
+which extends them, prefills only its own new tokens. When the context (n_ctx positions) would
+overflow, the oldest whole turns are dropped (never the preamble), the rest is re-prefilled, and a
+notice says so; GPT-2's positions are absolute, so the cache cannot be shifted instead.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, List, Optional, Tuple, Union
+
+import numpy as np
+
+from .errors import ContextLengthError
+from .generation import GenerationChunk, KVCache, stderr_notice, stream_generate
+from .sampling import Sampler, SamplingParams
+
+USER, BOT = "Alice", "Bob"
+GREETING = "How can I help you?"
+
+# Our own few-shot opening in the spirit of Carlini's run.sh: Bob is polite, answers, and ends on the
+# greeting the REPL shows as "AI: How can I help you?".
+PREAMBLE = (
+    f"\n{USER}: Hi, how are you today?"
+    f"\n{BOT}: I am well, thanks. I am an AI assistant, a language model made by OpenAI."
+    f"\n{USER}: Will you answer my questions?"
+    f"\n{BOT}: Of course. Ask me anything and I will do my best."
+    f"\n{USER}: What should I call you?"
+    f"\n{BOT}: Call me {BOT}."
+    f"\n{USER}: Nice to meet you, {BOT}. I am {USER}."
+    f"\n{BOT}: Nice to meet you too. {GREETING}"
+)
+
+TEMPLATES = ("carlini",)
+
+
+@dataclass
+class Turn:
+    """One exchange: the user's text and the bot's reply as generated (leading space and all)."""
+    user: str
+    reply: str = ""
+    finish_reason: Optional[str] = None
+    user_ids: List[int] = field(default_factory=list, repr=False)
+    reply_ids: List[int] = field(default_factory=list, repr=False)
+
+
+class Chat:
+    """A conversation with a Model.
+
+        chat = gpt2cy.Chat(model, seed=1)
+        print(chat.send("What is the capital of France?"))
+        for chunk in chat.send("And of Italy?", stream=True):
+            print(chunk.text, end="", flush=True)
+
+    Sampling parameters live in `chat.params` (a SamplingParams; assign a new one to change them),
+    `chat.max_new_tokens` caps each reply, `chat.stop` adds stop strings to the built-in ones, and
+    `chat.multiline = True` lets a reply run over several lines (it then ends only at "\nAlice:", eos,
+    a stop string or the token limit).
+    `on_notice` receives one-line notices (context overflow); by default they go to stderr.
+    """
+
+    def __init__(self, model, *, template: str = "carlini", preamble: Optional[str] = None,
+                 max_new_tokens: Optional[int] = 128, temperature: float = 0.8, top_k: int = 40,
+                 top_p: float = 0.95, min_p: float = 0.0, repetition_penalty: float = 1.1,
+                 repeat_last_n: int = 64, seed: Optional[int] = None, stop: Iterable[str] = (),
+                 multiline: bool = False, on_notice: Optional[Callable[[str], None]] = stderr_notice):
+        if template not in TEMPLATES:
+            raise ValueError(f"unknown chat template {template!r} (known: {', '.join(TEMPLATES)})")
+        self.model = model
+        self.template = template
+        self.preamble = PREAMBLE if preamble is None else preamble
+        self.max_new_tokens = max_new_tokens
+        self.params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                     repetition_penalty=repetition_penalty, repeat_last_n=repeat_last_n)
+        # the newline ends every turn and sits in every penalty window: penalising it would stretch replies
+        self._sampler = Sampler(self.params, seed, exempt=model.tokenizer.encode("\n"))
+        self.stop = list(stop)
+        self.multiline = multiline
+        self.on_notice = on_notice
+        self.turns: List[Turn] = []
+        self._cache = KVCache(model)
+        self._enders: Optional[np.ndarray] = None
+        tok = model.tokenizer
+        self._preamble_ids = tok.encode(self.preamble) if self.preamble else [tok.eot_token]
+        if len(self._preamble_ids) >= model.config.n_ctx:
+            raise ContextLengthError(f"the chat preamble is {len(self._preamble_ids)} tokens; "
+                                     f"the context holds {model.config.n_ctx}")
+
+    # -- state -----------------------------------------------------------------------------------
+    @property
+    def seed(self) -> int:
+        return self._sampler.seed
+
+    def reseed(self, seed: Optional[int] = None) -> int:
+        """Restart the random stream (None or -1: a fresh seed); returns the seed."""
+        return self._sampler.reseed(seed)
+
+    @property
+    def history(self) -> List[Tuple[str, str]]:
+        """The kept exchanges as (user text, reply text)."""
+        return [(t.user, t.reply.strip()) for t in self.turns]
+
+    @property
+    def n_ctx(self) -> int:
+        return self.model.config.n_ctx
+
+    @property
+    def context_used(self) -> int:
+        """Tokens the conversation so far takes (preamble included), out of n_ctx."""
+        return len(self._preamble_ids) + sum(len(t.user_ids) + len(t.reply_ids) for t in self.turns)
+
+    def clear(self) -> None:
+        """Forget every exchange; the preamble stays (and stays cached)."""
+        self.turns = []
+
+    # -- talking ---------------------------------------------------------------------------------
+    def send(self, text: str, stream: bool = False) -> Union[str, Iterator[GenerationChunk]]:
+        """Add the user's `text` and generate Bob's reply.
+
+        stream=False returns the reply text (stripped); stream=True returns an iterator of
+        GenerationChunk. The exchange joins the history however the iteration ends: fully, by a stop,
+        or cut short (an exception such as KeyboardInterrupt, or closing the iterator) with the text
+        shown so far.
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"text must be str, got {type(text).__name__}")
+        turn = Turn(user=text, user_ids=self.model.tokenizer.encode(f"\n{USER}: {text}\n{BOT}:"))
+        prompt = self._fit(turn)
+        chunks = self._reply(turn, prompt)
+        if stream:
+            return chunks
+        for _ in chunks:
+            pass
+        return turn.reply.strip()
+
+    def undo(self) -> Optional[Turn]:
+        """Drop the last exchange; returns it (None when there is none)."""
+        return self.turns.pop() if self.turns else None
+
+    def regen(self, stream: bool = False) -> Union[str, Iterator[GenerationChunk]]:
+        """Forget the last reply and generate a new one for the same user text."""
+        if not self.turns:
+            raise ValueError("there is no reply to regenerate")
+        last = self.turns.pop()
+        return self.send(last.user, stream=stream)
+
+    def _fit(self, turn: Turn) -> List[int]:
+        """The prompt for `turn`, dropping the oldest turns until it and a reply fit the context."""
+        n_ctx = self.n_ctx
+        mnt = self.max_new_tokens
+        room = min(mnt, n_ctx // 2) if mnt is not None and mnt > 0 else n_ctx // 4
+        need = len(self._preamble_ids) + len(turn.user_ids)
+        if need >= n_ctx:
+            raise ContextLengthError(
+                f"the message is {len(turn.user_ids)} tokens; at most "
+                f"{n_ctx - len(self._preamble_ids) - 1} fit in the context ({n_ctx})")
+        sizes = [len(t.user_ids) + len(t.reply_ids) for t in self.turns]
+        total = need + sum(sizes)
+        dropped = 0
+        while dropped < len(sizes) and total + room > n_ctx:
+            total -= sizes[dropped]
+            dropped += 1
+        if dropped:
+            self.turns = self.turns[dropped:]
+            if self.on_notice:
+                s = "s" if dropped > 1 else ""
+                self.on_notice(f"[context full: dropped {dropped} oldest turn{s}]")
+        prompt = list(self._preamble_ids)
+        for t in self.turns:
+            prompt += t.user_ids + t.reply_ids
+        return prompt + turn.user_ids
+
+    def _no_empty_reply(self) -> np.ndarray:
+        """Ids that would end the reply before it starts: <|endoftext|> and tokens that open with a
+        newline (a one-off scan of the vocabulary, ~15 ms)."""
+        if self._enders is None:
+            tok = self.model.tokenizer
+            ids = [i for i in range(self.model.config.n_vocab)
+                   if i != tok.eot_token and tok.decode_bytes([i]).startswith(b"\n")]
+            self._enders = np.array(ids + [tok.eot_token], dtype=np.intp)
+        return self._enders
+
+    def _pick(self):
+        """The sampler for one reply: the first token may not end the turn (no empty replies)."""
+        enders, first = self._no_empty_reply(), [True]
+
+        def pick(logits, ids):
+            if first[0]:
+                first[0] = False
+                logits = logits.copy()
+                logits[enders] = -np.inf
+            return self._sampler(logits, ids)
+        return pick
+
+    def _reply(self, turn: Turn, prompt: List[int]) -> Iterator[GenerationChunk]:
+        self._sampler.params = self.params
+        pick = self._pick()
+        gen: List[int] = []
+        parts: List[str] = []
+        stops = [f"\n{USER}:", *self.stop] if self.multiline else ["\n", f"\n{USER}:", *self.stop]
+        try:
+            for chunk in stream_generate(self.model, prompt, pick, max_new_tokens=self.max_new_tokens,
+                                         stop=stops, cache=self._cache,
+                                         on_notice=self.on_notice):
+                if chunk.token is not None:
+                    gen.append(chunk.token)
+                parts.append(chunk.text)
+                turn.finish_reason = chunk.finish_reason
+                yield chunk
+        finally:
+            turn.reply = "".join(parts)
+            turn.reply_ids = self._reply_ids(gen, turn.reply)
+            self.turns.append(turn)
+
+    def _reply_ids(self, gen: List[int], reply: str) -> List[int]:
+        """Token ids for the reply text: the generated ones when they spell it exactly (so the KV cache
+        stays a prefix of the next prompt), else a fresh encoding."""
+        tok = self.model.tokenizer
+        for k in (len(gen) - 1, len(gen)):
+            if k >= 0 and tok.decode(gen[:k], errors="replace") == reply:
+                return gen[:k]
+        return tok.encode(reply)

@@ -1,0 +1,233 @@
+"""The `gpt2cy` command: every subcommand and exit status, run as a real process on the tiny checkpoint.
+
+Each run is `python -m gpt2cy ...` with HOME, XDG and GPT2CY_HOME pointing into a temporary directory,
+so nothing touches the user's caches or history. Variants that only parse arguments run in-process.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from gpt2cy.cli import main
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    home = tmp_path_factory.mktemp("cli-home")
+    e = {k: v for k, v in os.environ.items() if not k.startswith("GPT2CY_")}
+    e.update(HOME=str(home), GPT2CY_HOME=str(home / "gpt2cy-home"), XDG_CACHE_HOME=str(home / "cache"),
+             XDG_STATE_HOME=str(home / "state"), XDG_CONFIG_HOME=str(home / "config"),
+             GPT2CY_NO_PROGRESS="1", OMP_NUM_THREADS="1", PYTHONIOENCODING="utf-8")
+    (home / "cwd").mkdir()
+    return e
+
+
+def gpt2cy(env, *args, stdin=b"", timeout=60):
+    r = subprocess.run([sys.executable, "-m", "gpt2cy", *args], input=stdin, env=env,
+                       cwd=os.path.join(env["HOME"], "cwd"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       timeout=timeout)
+    r.out, r.err = r.stdout.decode("utf-8", "replace"), r.stderr.decode("utf-8", "replace")
+    return r
+
+
+def one_line_error(r):
+    lines = r.err.strip().splitlines()
+    assert len(lines) == 1, r.err
+    assert "Traceback" not in r.err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def gen(env, tiny_model_dir):
+    def run(*args, **kw):
+        return gpt2cy(env, "generate", "-m", tiny_model_dir, "-t", "1", *args, **kw)
+    return run
+
+
+# -- generate ---------------------------------------------------------------------------------------
+def test_generate_is_seeded_and_stdout_is_only_text(gen):
+    a = gen("-p", "Hello, my name is", "-n", "12", "-s", "5", "-r", "\\n\\n")
+    b = gen("-p", "Hello, my name is", "-n", "12", "-s", "5", "-r", "\\n\\n")
+    assert a.returncode == b.returncode == 0, a.err
+    assert a.out == b.out and a.out.strip() and a.err == ""
+
+
+def test_generate_json(gen):
+    r = gen("-p", "Hello", "-n", "7", "-s", "1", "--temp", "0.7", "--top-k", "20", "--top-p", "0.9",
+            "--min-p", "0.01", "--repeat-penalty", "1.2", "--repeat-last-n", "8", "--json")
+    assert r.returncode == 0, r.err
+    obj = json.loads(r.out)
+    assert set(obj) == {"text", "tokens", "finish_reason", "usage", "timings", "seed", "model"}
+    assert obj["finish_reason"] in ("length", "eos") and obj["seed"] == 1
+    assert obj["usage"] == {"prompt_tokens": 1, "completion_tokens": len(obj["tokens"])}
+    assert 1 <= len(obj["tokens"]) <= 7 and set(obj["timings"]) == {"load_ms", "prompt_tps", "gen_tps"}
+
+
+def test_generate_jsonl_events_then_the_object(gen):
+    r = gen("-p", "Hello", "-n", "5", "-s", "1", "--jsonl")
+    assert r.returncode == 0, r.err
+    lines = [json.loads(line) for line in r.out.splitlines()]
+    events, final = lines[:-1], lines[-1]
+    assert [e["token"] for e in events] == final["tokens"]
+    assert "".join(e["text"] for e in events) == final["text"]
+
+
+def test_generate_verbose_stats_go_to_stderr(gen):
+    r = gen("-p", "Hi", "-n", "3", "-s", "2", "-v", "--greedy")
+    assert r.returncode == 0
+    assert "seed 2" in r.err and "generated" in r.err and "t/s" in r.err
+    assert "t/s" not in r.out
+
+
+def test_generate_reads_stdin_and_files_with_bad_bytes(gen, tmp_path):
+    bad = b"caf\xe9 \xff\xfe <|endoftext|> \x00\x1b[31m\n"
+    r1 = gen("-p", "-", "-n", "4", "-s", "3", stdin=bad)
+    f = tmp_path / "prompt.txt"
+    f.write_bytes(bad)
+    r2 = gen("-f", str(f), "-n", "4", "-s", "3")
+    r3 = gen("-n", "4", "-s", "3", stdin=bad)                 # piped stdin without -p
+    assert r1.returncode == r2.returncode == r3.returncode == 0, r1.err + r2.err + r3.err
+    assert r1.out == r2.out == r3.out
+
+
+def test_generate_errors_and_exit_codes(gen, tiny_model_dir, tmp_path):
+    r = gen("-f", str(tmp_path / "missing.txt"))
+    assert r.returncode == 1 and "missing.txt" in one_line_error(r)
+    long_prompt = " ".join(["word"] * 400)                         # > 256 tokens
+    r = gen("-p", long_prompt, "-n", "3")
+    assert r.returncode == 5 and "context" in one_line_error(r)
+    r = gen("-p", long_prompt, "-n", "3", "-s", "1", "--context-overflow", "shift")
+    assert r.returncode == 0 and "kept the last" in r.err
+    r = gen("-p", "x", "-n", "3", "--temp", "-1")
+    assert r.returncode == 2 and "temp" in one_line_error(r)
+
+
+def test_runtime_error_is_one_line_and_debug_shows_the_traceback(env, tmp_path, tiny_model_dir):
+    import shutil
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "hparams.json").write_text("{not json")
+    r = gpt2cy(env, "generate", "-m", str(broken), "-p", "x")
+    assert r.returncode == 1 and one_line_error(r).startswith("gpt2cy: error:")
+    r = gpt2cy(env, "generate", "-m", str(broken), "-p", "x", "--debug")
+    assert r.returncode == 1 and "Traceback" in r.err
+
+
+def test_model_missing_offline_is_3(env):
+    r = gpt2cy(env, "generate", "-m", "124M", "--offline", "-p", "x")
+    assert r.returncode == 3 and "download" in one_line_error(r)
+    r = gpt2cy(env, "-m", "355M", "--offline", stdin=b"hi\n")    # chat too
+    assert r.returncode == 3
+
+
+def test_download_failure_is_4(env):
+    e = dict(env, GPT2CY_BASE_URL="http://127.0.0.1:9", GPT2CY_HTTP_RETRIES="0", GPT2CY_HTTP_TIMEOUT="2")
+    r = gpt2cy(e, "download", "124M")
+    assert r.returncode == 4 and one_line_error(r)
+
+
+def test_tokenize(env, tiny_model_dir):
+    r = gpt2cy(env, "tokenize", "-m", tiny_model_dir, "Hello world")
+    assert r.returncode == 0 and r.out.split() == ["15496", "995"]
+    r = gpt2cy(env, "tokenize", "-m", tiny_model_dir, "--json", "-", stdin=b"Hello world<|endoftext|>\xff")
+    assert r.returncode == 0
+    obj = json.loads(r.out)
+    assert obj["ids"][:2] == [15496, 995] and 50256 not in obj["ids"] and obj["count"] == len(obj["ids"])
+
+
+def test_list(env):
+    r = gpt2cy(env, "list", "--json")
+    assert r.returncode == 0
+    names = [m["name"] for m in json.loads(r.out)]
+    assert names == ["124M", "355M", "774M", "1558M"]
+    r = gpt2cy(env, "list")
+    assert r.returncode == 0 and "124M" in r.out and "CACHED" in r.out
+
+
+def test_version_help_info(env):
+    r = gpt2cy(env, "--version")
+    assert r.returncode == 0 and r.out.startswith("gpt2cy ")
+    r = gpt2cy(env, "--info")
+    assert r.returncode == 0 and "openmp_enabled:" in r.out and "threads:" in r.out
+
+
+def test_piped_chat_prints_only_replies(env, tiny_model_dir):
+    lines = (b"Hello there\n\nWhat is your name?\n/set temp 0\nbad \xff bytes <|endoftext|> \x07\n"
+             + b"long " * 400 + b"\nlast")
+    r = gpt2cy(env, "-m", tiny_model_dir, "-t", "1", "-s", "4", "-n", "6", stdin=lines)
+    assert r.returncode == 0, r.err
+    replies = r.out.split("\n")
+    assert len(replies) == 6 and replies[-1] == ""              # five turns, one line each
+    assert replies[3] == "" and "the message is" in r.err        # the too-long one: a notice on stderr
+    assert "Human:" not in r.out and "AI:" not in r.out and "How can I help" not in r.out
+    again = gpt2cy(env, "chat", "-m", tiny_model_dir, "-t", "1", "-s", "4", "-n", "6", stdin=lines)
+    assert again.out == r.out
+
+
+def test_piped_chat_overflow_drops_old_turns_and_says_so(env, tiny_model_dir):
+    lines = b"".join(b"Please tell me more about topic number %d.\n" % i for i in range(14))
+    r = gpt2cy(env, "-m", tiny_model_dir, "-t", "1", "-s", "2", "-n", "12", stdin=lines)
+    assert r.returncode == 0, r.err
+    assert r.out.count("\n") == 14
+    assert "[context full: dropped" in r.err and "Traceback" not in r.err
+
+
+def test_chat_with_own_preamble(env, tiny_model_dir, tmp_path):
+    pre = tmp_path / "preamble.txt"
+    pre.write_bytes(b"\nAlice: Hi \xff\nBob: Hello.\n")
+    r = gpt2cy(env, "-m", tiny_model_dir, "-t", "1", "-s", "4", "-n", "3", "--preamble", str(pre),
+               stdin=b"Hello\n")
+    assert r.returncode == 0 and r.out.count("\n") == 1, r.err
+    r = gpt2cy(env, "-m", tiny_model_dir, "--preamble", str(tmp_path / "none.txt"), stdin=b"Hello\n")
+    assert r.returncode == 1 and "none.txt" in one_line_error(r)
+
+
+# -- in-process: argument handling only (no model is loaded) ----------------------------------------
+@pytest.mark.parametrize("argv", [
+    ["--temp", "-1"], ["--top-p", "0"], ["--top-p", "1.5"], ["--top-k", "-3"], ["--min-p", "2"],
+    ["--repeat-penalty", "0"], ["-n", "-2"], ["-t", "0"], ["-s", "abc"], ["--nope"],
+    ["generate", "-p", "x", "-f", "y"], ["generate", "--context-overflow", "maybe"], ["chat", "-r", ""],
+    ["generate", "-p", "x", "--json", "--jsonl"],
+    ["download"]])
+def test_usage_errors_exit_2_with_one_line(argv, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--help" in err
+
+
+def test_help_exits_0(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(c in out for c in ("chat", "generate", "tokenize", "download", "list"))
+    assert main(["generate", "--help"]) == 0
+    out = capsys.readouterr().out
+    for flag in ("--model", "--threads", "--max-tokens", "--temp", "--top-k", "--top-p", "--min-p",
+                 "--repeat-penalty", "--repeat-last-n", "--seed", "--stop", "--json", "--offline",
+                 "--context-overflow", "--debug", "--verbose"):
+        assert flag in out
+
+
+def test_bad_thread_env_is_a_usage_error(monkeypatch, capsys, tiny_model_dir):
+    monkeypatch.setenv("GPT2CY_NUM_THREADS", "many")
+    assert main(["generate", "-m", tiny_model_dir, "-p", "x"]) == 2
+
+
+class _Terminal:
+    """A stdin that claims to be a terminal (and has nothing to read)."""
+    def isatty(self):
+        return True
+
+    def read(self, *a):
+        raise AssertionError("must not read a terminal")
+
+    def reconfigure(self, **kw):
+        pass
+
+
+@pytest.mark.parametrize("argv", [["generate"], ["tokenize"]])
+def test_missing_input_on_a_terminal_is_a_usage_error(argv, monkeypatch, capsys, tiny_model_dir):
+    monkeypatch.setattr("sys.stdin", _Terminal())
+    assert main([*argv, "-m", tiny_model_dir]) == 2
+    assert "--help" in capsys.readouterr().err

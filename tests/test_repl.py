@@ -1,0 +1,171 @@
+"""The real REPL driven through a pseudo-terminal (pexpect): greeting, turns, commands, Ctrl-C, Ctrl-D.
+
+HOME and the XDG directories point into a temporary directory, so the readline history file is
+written there and never in the user's home.
+"""
+import os
+import re
+import sys
+
+import pytest
+
+pexpect = pytest.importorskip("pexpect")
+
+PROMPT = "Human: "
+REPLY = re.compile(r"AI: ([^\r\n]*)\r\n")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    home = tmp_path_factory.mktemp("repl-home")
+    e = {k: v for k, v in os.environ.items() if not k.startswith("GPT2CY_")}
+    e.update(HOME=str(home), GPT2CY_HOME=str(home / "gpt2cy-home"), XDG_CACHE_HOME=str(home / "cache"),
+             XDG_STATE_HOME=str(home / "state"), XDG_CONFIG_HOME=str(home / "config"), TERM="dumb",
+             OMP_NUM_THREADS="1", PYTHONIOENCODING="utf-8", INPUTRC=os.devnull)
+    (home / "cwd").mkdir()
+    return e
+
+
+@pytest.fixture(scope="module")
+def slow_model_dir(tmp_path_factory, vocab_dir):
+    """n_ctx 1024 and wide enough (~2 ms a token) that a long reply lasts a second or two."""
+    from gpt2cy.config import Config
+    from gpt2cy.testing import write_random_model
+    path = tmp_path_factory.mktemp("gpt2-slow")
+    return write_random_model(str(path), Config(n_vocab=50257, n_ctx=1024, n_embd=256, n_head=4, n_layer=2,
+                                                name="slow"), seed=1, vocab_dir=vocab_dir)
+
+
+def spawn(env, model_dir, *args):
+    child = pexpect.spawn(sys.executable, ["-m", "gpt2cy", "-m", model_dir, "-t", "1", *args], env=env,
+                          cwd=os.path.join(env["HOME"], "cwd"), encoding="utf-8", codec_errors="replace",
+                          timeout=30, dimensions=(50, 250))
+    child.expect(r"/\? for help")
+    child.expect_exact("AI: How can I help you?")
+    child.expect_exact(PROMPT)
+    return child
+
+
+def say(child, line):
+    """Send a line and return the reply shown after 'AI: '."""
+    child.sendline(line)
+    child.expect(REPLY)
+    reply = child.match.group(1)
+    child.expect_exact(PROMPT)
+    return reply
+
+
+def command(child, line, expect):
+    child.sendline(line)
+    child.expect(expect)
+    match = child.match
+    child.expect_exact(PROMPT)
+    return match
+
+
+def finish(child, status):
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == status, child.before
+
+
+def test_conversation_commands_and_ctrl_d(env, tiny_model_dir):
+    child = spawn(env, tiny_model_dir, "-s", "3", "-n", "6")
+    first = say(child, "Hello there, who are you?")
+    assert "\ufffd" not in first
+    os.write(child.child_fd, b"caf\xe9 \xff\xfe bytes that are not UTF-8\r")
+    child.expect(REPLY)
+    child.expect_exact(PROMPT)
+    command(child, "/set temp 0", r"Set temp to 0\.")
+    command(child, "/set top_k 5", r"Set top_k to 5\.")
+    command(child, "/set top_p 2", r"Invalid value for top_p")
+    command(child, "/set wibble 1", r"Unknown parameter")
+    command(child, "/show params", r"temp 0, top_k 5, top_p 0\.95")
+    command(child, "/show model", r"n_ctx 256")
+    command(child, "/show context", r"context \d+/256 tokens, 2 turns")
+    a = say(child, "/regen")                                 # greedy now: the same reply twice
+    b = say(child, "/regen")
+    assert a == b
+    command(child, "/show context", r"2 turns")
+    command(child, "/set verbose", r"Stats on")
+    child.sendline("And then?")
+    child.expect(REPLY)
+    child.expect(r"\[prompt: \d+ tokens \(\d+ cached\), [\d.]+ t/s \| reply: \d+ tokens, [\d.]+ t/s\]")
+    child.expect_exact(PROMPT)
+    command(child, "/set quiet", r"Stats off")
+    child.sendline('"""')                                    # multi-line message
+    child.sendline("line one")
+    child.sendline('line two"""')
+    child.expect(REPLY)
+    child.expect_exact(PROMPT)
+    command(child, "/show context", r"4 turns")
+    command(child, "/undo", r"Dropped the last exchange")
+    command(child, "/show context", r"3 turns")
+    command(child, "<|endoftext|> \x1b[31m control \x07 " + "long " * 400,   # too long: one line, no crash
+            r"gpt2cy: the message is \d+ tokens; at most \d+ fit")
+    say(child, "<|endoftext|> \x1b[31m control \x07")
+    command(child, "/clear", r"Cleared the conversation")
+    command(child, "/show context", r"context \d+/256 tokens, 0 turns")
+    command(child, "/?", r"/regen")
+    command(child, "/nope", r"Unknown command")
+    child.sendeof()                                          # Ctrl-D
+    finish(child, 0)
+    with open(os.path.join(env["XDG_STATE_HOME"], "gpt2cy", "history"), encoding="utf-8", errors="replace") as f:
+        assert "Hello there, who are you?" in f.read()
+
+
+def test_ctrl_c_twice_at_the_prompt_exits_130(env, tiny_model_dir):
+    child = spawn(env, tiny_model_dir, "-n", "4")
+    child.sendintr()
+    child.expect_exact("Use Ctrl + d or /bye to exit.")
+    child.expect_exact(PROMPT)
+    child.sendintr()
+    finish(child, 130)
+
+
+def test_ctrl_c_stops_a_long_reply_and_keeps_it(env, slow_model_dir):
+    child = spawn(env, slow_model_dir, "-n", "-1", "--multiline", "-s", "1")
+    child.sendline("Tell me a very long story.")
+    child.expect(r"AI: \S.{20}")                            # the reply is streaming
+    child.sendintr()
+    child.expect_exact("[interrupted]")
+    child.expect_exact(PROMPT)
+    used = int(command(child, "/show context", r"context (\d+)/1024 tokens, 1 turns").group(1))
+    assert used < 1000                                        # cut well before the context was full
+    child.sendline("/bye")
+    finish(child, 0)
+
+
+def test_ctrl_c_in_generate_exits_130_keeping_the_text(env, slow_model_dir):
+    child = pexpect.spawn(sys.executable, ["-m", "gpt2cy", "generate", "-m", slow_model_dir, "-t", "1", "-n", "-1",
+                                           "--ignore-eos", "-p", "Once upon a time"], env=env,
+                          cwd=os.path.join(env["HOME"], "cwd"), encoding="utf-8", codec_errors="replace",
+                          timeout=30)
+    child.expect(r"\S.{20}")                                 # text is streaming
+    child.sendintr()
+    finish(child, 130)
+    assert "Traceback" not in child.before
+
+
+def test_history_can_be_turned_off(env, tiny_model_dir, tmp_path):
+    e = dict(env, XDG_STATE_HOME=str(tmp_path / "state"), GPT2CY_NOHISTORY="1")
+    child = spawn(e, tiny_model_dir, "-n", "2")
+    say(child, "hi")
+    child.sendline("/exit")
+    finish(child, 0)
+    assert not (tmp_path / "state").exists()
+
+
+def test_history_path_and_escapes(monkeypatch, tmp_path):
+    from gpt2cy.repl import history_path, unescape
+    monkeypatch.delenv("GPT2CY_NOHISTORY", raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "s"))
+    assert history_path() == str(tmp_path / "s" / "gpt2cy" / "history")
+    monkeypatch.delenv("XDG_STATE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert history_path() == str(tmp_path / ".local" / "state" / "gpt2cy" / "history")
+    monkeypatch.setenv("GPT2CY_NOHISTORY", "0")
+    assert history_path() is not None
+    monkeypatch.setenv("GPT2CY_NOHISTORY", "1")
+    assert history_path() is None
+    assert unescape("a\\nb\\tc\\\\n\\q") == "a\nb\tc\\n\\q"
