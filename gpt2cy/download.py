@@ -30,8 +30,10 @@ import http.client
 import math
 import os
 import re
+import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
@@ -299,6 +301,10 @@ class _Transfer:
                 raise _Retry(f"HTTP {e.code} {e.reason}") from None
             raise DownloadError(f"{url}: HTTP {e.code} {e.reason}") from None
         except urllib.error.URLError as e:
+            if isinstance(e.reason, socket.gaierror):  # no name resolution: retrying for half a minute won't help
+                host = urllib.parse.urlsplit(url).hostname
+                raise DownloadError(f"{url}: cannot resolve {host} ({e.reason.strerror}); check the network "
+                                    "connection, or pass -m with a local model directory") from None
             raise _Retry(f"cannot connect ({e.reason})") from None
         except (OSError, http.client.HTTPException) as e:
             raise _Retry(f"connection failed ({e or type(e).__name__})") from None

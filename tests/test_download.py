@@ -201,6 +201,20 @@ def test_cannot_connect(tmp_path, dest):
     assert_nothing_saved(dest)
 
 
+def test_unresolvable_host_fails_at_once(monkeypatch, dest):
+    import socket
+    calls = []
+
+    def no_dns(*args, **kwargs):
+        calls.append(args[0])
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    with pytest.raises(DownloadError, match="cannot resolve models.example: .*check the network"):
+        fetch("http://models.example/124M/blob.bin", dest, settings=FAST, progress=quiet())
+    assert calls == ["models.example"]  # not retried: a missing network does not come back in seconds
+    assert_nothing_saved(dest)
+
+
 def test_only_http_urls(dest):
     with pytest.raises(DownloadError, match="only http"):
         fetch("file:///etc/passwd", dest, settings=FAST, progress=quiet())
