@@ -10,7 +10,11 @@ cdef enum:
 #   w:    [K, N], contiguous
 #   bias: [N] or NULL
 #   out:  [M, N], row stride ldo >= N; must not alias x or w
-# M == 1 takes the matrix-vector (decode) path. Parallel over output columns with n_threads.
+# M <= 16 streams w once (decode path); larger M runs cache-blocked tiles. Parallel over output columns
+# (and row blocks when N is small) with n_threads; never reads outside the [M, K], [K, N], [N] extents.
+# Determinism: each out[m, n] is summed in one fixed order (a multiply-add chain over k in blocks of 192, blocks
+# combined in order, bias added with the first block), independent of n_threads and of M: a row gives the
+# same bits in decode as inside a prefill.  act == ACT_GELU with accumulate uses a temporary (heap).
 cdef void matmul(const float* x, Py_ssize_t ldx, const float* w, const float* bias,
                  float* out, Py_ssize_t ldo, Py_ssize_t M, Py_ssize_t K, Py_ssize_t N,
                  int act, bint accumulate, int n_threads) noexcept nogil
@@ -18,7 +22,9 @@ cdef void matmul(const float* x, Py_ssize_t ldx, const float* w, const float* bi
 # out[m, n] = sum_k x[m, k] * wt[n, k]   (the tied lm_head: wt is wte [n_vocab, n_embd])
 #   x:   [M, K], row stride ldx >= K
 #   wt:  [N, K], contiguous
-#   out: [M, N], row stride ldo >= N
+#   out: [M, N], row stride ldo >= N; must not alias x or wt
+# M == 1: row dot products streaming wt once, parallel over N; M > 1: tiles, wt streamed once per call.
+# Deterministic across thread counts (M == 1 and M > 1 sum in different fixed orders).
 cdef void matmul_nt(const float* x, Py_ssize_t ldx, const float* wt,
                     float* out, Py_ssize_t ldo, Py_ssize_t M, Py_ssize_t K, Py_ssize_t N,
                     int n_threads) noexcept nogil

@@ -1,70 +1,421 @@
-# cython: boundscheck=False, wraparound=False, cdivision=True
-# (callers validate shapes in Python; the loops index raw pointers)
-"""Matrix products for prefill (many rows) and decode (one row). Placeholder: simple and correct."""
-from cython.parallel cimport prange
-cimport cython
-import numpy as np
-from ._math cimport gelu
+# cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+# (the Python wrapper validates every shape and stride first; the kernels index raw pointers)
+"""Matrix products of the forward pass: cache-blocked tiles for prefill, streaming matrix-vector for decode.
 
+Notes on speed (AMD Zen 5 figures in bench/bench_matmul.py; kernels in _gemm.h):
+- Prefill (M > 16): each task owns a block of output columns; per K block of KC = 192 it packs its part of
+  w into NR-wide panels (at most 192 x 512 floats: L2) and runs the register tile (8x32 on AVX-512, 16 zmm
+  accumulators) over MR rows of x read in place (L1).  About 4 tasks per thread, scheduled dynamically, so a
+  thread slowed by a neighbour does not hold the others up; tasks re-read x, never re-pack w.
+- Decode (M <= 16): memory bandwidth is the limit, so w is read once in long contiguous runs, eight rows at
+  a time, into partial sums kept in L1.  Threads take whole K blocks (whole rows of w) and the blocks' partial
+  sums meet in a thread-local scratch, combined in block order after a barrier; where that does not fit or
+  balance, each thread takes one contiguous range of columns instead.  No heap allocation.
+- lm_head (matmul_nt): M = 1 is row dot products over contiguous rows of wte; M > 1 packs wte rows with
+  in-register 8x8 transposes into the same panels as above.
+- Determinism: every output element is one multiply-add chain per K block (blocks of KC from k = 0),
+  blocks combined in order, bias added with the first; tiles and column ranges sit at multiples of MR/NR.
+  So neither the thread count nor M changes a bit (a decode row equals the same row of a prefill).
+"""
+from cython.parallel cimport prange, parallel
+import numpy as np
+
+cdef extern from "_gemm.h" nogil:
+    enum:
+        GEMM_MR
+        GEMM_NR
+        GEMM_KC
+        GEMM_NC_MAX
+        GEMM_MV_CHUNK
+        GEMM_TPT
+        GEMM_MV_MAXM
+    const char* GEMM_ISA
+    float* gemm_buf_alloc(size_t n)
+    void gemm_buf_free(float* buf)
+    float* gemm_align64(float* p)
+    void gemm_pack_b(const float* w, Py_ssize_t ldw, Py_ssize_t kc, Py_ssize_t nc, float* dst)
+    void gemm_pack_bt(const float* wt, Py_ssize_t ldwt, Py_ssize_t kc, Py_ssize_t nc, float* dst)
+    void gemm_tile(Py_ssize_t kc, const float* a, Py_ssize_t lda, const float* b, float* c,
+                   Py_ssize_t ldc, const float* bias, int first, int accumulate)
+    void gemm_mv_block(Py_ssize_t mr, Py_ssize_t kc, const float* x, Py_ssize_t ldx, const float* w,
+                       Py_ssize_t ldw, Py_ssize_t nc, float* blk, Py_ssize_t ldb)
+    void gemm_mv_combine(const float* blk, const float* bias, float* out, Py_ssize_t n, int first,
+                         int accumulate)
+    void gemm_dot_rows(Py_ssize_t K, const float* x, const float* wt, Py_ssize_t ldwt, Py_ssize_t n,
+                       float* out)
+    void gemm_gelu_row(float* v, Py_ssize_t n)
+    float* gemm_tls_scratch(size_t n)
+    void gemm_barrier()
+
+cdef extern from "<stdlib.h>" nogil:
+    void* malloc(size_t n)
+    void free(void* p)
+
+cdef enum:
+    MIN_PAR_FLOPS = 1 << 18    # below this many multiply-adds a second thread costs more than it saves
+
+
+cdef inline Py_ssize_t _cdiv(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return (a + b - 1) // b
+
+
+cdef inline Py_ssize_t _min(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return a if a < b else b
+
+
+cdef inline int _threads_for(Py_ssize_t work, int n_threads) noexcept nogil:
+    return 1 if work < MIN_PAR_FLOPS or n_threads < 1 else n_threads
+
+
+cdef void _gelu_segments(float* out, Py_ssize_t n0, Py_ssize_t n1) noexcept nogil:
+    # GELU over out[n0:n1] in NR-aligned pieces (n0 is a multiple of NR): the same pieces, addresses and
+    # code path as the tile kernel's epilogue, whichever thread or path computed the row
+    cdef Py_ssize_t j, j_i
+    for j_i in range(_cdiv(n1 - n0, GEMM_NR)):
+        j = n0 + j_i * GEMM_NR
+        gemm_gelu_row(out + j, _min(GEMM_NR, n1 - j))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Prefill: one task = rows [m0, m1) x columns [n0, n1) of out (m0, n0 multiples of MR, NR)
+
+cdef void _gemm_task(const float* x,      # IN  [M, K] row stride ldx
+                     Py_ssize_t ldx,
+                     const float* w,      # IN  [K, N] contiguous, or [N, K] when trans
+                     bint trans,
+                     const float* bias,   # IN  [N] or NULL
+                     float* out,          # OUT [M, N] row stride ldo
+                     Py_ssize_t ldo, Py_ssize_t m0, Py_ssize_t m1, Py_ssize_t K, Py_ssize_t N,
+                     Py_ssize_t n0, Py_ssize_t n1, int act, bint accumulate,
+                     float* buf,          # SCRATCH [KC, cap] packed w, 64-byte aligned, or NULL
+                     Py_ssize_t cap) noexcept nogil:
+    cdef float stack_b[GEMM_KC * GEMM_NR + 16]   # one panel, used when the heap buffer is missing
+    cdef float apad[GEMM_MR * GEMM_KC]           # the last, short row block, zero-padded
+    cdef float ctile[GEMM_MR * GEMM_NR]          # a tile that sticks out past M or N
+    cdef float bpad[GEMM_NR]
+    cdef Py_ssize_t s0, s1, kb, n_kb, pc, kc, ir, mr, jr, nr, i, j, lda, s0_i, ir_i, jr_i
+    cdef const float* a
+    cdef const float* bp
+    cdef const float* biasp
+    cdef float* cp
+    cdef bint first, last
+    if buf == NULL:
+        buf = gemm_align64(stack_b)
+        cap = GEMM_NR
+    n_kb = _cdiv(K, GEMM_KC) if K > 0 else 1
+    for s0_i in range(_cdiv(n1 - n0, cap)):
+        s0 = n0 + s0_i * cap
+        s1 = _min(s0 + cap, n1)
+        for kb in range(n_kb):
+            pc = kb * GEMM_KC
+            kc = _min(GEMM_KC, K - pc)
+            first = kb == 0
+            last = kb == n_kb - 1
+            if trans:
+                gemm_pack_bt(w + s0 * K + pc, K, kc, s1 - s0, buf)
+            else:
+                gemm_pack_b(w + pc * N + s0, N, kc, s1 - s0, buf)
+            for ir_i in range(_cdiv(m1 - m0, GEMM_MR)):
+                ir = m0 + ir_i * GEMM_MR
+                mr = _min(GEMM_MR, m1 - ir)
+                if mr == GEMM_MR:
+                    a = x + ir * ldx + pc
+                    lda = ldx
+                else:
+                    for i in range(GEMM_MR):
+                        for j in range(kc):
+                            apad[i * kc + j] = x[(ir + i) * ldx + pc + j] if i < mr else 0.0
+                    a = apad
+                    lda = kc
+                for jr_i in range(_cdiv(s1 - s0, GEMM_NR)):
+                    jr = s0 + jr_i * GEMM_NR
+                    nr = _min(GEMM_NR, s1 - jr)
+                    bp = buf + ((jr - s0) // GEMM_NR) * kc * GEMM_NR
+                    cp = out + ir * ldo + jr
+                    biasp = bias + jr if bias != NULL else NULL
+                    if mr == GEMM_MR and nr == GEMM_NR:
+                        gemm_tile(kc, a, lda, bp, cp, ldo, biasp, first, accumulate)
+                    else:
+                        if biasp != NULL:
+                            for j in range(GEMM_NR):
+                                bpad[j] = biasp[j] if j < nr else 0.0
+                            biasp = bpad
+                        if not first or accumulate:
+                            for i in range(mr):
+                                for j in range(nr):
+                                    ctile[i * GEMM_NR + j] = cp[i * ldo + j]
+                        gemm_tile(kc, a, lda, bp, ctile, GEMM_NR, biasp, first, accumulate)
+                        for i in range(mr):
+                            for j in range(nr):
+                                cp[i * ldo + j] = ctile[i * GEMM_NR + j]
+                    if last and act == ACT_GELU:
+                        for i in range(mr):
+                            gemm_gelu_row(cp + i * ldo, nr)
+
+
+cdef void _gemm(const float* x, Py_ssize_t ldx, const float* w, bint trans, const float* bias,
+                float* out, Py_ssize_t ldo, Py_ssize_t M, Py_ssize_t K, Py_ssize_t N,
+                int act, bint accumulate, int n_threads) noexcept nogil:
+    cdef int nt = _threads_for(M * K * N, n_threads)
+    cdef Py_ssize_t n_panels = _cdiv(N, GEMM_NR), n_rblocks = _cdiv(M, GEMM_MR)
+    cdef Py_ssize_t n_ct, n_rt, p_per_ct, b_per_rt, cap, n_tasks, t, ct, rt
+    # column tasks: no wider than NC_MAX, GEMM_TPT per thread when there are enough panels
+    n_ct = _cdiv(n_panels, GEMM_NC_MAX // GEMM_NR)
+    n_ct = _min(_cdiv(n_ct, nt * GEMM_TPT) * nt * GEMM_TPT, n_panels)
+    p_per_ct = _cdiv(n_panels, n_ct)
+    n_ct = _cdiv(n_panels, p_per_ct)
+    # few columns but many rows: split the rows too (each row task repacks its w block; cheap when M is big)
+    n_rt = 1
+    if n_ct < nt:
+        n_rt = _min(n_rblocks, _cdiv(nt, n_ct))
+    b_per_rt = _cdiv(n_rblocks, n_rt)
+    n_rt = _cdiv(n_rblocks, b_per_rt)
+    n_tasks = n_ct * n_rt
+    cap = p_per_ct * GEMM_NR
+    cdef float* buf = NULL
+    with parallel(num_threads=nt):
+        buf = gemm_buf_alloc(GEMM_KC * cap)
+        for t in prange(n_tasks, schedule="dynamic"):
+            ct = t % n_ct
+            rt = t // n_ct
+            _gemm_task(x, ldx, w, trans, bias, out, ldo,
+                       rt * b_per_rt * GEMM_MR, _min((rt + 1) * b_per_rt * GEMM_MR, M), K, N,
+                       ct * p_per_ct * GEMM_NR, _min((ct + 1) * p_per_ct * GEMM_NR, N),
+                       act, accumulate, buf, cap)
+        gemm_buf_free(buf)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Decode: one row of x (or up to GEMM_MV_MAXM rows: a short prompt streams w once, like decode)
+
+cdef void _matvec_task(const float* x,     # IN  [M, K] row stride ldx, M <= GEMM_MV_MAXM
+                       Py_ssize_t ldx,
+                       const float* w,     # IN  [K, N] contiguous
+                       const float* bias,  # IN  [N] or NULL
+                       float* out,         # OUT [M, N] row stride ldo; columns [n0, n1) written
+                       Py_ssize_t ldo, Py_ssize_t M, Py_ssize_t K, Py_ssize_t N, Py_ssize_t n0,
+                       Py_ssize_t n1, int act, bint accumulate) noexcept nogil:
+    cdef float blk[GEMM_MV_CHUNK]   # SCRATCH one K block's partial sums, [M, chunk] (L1)
+    cdef Py_ssize_t chunk = (GEMM_MV_CHUNK // M) // GEMM_NR * GEMM_NR
+    cdef Py_ssize_t c0, cw, kb, n_kb, pc, kc, c0_i, m
+    n_kb = _cdiv(K, GEMM_KC) if K > 0 else 1
+    for c0_i in range(_cdiv(n1 - n0, chunk)):
+        c0 = n0 + c0_i * chunk
+        cw = _min(chunk, n1 - c0)
+        for kb in range(n_kb):
+            pc = kb * GEMM_KC
+            kc = _min(GEMM_KC, K - pc)
+            gemm_mv_block(M, kc, x + pc, ldx, w + pc * N + c0, N, cw, blk, chunk)
+            for m in range(M):
+                gemm_mv_combine(blk + m * chunk, bias + c0 if bias != NULL else NULL, out + m * ldo + c0,
+                                cw, kb == 0, accumulate)
+        if act == ACT_GELU:
+            for m in range(M):
+                _gelu_segments(out + m * ldo, c0, c0 + cw)
+
+
+cdef void _matvec(const float* x, Py_ssize_t ldx, const float* w, const float* bias, float* out,
+                  Py_ssize_t ldo, Py_ssize_t M, Py_ssize_t K, Py_ssize_t N, int act, bint accumulate,
+                  int n_threads) noexcept nogil:
+    cdef int nt = _threads_for(M * K * N, n_threads)
+    cdef Py_ssize_t n_panels = _cdiv(N, GEMM_NR), n_kb = _cdiv(K, GEMM_KC), per, t, n_tasks
+    cdef float* part = NULL
+    # Threads take whole K blocks when the blocks share out evenly (within 25%) and their partial sums fit
+    # the thread-local scratch: each thread then reads long contiguous runs of w (whole rows).
+    if nt > 1 and n_kb > 0 and 4 * _cdiv(n_kb, nt) * nt <= 5 * n_kb:
+        part = gemm_tls_scratch(n_kb * M * N)
+    if part != NULL:
+        _matvec_ksplit(x, ldx, w, bias, out, ldo, M, K, N, act, accumulate, nt, part)
+        return
+    # Otherwise one contiguous, NR-aligned column range per thread.
+    n_tasks = _min(nt, n_panels)
+    per = _cdiv(n_panels, n_tasks) * GEMM_NR
+    n_tasks = _cdiv(N, per)
+    for t in prange(n_tasks, num_threads=nt, schedule="static"):
+        _matvec_task(x, ldx, w, bias, out, ldo, M, K, N, t * per, _min((t + 1) * per, N), act, accumulate)
+
+
+cdef void _matvec_ksplit(const float* x, Py_ssize_t ldx, const float* w, const float* bias, float* out,
+                         Py_ssize_t ldo, Py_ssize_t M, Py_ssize_t K, Py_ssize_t N, int act,
+                         bint accumulate, int nt,
+                         float* part) noexcept nogil:   # SCRATCH [n_kb, M, N] partial sums per K block
+    cdef Py_ssize_t n_kb = _cdiv(K, GEMM_KC), kb, per = _cdiv(_cdiv(N, GEMM_NR), nt) * GEMM_NR, t
+    with parallel(num_threads=nt):
+        for kb in prange(n_kb, schedule="static"):
+            _ksplit_block(x, ldx, w, M, K, N, kb, part + kb * M * N)
+        gemm_barrier()   # every block's partial sums are in place before any column is combined
+        for t in prange(_cdiv(N, per), schedule="static"):
+            _ksplit_combine(part, bias, out, ldo, M, N, n_kb, t * per, _min((t + 1) * per, N), act, accumulate)
+
+
+cdef void _ksplit_block(const float* x, Py_ssize_t ldx, const float* w, Py_ssize_t M, Py_ssize_t K,
+                        Py_ssize_t N, Py_ssize_t kb,
+                        float* part) noexcept nogil:   # OUT [M, N] block kb's partial sums
+    cdef Py_ssize_t pc = kb * GEMM_KC, kc = _min(GEMM_KC, K - pc), c0, c0_i
+    cdef Py_ssize_t chunk = (GEMM_MV_CHUNK // M) // GEMM_NR * GEMM_NR
+    for c0_i in range(_cdiv(N, chunk)):
+        c0 = c0_i * chunk
+        gemm_mv_block(M, kc, x + pc, ldx, w + pc * N + c0, N, _min(chunk, N - c0), part + c0, N)
+
+
+cdef void _ksplit_combine(const float* part, const float* bias, float* out, Py_ssize_t ldo, Py_ssize_t M,
+                          Py_ssize_t N, Py_ssize_t n_kb, Py_ssize_t c0, Py_ssize_t c1, int act,
+                          bint accumulate) noexcept nogil:
+    # columns [c0, c1) of out from the blocks' partial sums, in block order: the column path's bits
+    cdef Py_ssize_t m, kb
+    for m in range(M):
+        for kb in range(n_kb):
+            gemm_mv_combine(part + (kb * M + m) * N + c0, bias + c0 if bias != NULL else NULL,
+                            out + m * ldo + c0, c1 - c0, kb == 0, accumulate)
+        if act == ACT_GELU:
+            _gelu_segments(out + m * ldo, c0, c1)
+
+
+cdef void _dot_rows(const float* x, const float* wt, float* out, Py_ssize_t K, Py_ssize_t N,
+                    int n_threads) noexcept nogil:
+    # out[n] = x . wt[n] for n < N, rows of wt split into one contiguous range per thread
+    cdef int nt = _threads_for(K * N, n_threads)
+    cdef Py_ssize_t per, t, n_tasks, n0
+    n_tasks = _min(nt, N)
+    per = _cdiv(_cdiv(N, n_tasks), 16) * 16
+    n_tasks = _cdiv(N, per)
+    for t in prange(n_tasks, num_threads=nt, schedule="static"):
+        n0 = t * per
+        gemm_dot_rows(K, x, wt + n0 * K, K, _min(per, N - n0), out + n0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The contract (see _matmul.pxd)
 
 cdef void matmul(const float* x, Py_ssize_t ldx, const float* w, const float* bias,
                  float* out, Py_ssize_t ldo, Py_ssize_t M, Py_ssize_t K, Py_ssize_t N,
                  int act, bint accumulate, int n_threads) noexcept nogil:
-    cdef Py_ssize_t m, n, k
-    cdef float s
-    for m in range(M):
-        for n in prange(N, num_threads=n_threads, schedule="static"):
-            s = 0.0
-            for k in range(K):
-                s = s + x[m * ldx + k] * w[k * N + n]
-            if bias != NULL:
-                s = s + bias[n]
-            if act == ACT_GELU:
-                s = gelu(s)
-            if accumulate:
-                out[m * ldo + n] += s
-            else:
-                out[m * ldo + n] = s
+    cdef float* tmp
+    cdef Py_ssize_t m, j
+    if M <= 0 or N <= 0:
+        return
+    if accumulate and act != ACT_NONE:
+        # out += act(x @ w + b): the activation needs the finished sum, so go through a temporary
+        tmp = <float*> malloc(M * N * sizeof(float))
+        if tmp != NULL:
+            matmul(x, ldx, w, bias, tmp, N, M, K, N, act, False, n_threads)
+            for m in range(M):
+                for j in range(N):
+                    out[m * ldo + j] = out[m * ldo + j] + tmp[m * N + j]
+            free(tmp)
+        else:
+            for m in range(M):   # out of memory: row by row through the stack
+                _matvec_rows_gelu_acc(x + m * ldx, w, bias, out + m * ldo, K, N, act)
+        return
+    if M <= GEMM_MV_MAXM:
+        _matvec(x, ldx, w, bias, out, ldo, M, K, N, act, accumulate, n_threads)
+    else:
+        _gemm(x, ldx, w, False, bias, out, ldo, M, K, N, act, accumulate, n_threads)
+
+
+cdef void _matvec_rows_gelu_acc(const float* x, const float* w, const float* bias, float* out,
+                                Py_ssize_t K, Py_ssize_t N, int act) noexcept nogil:
+    # out[:N] += act(x @ w + b), serial, in NR-column pieces through a stack buffer
+    cdef float piece[GEMM_NR]
+    cdef Py_ssize_t j0, j, nr, j0_i
+    for j0_i in range(_cdiv(N, GEMM_NR)):
+        j0 = j0_i * GEMM_NR
+        nr = _min(GEMM_NR, N - j0)
+        _matvec_task(x, K, w, bias, piece - j0, N, 1, K, N, j0, j0 + nr, act, False)
+        for j in range(nr):
+            out[j0 + j] = out[j0 + j] + piece[j]
 
 
 cdef void matmul_nt(const float* x, Py_ssize_t ldx, const float* wt,
                     float* out, Py_ssize_t ldo, Py_ssize_t M, Py_ssize_t K, Py_ssize_t N,
                     int n_threads) noexcept nogil:
-    cdef Py_ssize_t m, n, k
-    cdef float s
-    for m in range(M):
-        for n in prange(N, num_threads=n_threads, schedule="static"):
-            s = 0.0
-            for k in range(K):
-                s = s + x[m * ldx + k] * wt[n * K + k]
-            out[m * ldo + n] = s
+    if M <= 0 or N <= 0:
+        return
+    if M == 1:
+        _dot_rows(x, wt, out, K, N, n_threads)
+    else:
+        _gemm(x, ldx, wt, True, NULL, out, ldo, M, K, N, ACT_NONE, False, n_threads)
 
 
-def matmul_py(const float[:, ::1] x, const float[:, ::1] w, bias=None, int act=0,
-              bint transposed=False, int n_threads=1):
-    """out = act(x @ w + bias), or x @ w.T when transposed (w is then [N, K]). For tests and benchmarks."""
+# ---------------------------------------------------------------------------------------------------------
+# Python entry points (tests, benchmarks)
+
+def isa():
+    """The instruction set the tile kernels were compiled for, and the tile shape: e.g. ('avx512f', 8, 32)."""
+    return GEMM_ISA.decode(), GEMM_MR, GEMM_NR
+
+
+def _check_matrix(a, name, writable=False):
+    if not isinstance(a, np.ndarray):
+        raise ValueError(f"{name} must be a numpy array, got {type(a).__name__}")
+    if a.dtype != np.float32:
+        raise ValueError(f"{name} must be float32, got {a.dtype}")
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be 2-D, got shape {a.shape}")
+    if writable and not a.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+    if a.size == 0:
+        pass
+    elif a.shape[0] > 1 and (a.strides[0] % 4 or a.strides[0] < 4 * a.shape[1]):
+        raise ValueError(f"{name} rows must be at least {a.shape[1]} floats apart, got stride {a.strides[0]} bytes")
+    if a.size and a.shape[1] > 1 and a.strides[1] != 4:
+        raise ValueError(f"{name} rows must be contiguous (column stride 4 bytes), got {a.strides[1]}")
+
+
+def matmul_py(x, w, bias=None, int act=0, bint transposed=False, int n_threads=1, *, out=None,
+              bint accumulate=False):
+    """Return act(x @ w + bias) (or x @ w.T when transposed, w then [N, K]) as float32.
+
+    x may be a row-strided view (rows contiguous, row stride >= K); w must be C-contiguous.  With out (a
+    float32 [M, N] view, rows contiguous, possibly strided) the result is written there instead, or added to
+    it when accumulate.  For tests and benchmarks; the forward pass calls the cdef functions directly.
+    """
+    _check_matrix(x, "x")
+    if isinstance(w, np.ndarray) and not w.flags.c_contiguous:
+        raise ValueError("w must be C-contiguous")
+    _check_matrix(w, "w")
     cdef Py_ssize_t M = x.shape[0], K = x.shape[1]
     cdef Py_ssize_t N = w.shape[0] if transposed else w.shape[1]
     if (w.shape[1] if transposed else w.shape[0]) != K:
-        raise ValueError(f"shape mismatch: x ({x.shape[0]}, {x.shape[1]}), w ({w.shape[0]}, {w.shape[1]})")
+        raise ValueError(f"shape mismatch: x {x.shape} @ w{'.T' if transposed else ''} {w.shape}")
     if n_threads < 1:
-        raise ValueError("n_threads must be >= 1")
-    cdef const float[::1] b
-    cdef const float* bp = NULL
+        raise ValueError(f"n_threads must be >= 1, got {n_threads}")
+    if act not in (ACT_NONE, ACT_GELU):
+        raise ValueError(f"act must be 0 (none) or 1 (gelu), got {act}")
+    if transposed and (bias is not None or act != ACT_NONE or accumulate):
+        raise ValueError("transposed=True supports neither bias, act nor accumulate")
     if bias is not None:
-        if transposed:
-            raise ValueError("bias is not supported with transposed=True")
-        b = np.ascontiguousarray(bias, dtype=np.float32)
-        if b.shape[0] != N:
-            raise ValueError(f"bias has {b.shape[0]} entries, expected {N}")
-        bp = &b[0]
-    out = np.empty((M, N), dtype=np.float32)
-    cdef float[:, ::1] o = out
+        if not isinstance(bias, np.ndarray) or bias.dtype != np.float32 or bias.ndim != 1:
+            raise ValueError("bias must be a 1-D float32 numpy array")
+        if bias.shape[0] != N:
+            raise ValueError(f"bias has {bias.shape[0]} entries, expected {N}")
+        bias = np.ascontiguousarray(bias)
+    if out is None:
+        if accumulate:
+            raise ValueError("accumulate=True needs out")
+        out = np.empty((M, N), dtype=np.float32)
+    else:
+        _check_matrix(out, "out", writable=True)
+        if out.shape != (M, N):
+            raise ValueError(f"out has shape {out.shape}, expected {(M, N)}")
+        if np.may_share_memory(out, x) or np.may_share_memory(out, w) or (
+                bias is not None and np.may_share_memory(out, bias)):
+            raise ValueError("out must not overlap x, w or bias")
     if M == 0 or N == 0:
         return out
+    cdef const float[:, :] xv2 = x if K > 0 else np.zeros((M, 1), np.float32)
+    cdef const float[:, ::1] wv = w if w.size > 0 else np.zeros((1, 1), np.float32)
+    cdef float[:, :] ov = out
+    cdef const float[::1] bv
+    cdef const float* bp = NULL
+    if bias is not None:
+        bv = bias
+        bp = &bv[0]
+    cdef Py_ssize_t ldx = xv2.strides[0] // 4 if M > 1 else K
+    cdef Py_ssize_t ldo = ov.strides[0] // 4 if M > 1 else N
     with nogil:
         if transposed:
-            matmul_nt(&x[0, 0], K, &w[0, 0], &o[0, 0], N, M, K, N, n_threads)
+            matmul_nt(&xv2[0, 0], ldx, &wv[0, 0], &ov[0, 0], ldo, M, K, N, n_threads)
         else:
-            matmul(&x[0, 0], K, &w[0, 0], bp, &o[0, 0], N, M, K, N, act, 0, n_threads)
+            matmul(&xv2[0, 0], ldx, &wv[0, 0], bp, &ov[0, 0], ldo, M, K, N, act, accumulate, n_threads)
     return out

@@ -1,0 +1,89 @@
+"""Matrix products at GPT-2's shapes: gpt2cy's kernels beside numpy's BLAS (the yardstick) in the same group.
+
+Run: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/pytest bench/bench_matmul.py --benchmark-only
+Groups: matmul:<shape> (prefill, GFLOP/s), lm_head:<shape> (x @ wte.T), decode:<what> (one row, GB/s of
+weights streamed).  Every result is checked against numpy before it counts.
+"""
+import numpy as np
+import pytest
+from conftest import bench_threads
+
+from gpt2cy._matmul import matmul_py
+
+IMPLS = ["gpt2cy", "numpy"]
+T = 512   # prompt positions in a prefill
+# (name, K, N): the four projections of a block, 124M (d=768) and 1558M (d=1600)
+PREFILL = [("124M.c_attn", 768, 2304), ("124M.attn.c_proj", 768, 768), ("124M.c_fc", 768, 3072),
+           ("124M.mlp.c_proj", 3072, 768), ("1558M.c_attn", 1600, 4800), ("1558M.c_fc", 1600, 6400),
+           ("1558M.mlp.c_proj", 6400, 1600)]
+N_VOCAB = 50257
+
+
+def _record(benchmark, flops=None, nbytes=None):
+    med = benchmark.stats.stats.median
+    benchmark.extra_info["threads"] = bench_threads()
+    if flops:
+        benchmark.extra_info["GFLOP/s"] = round(flops / med / 1e9, 1)
+    if nbytes:
+        benchmark.extra_info["GB/s"] = round(nbytes / med / 1e9, 2)
+
+
+@pytest.fixture(scope="module")
+def rng():
+    return np.random.default_rng(0)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("name,k,n", PREFILL, ids=[p[0] for p in PREFILL])
+def test_prefill(benchmark, rng, impl, name, k, n):
+    x = rng.standard_normal((T, k), dtype=np.float32)
+    w = (rng.standard_normal((k, n), dtype=np.float32) / np.float32(np.sqrt(k)))
+    b = rng.standard_normal(n, dtype=np.float32)
+    benchmark.group = f"matmul:{T}x{k}@{k}x{n} ({name})"
+    nt = bench_threads()
+    fn = (lambda: matmul_py(x, w, b, n_threads=nt)) if impl == "gpt2cy" else (lambda: x @ w + b)
+    out = benchmark(fn)
+    np.testing.assert_allclose(out, x @ w + b, rtol=1e-4, atol=1e-4)   # a fast wrong answer is no result
+    _record(benchmark, flops=2.0 * T * k * n)
+
+
+@pytest.fixture(scope="module")
+def wte(rng):
+    return (rng.standard_normal((N_VOCAB, 768), dtype=np.float32) * np.float32(0.05))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("m", [1, 256])
+def test_lm_head(benchmark, rng, wte, impl, m):
+    # logits = x @ wte.T: m = 1 in decode (streams 154 MB), m rows for model.logits(ids)
+    x = rng.standard_normal((m, 768), dtype=np.float32)
+    benchmark.group = f"lm_head:{m}x768@wte.T"
+    nt = bench_threads()
+    fn = (lambda: matmul_py(x, wte, transposed=True, n_threads=nt)) if impl == "gpt2cy" else (lambda: x @ wte.T)
+    out = benchmark(fn)
+    np.testing.assert_allclose(out, x @ wte.T, rtol=1e-4, atol=1e-4)
+    _record(benchmark, flops=2.0 * m * 768 * N_VOCAB, nbytes=wte.nbytes if m == 1 else None)
+
+
+@pytest.fixture(scope="module")
+def layers_124m(rng):
+    """All 12 blocks' projection weights of 124M (340 MB): ten times the L3 cache, so decode streams DRAM."""
+    shapes = [(768, 2304), (768, 768), (768, 3072), (3072, 768)] * 12
+    return [(rng.standard_normal((k, n), dtype=np.float32) * np.float32(0.03),
+             rng.standard_normal((1, k), dtype=np.float32)) for k, n in shapes]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_decode_matvec(benchmark, layers_124m, impl):
+    benchmark.group = "decode:124M blocks' weights (1 row x 48 matrices, 340 MB)"
+    nt = bench_threads()
+    if impl == "gpt2cy":
+        def fn():
+            return [matmul_py(x, w, n_threads=nt) for w, x in layers_124m]
+    else:
+        def fn():
+            return [x @ w for w, x in layers_124m]
+    outs = benchmark(fn)
+    for (w, x), out in zip(layers_124m[:4], outs[:4]):
+        np.testing.assert_allclose(out, x @ w, rtol=1e-4, atol=1e-4)
+    _record(benchmark, nbytes=sum(w.nbytes for w, _ in layers_124m))
