@@ -1,0 +1,560 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+# (the engine validates ids, positions and shapes in Python first; the loops index raw pointers)
+"""Layer norm, GELU, softmax, residual adds, embedding lookup and causal attention over the KV cache.
+
+Reductions accumulate into a small array of lanes (acc[k] += x[i + k]) so the compiler vectorises them
+without -ffast-math; the attention keeps keys transposed in the cache for the same reason (see _kernels.pxd).
+"""
+from cython.parallel cimport prange, threadid
+from libc.math cimport sqrt, sqrtf
+from libc.string cimport memcpy
+import numpy as np
+from ._math cimport gelu
+
+cdef extern from *:
+    """
+    /* Attention block widths: QB rows x width floats of accumulators must fit the vector registers
+       (AVX-512: 32 x 16 floats; AVX2 and others: 16 x 8). */
+    #if defined(__AVX512F__)
+    #define GPT2CY_ATT_WIDTH 64
+    #else
+    #define GPT2CY_ATT_WIDTH 16
+    #endif
+    """
+    enum: GPT2CY_ATT_WIDTH
+
+cdef enum:
+    LANES = 16          # partial sums per reduction: one AVX-512 register, two AVX2 ones
+    JB = GPT2CY_ATT_WIDTH    # keys per score block of _scores4 (QB rows of accumulators)
+    DB = GPT2CY_ATT_WIDTH    # value columns per block of _pv4
+    JB1 = 64            # keys per score block of _scores1 (one row: 4 AVX-512 / 8 AVX2 registers)
+    DB1 = 64            # value columns per block of _pv1
+    STREAM_CHUNK = 1 << 18   # floats per task of stream_sum (1 MiB)
+    STREAMS = 4              # sub-ranges each stream_sum task reads side by side
+    MIN_PAR_ATTN = 1 << 15   # multiply-adds below which attention stays on one thread (tiny models)
+    GELU_CHUNK = 4096   # elements per parallel task of gelu_inplace
+
+
+# ---------------------------------------------------------------------------------------- reductions
+
+cdef inline double _sum(const float* x, Py_ssize_t n) noexcept nogil:
+    # sum of x[:n] with LANES independent float partial sums, combined in double
+    cdef float acc[LANES]
+    cdef Py_ssize_t i, k, n_main = n - n % LANES
+    cdef double s = 0.0
+    for k in range(LANES):
+        acc[k] = 0.0
+    for i in range(n_main // LANES):
+        for k in range(LANES):
+            acc[k] = acc[k] + x[i * LANES + k]
+    for k in range(LANES):
+        s = s + acc[k]
+    for i in range(n_main, n):
+        s = s + x[i]
+    return s
+
+
+cdef inline double _sum_sq_dev(const float* x, Py_ssize_t n, float mean) noexcept nogil:
+    # sum of (x[:n] - mean)^2, as _sum
+    cdef float acc[LANES]
+    cdef float d
+    cdef Py_ssize_t i, k, n_main = n - n % LANES
+    cdef double s = 0.0
+    for k in range(LANES):
+        acc[k] = 0.0
+    for i in range(n_main // LANES):
+        for k in range(LANES):
+            d = x[i * LANES + k] - mean
+            acc[k] = acc[k] + d * d
+    for k in range(LANES):
+        s = s + acc[k]
+    for i in range(n_main, n):
+        d = x[i] - mean
+        s = s + d * d
+    return s
+
+
+cdef inline float _max(const float* x, Py_ssize_t n) noexcept nogil:
+    cdef float acc[LANES]
+    cdef Py_ssize_t i, k, n_main = n - n % LANES
+    cdef float m = x[0]
+    for k in range(LANES):
+        acc[k] = x[0]
+    for i in range(n_main // LANES):
+        for k in range(LANES):
+            acc[k] = acc[k] if acc[k] > x[i * LANES + k] else x[i * LANES + k]
+    for k in range(LANES):
+        m = m if m > acc[k] else acc[k]
+    for i in range(n_main, n):
+        m = m if m > x[i] else x[i]
+    return m
+
+
+# ---------------------------------------------------------------------------------------- row kernels
+
+cdef inline void _layernorm_row(const float* x,   # IN  [C]
+                                const float* g,   # IN  [C]
+                                const float* b,   # IN  [C]
+                                float* y,         # OUT [C] (may be x)
+                                Py_ssize_t C, float eps) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef float mean = <float>(_sum(x, C) / C)
+    cdef float rstd = <float>(1.0 / sqrt(_sum_sq_dev(x, C, mean) / C + eps))
+    for i in range(C):
+        y[i] = (x[i] - mean) * rstd * g[i] + b[i]
+
+
+cdef void layernorm(const float* x, Py_ssize_t ldx, const float* g, const float* b,
+                    float* y, Py_ssize_t ldy, Py_ssize_t T, Py_ssize_t C, float eps,
+                    int n_threads) noexcept nogil:
+    cdef Py_ssize_t t
+    for t in prange(T, num_threads=n_threads, schedule="static", use_threads_if=T > 1):
+        _layernorm_row(x + t * ldx, g, b, y + t * ldy, C, eps)
+
+
+cdef void gelu_inplace(float* x, Py_ssize_t n, int n_threads) noexcept nogil:
+    cdef Py_ssize_t c, i, i1
+    cdef Py_ssize_t n_chunks = (n + GELU_CHUNK - 1) // GELU_CHUNK
+    for c in prange(n_chunks, num_threads=n_threads, schedule="static", use_threads_if=n_chunks > 1):
+        i1 = min((c + 1) * GELU_CHUNK, n)
+        for i in range(c * GELU_CHUNK, i1):
+            x[i] = gelu(x[i])
+
+
+cdef inline void _exp_shifted(float* x, Py_ssize_t n, float m) noexcept nogil:
+    # x[:n] = exp(x[:n] - m) for m >= max(x): arguments <= 0. Cephes' expf (within 2 ulp), written so the
+    # loop vectorises: round with the 1.5 * 2^23 trick, 2^k from the exponent bits (memcpy = bit cast).
+    # The constants are float locals: a bare literal is a double in C and would promote the arithmetic.
+    cdef float lo = -87.0                       # exp(-87) ~ 1.6e-38: still a normal float
+    cdef float log2e = 1.44269504088896341, magic = 12582912.0
+    cdef float ln2_hi = 0.693359375, ln2_lo = -2.12194440e-4
+    cdef float c5 = 1.9875691500e-4, c4 = 1.3981999507e-3, c3 = 8.3334519073e-3
+    cdef float c2 = 4.1665795894e-2, c1 = 1.6666665459e-1, c0 = 5.0000001201e-1, one = 1.0
+    cdef Py_ssize_t i
+    cdef float t, k, r, p, two_k
+    cdef int bits
+    for i in range(n):
+        t = x[i] - m
+        t = lo if t < lo else t                 # (a NaN stays NaN: bad weights must show)
+        k = (t * log2e + magic) - magic         # round(t / ln 2)
+        r = t - k * ln2_hi                      # ln 2 in two parts: exact reduction
+        r = r - k * ln2_lo
+        p = ((((c5 * r + c4) * r + c3) * r + c2) * r + c1) * r + c0
+        p = p * r * r + r + one
+        bits = (<int>k + 127) << 23
+        memcpy(&two_k, &bits, 4)
+        x[i] = p * two_k
+
+
+cdef void softmax_inplace(float* x, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef float inv
+    _exp_shifted(x, n, _max(x, n))
+    inv = <float>(1.0 / _sum(x, n))
+    for i in range(n):
+        x[i] = x[i] * inv
+
+
+cdef void add_rows(const float* x, Py_ssize_t ldx, const float* bias, float* out, Py_ssize_t ldo,
+                   Py_ssize_t T, Py_ssize_t C) noexcept nogil:
+    cdef Py_ssize_t t, i
+    cdef const float* xr
+    cdef float* o
+    for t in range(T):
+        xr = x + t * ldx
+        o = out + t * ldo
+        if bias != NULL:
+            for i in range(C):
+                o[i] = o[i] + (xr[i] + bias[i])
+        else:
+            for i in range(C):
+                o[i] = o[i] + xr[i]
+
+
+cdef void embed(const Py_ssize_t* ids, Py_ssize_t T, Py_ssize_t pos0, const float* wte,
+                const float* wpe, float* out, Py_ssize_t C) noexcept nogil:
+    cdef Py_ssize_t t, i
+    cdef const float* e
+    cdef const float* p
+    cdef float* o
+    for t in range(T):
+        e = wte + ids[t] * C
+        p = wpe + (pos0 + t) * C
+        o = out + t * C
+        for i in range(C):
+            o[i] = e[i] + p[i]
+
+
+# ---------------------------------------------------------------------------------------- attention
+
+cdef void kv_store(const float* qkv, Py_ssize_t ldq, float* k_cache, float* v_cache,
+                   Py_ssize_t T, Py_ssize_t n_past, Py_ssize_t H, Py_ssize_t D,
+                   Py_ssize_t cap) noexcept nogil:
+    cdef Py_ssize_t t, i, h, C = H * D
+    cdef const float* src
+    cdef float* dst
+    # keys: row i = h * D + d of [H, D, cap] gets positions n_past.. (contiguous writes, strided reads)
+    for i in range(C):
+        src = qkv + C + i
+        dst = k_cache + i * cap + n_past
+        for t in range(T):
+            dst[t] = src[t * ldq]
+    # values: [H, cap, D], one contiguous run of D per head and position
+    for t in range(T):
+        for h in range(H):
+            src = qkv + t * ldq + 2 * C + h * D
+            dst = v_cache + (h * cap + n_past + t) * D
+            for i in range(D):
+                dst[i] = src[i]
+
+
+# Scores and weighted sums work on blocks: QB query rows at a time (each key or value vector loaded once
+# serves QB rows) and JB keys / DB value columns held in local accumulators the compiler keeps in vector
+# registers. Decode (one query) takes the single-row kernels.
+
+cdef inline void _scores4(const float* q,    # IN  [4, D] row stride ldq: 4 queries of one head
+                          Py_ssize_t ldq,
+                          const float* kt,   # IN  [D, cap] this head's keys, transposed
+                          Py_ssize_t cap, Py_ssize_t D,
+                          Py_ssize_t n,      # keys 0..n-1 (n <= cap)
+                          float* s,          # OUT [4, cap] s[r, j] = (q_r . k_j) * scale for j < n
+                          float scale) noexcept nogil:
+    # whole blocks of JB keys: the last one runs past n into the row's padding (cap is a multiple of
+    # KV_ALIGN); those scores are never used
+    cdef float a0[JB]
+    cdef float a1[JB]
+    cdef float a2[JB]
+    cdef float a3[JB]
+    cdef float q0, q1, q2, q3, kv
+    cdef const float* kr
+    cdef Py_ssize_t jb, j0, d, k
+    for jb in range((n + JB - 1) // JB):
+        j0 = jb * JB
+        for k in range(JB):
+            a0[k] = 0.0
+            a1[k] = 0.0
+            a2[k] = 0.0
+            a3[k] = 0.0
+        for d in range(D):
+            q0 = q[d]
+            q1 = q[ldq + d]
+            q2 = q[2 * ldq + d]
+            q3 = q[3 * ldq + d]
+            kr = kt + d * cap + j0
+            for k in range(JB):
+                kv = kr[k]
+                a0[k] = a0[k] + q0 * kv
+                a1[k] = a1[k] + q1 * kv
+                a2[k] = a2[k] + q2 * kv
+                a3[k] = a3[k] + q3 * kv
+        for k in range(JB):
+            s[j0 + k] = a0[k] * scale
+            s[cap + j0 + k] = a1[k] * scale
+            s[2 * cap + j0 + k] = a2[k] * scale
+            s[3 * cap + j0 + k] = a3[k] * scale
+
+
+cdef inline void _scores1(const float* q,    # IN  [D] one query of one head
+                          const float* kt,   # IN  [D, cap] this head's keys, transposed
+                          Py_ssize_t cap, Py_ssize_t D,
+                          Py_ssize_t n,      # keys 0..n-1 (n <= cap)
+                          float* s,          # OUT [cap] s[j] = (q . k_j) * scale for j < n
+                          float scale) noexcept nogil:
+    # as _scores4, for one row (decode)
+    cdef float a[JB1]
+    cdef float qd
+    cdef const float* kr
+    cdef Py_ssize_t jb, j0, d, k
+    for jb in range((n + JB1 - 1) // JB1):
+        j0 = jb * JB1
+        for k in range(JB1):
+            a[k] = 0.0
+        for d in range(D):
+            qd = q[d]
+            kr = kt + d * cap + j0
+            for k in range(JB1):
+                a[k] = a[k] + qd * kr[k]
+        for k in range(JB1):
+            s[j0 + k] = a[k] * scale
+
+
+cdef inline float _softmax_numerator(float* s, Py_ssize_t n) noexcept nogil:
+    # s[:n] = exp(s[:n] - max(s[:n])); returns 1 / sum
+    cdef float m = _max(s, n)
+    _exp_shifted(s, n, m)
+    return <float>(1.0 / _sum(s, n))
+
+
+cdef void _pv_columns(const float* p, const float* v, Py_ssize_t D, Py_ssize_t d0, Py_ssize_t n, float inv,
+                      float* o) noexcept nogil:
+    # o[d] = inv * sum_j p[j] v[j, d] for the columns d0 <= d < D left over by the blocked kernels
+    # (none for GPT-2's head_dim 64); one out-of-line copy serves both
+    cdef Py_ssize_t d, j
+    cdef float acc
+    for d in range(d0, D):
+        acc = 0.0
+        for j in range(n):
+            acc = acc + p[j] * v[j * D + d]
+        o[d] = acc * inv
+
+
+cdef inline void _pv4(const float* p,    # IN  [4, cap] unnormalised weights, zero past each row's keys
+                      Py_ssize_t cap,
+                      const float* v,    # IN  [cap, D] this head's values
+                      Py_ssize_t D, Py_ssize_t n,
+                      const float* inv,  # IN  [4] 1 / row sums
+                      float* o,          # OUT [4, D] row stride ldo: o[r] = inv[r] * sum_j p[r, j] v_j
+                      Py_ssize_t ldo) noexcept nogil:
+    cdef float a0[DB]
+    cdef float a1[DB]
+    cdef float a2[DB]
+    cdef float a3[DB]
+    cdef float p0, p1, p2, p3, vv
+    cdef const float* vr
+    cdef Py_ssize_t db, d0, j, k, r, d_main = D - D % DB
+    for db in range(d_main // DB):
+        d0 = db * DB
+        for k in range(DB):
+            a0[k] = 0.0
+            a1[k] = 0.0
+            a2[k] = 0.0
+            a3[k] = 0.0
+        for j in range(n):
+            p0 = p[j]
+            p1 = p[cap + j]
+            p2 = p[2 * cap + j]
+            p3 = p[3 * cap + j]
+            vr = v + j * D + d0
+            for k in range(DB):
+                vv = vr[k]
+                a0[k] = a0[k] + p0 * vv
+                a1[k] = a1[k] + p1 * vv
+                a2[k] = a2[k] + p2 * vv
+                a3[k] = a3[k] + p3 * vv
+        for k in range(DB):
+            o[d0 + k] = a0[k] * inv[0]
+            o[ldo + d0 + k] = a1[k] * inv[1]
+            o[2 * ldo + d0 + k] = a2[k] * inv[2]
+            o[3 * ldo + d0 + k] = a3[k] * inv[3]
+    for r in range(4):
+        _pv_columns(p + r * cap, v, D, d_main, n, inv[r], o + r * ldo)
+
+
+cdef inline void _pv1(const float* p,    # IN  [n] unnormalised weights
+                      const float* v,    # IN  [cap, D] this head's values
+                      Py_ssize_t D, Py_ssize_t n,
+                      float inv,         # IN  1 / sum(p)
+                      float* o) noexcept nogil:  # OUT [D]
+    cdef float a[DB1]
+    cdef float pj
+    cdef const float* vr
+    cdef Py_ssize_t db, d0, j, k, d_main = D - D % DB1
+    for db in range(d_main // DB1):
+        d0 = db * DB1
+        for k in range(DB1):
+            a[k] = 0.0
+        for j in range(n):
+            pj = p[j]
+            vr = v + j * D + d0
+            for k in range(DB1):
+                a[k] = a[k] + pj * vr[k]
+        for k in range(DB1):
+            o[d0 + k] = a[k] * inv
+    _pv_columns(p, v, D, d_main, n, inv, o)
+
+
+cdef inline void _attend_block(const float* q,   # IN  [R, D] row stride ldq: queries t0..t0+R-1
+                               Py_ssize_t ldq,
+                               const float* kt,  # IN  [D, cap]
+                               const float* v,   # IN  [cap, D]
+                               float* o,         # OUT [R, D] row stride ldo
+                               Py_ssize_t ldo,
+                               float* s,         # SCRATCH [QB, cap]
+                               Py_ssize_t R,     # 1 or QB rows
+                               Py_ssize_t n0,    # keys seen by the first row (n_past + t0 + 1)
+                               Py_ssize_t D, Py_ssize_t cap, float scale) noexcept nogil:
+    cdef float inv[QB]
+    cdef Py_ssize_t r, j, n = n0 + R - 1       # keys seen by the last row
+    if R == 1:
+        _scores1(q, kt, cap, D, n, s, scale)
+    else:
+        _scores4(q, ldq, kt, cap, D, n, s, scale)
+    for r in range(R):
+        # row r sees n0 + r keys: the causal mask is zero weight for the rest of the block
+        inv[r] = _softmax_numerator(s + r * cap, n0 + r)
+        for j in range(n0 + r, n):
+            s[r * cap + j] = 0.0
+    if R == 1:
+        _pv1(s, v, D, n, inv[0], o)
+    else:
+        _pv4(s, cap, v, D, n, inv, o, ldo)
+
+
+cdef void attention(const float* qkv, Py_ssize_t ldq, const float* k_cache, const float* v_cache,
+                    float* out, Py_ssize_t ldo, float* scratch, Py_ssize_t T, Py_ssize_t n_past,
+                    Py_ssize_t H, Py_ssize_t D, Py_ssize_t cap, int n_threads) noexcept nogil:
+    cdef Py_ssize_t n_full = T // QB, n_blocks = n_full + T % QB
+    cdef Py_ssize_t task, h, blk, t0, R
+    cdef float scale = 1.0 / sqrtf(<float>D)
+    # one task per (head, block): QB-row blocks, then the leftover rows one by one. Dynamic: later rows
+    # attend over more keys.
+    for task in prange(H * n_blocks, num_threads=n_threads, schedule="dynamic",
+                       use_threads_if=H * T * (n_past + T) * D >= MIN_PAR_ATTN):
+        h = task // n_blocks
+        blk = task % n_blocks
+        if blk < n_full:
+            t0 = blk * QB
+            R = QB
+        else:
+            t0 = n_full * QB + (blk - n_full)
+            R = 1
+        _attend_block(qkv + t0 * ldq + h * D, ldq, k_cache + h * D * cap, v_cache + h * cap * D,
+                      out + t0 * ldo + h * D, ldo, scratch + threadid() * (QB * cap),
+                      R, n_past + t0 + 1, D, cap, scale)
+
+
+# ---------------------------------------------------------------------------------------- memory
+
+cdef double stream_sum(const float* x, Py_ssize_t n, int n_threads) noexcept nogil:
+    # sum of x[:n], read once from memory by n_threads threads: the benchmarks' read-bandwidth probe.
+    # Each task reads STREAMS interleaved sub-ranges at once, as a matrix-vector kernel walks several rows of
+    # a weight matrix: one sequential stream per core leaves memory bandwidth unused
+    cdef Py_ssize_t c, n_chunks = (n + STREAM_CHUNK - 1) // STREAM_CHUNK
+    cdef double total = 0.0
+    for c in prange(n_chunks, num_threads=n_threads, schedule="static"):
+        total += _sum_streams(x + c * STREAM_CHUNK, min(STREAM_CHUNK, n - c * STREAM_CHUNK))
+    return total
+
+
+cdef inline double _sum_streams(const float* x, Py_ssize_t n) noexcept nogil:
+    # as _sum, over STREAMS equal parts of x[:n] read side by side (LANES partial sums each)
+    cdef float acc[STREAMS * LANES]
+    cdef Py_ssize_t part = n // (STREAMS * LANES) * LANES       # floats per part, a multiple of LANES
+    cdef Py_ssize_t i, k, p
+    cdef double s = 0.0
+    for k in range(STREAMS * LANES):
+        acc[k] = 0.0
+    for i in range(part // LANES):
+        for p in range(STREAMS):
+            for k in range(LANES):
+                acc[p * LANES + k] = acc[p * LANES + k] + x[p * part + i * LANES + k]
+    for k in range(STREAMS * LANES):
+        s = s + acc[k]
+    for i in range(STREAMS * part, n):
+        s = s + x[i]
+    return s
+
+
+# ---------------------------------------------------------------------------------------- def wrappers
+# Python entry points for tests: they allocate, check shapes, and call the kernels above.
+
+def layernorm_py(const float[:, ::1] x not None, const float[::1] g not None, const float[::1] b not None,
+                 float eps=1e-5, int n_threads=1):
+    """Return layer_norm(x) * g + b over the last axis of a [T, C] float32 array, as a new array."""
+    cdef Py_ssize_t T = x.shape[0], C = x.shape[1]
+    if g.shape[0] != C or b.shape[0] != C:
+        raise ValueError(f"g and b must have {C} entries, got {g.shape[0]} and {b.shape[0]}")
+    if n_threads < 1:
+        raise ValueError("n_threads must be >= 1")
+    out = np.empty((T, C), dtype=np.float32)
+    cdef float[:, ::1] o = out
+    if T and C:
+        with nogil:
+            layernorm(&x[0, 0], C, &g[0], &b[0], &o[0, 0], C, T, C, eps, n_threads)
+    return out
+
+
+def gelu_py(x, int n_threads=1):
+    """Return GPT-2's tanh GELU of a float32 array, as a new array."""
+    out = np.array(x, dtype=np.float32, order="C", copy=True)
+    cdef float[::1] o = out.reshape(-1)
+    if o.shape[0]:
+        with nogil:
+            gelu_inplace(&o[0], o.shape[0], n_threads)
+    return out
+
+
+def softmax_py(const float[:, ::1] x not None):
+    """Return the softmax of each row of a [R, n] float32 array, as a new array."""
+    out = np.array(x, dtype=np.float32, copy=True)
+    cdef float[:, ::1] o = out
+    cdef Py_ssize_t r
+    if o.shape[1]:
+        for r in range(o.shape[0]):
+            softmax_inplace(&o[r, 0], o.shape[1])
+    return out
+
+
+def add_rows_py(const float[:, ::1] x not None, bias, float[:, ::1] out not None):
+    """out += x (+ bias), in place, for [T, C] float32 arrays."""
+    cdef const float[::1] bv
+    cdef const float* bp = NULL
+    if x.shape[0] != out.shape[0] or x.shape[1] != out.shape[1]:
+        raise ValueError("x and out must have the same shape")
+    if bias is not None:
+        bv = np.ascontiguousarray(bias, dtype=np.float32)
+        if bv.shape[0] != x.shape[1]:
+            raise ValueError(f"bias must have {x.shape[1]} entries")
+        bp = &bv[0]
+    if x.shape[0] and x.shape[1]:
+        add_rows(&x[0, 0], x.shape[1], bp, &out[0, 0], out.shape[1], x.shape[0], x.shape[1])
+
+
+def embed_py(const Py_ssize_t[::1] ids not None, Py_ssize_t pos0, const float[:, ::1] wte not None,
+             const float[:, ::1] wpe not None):
+    """Return wte[ids] + wpe[pos0:pos0 + len(ids)] (checked here, unlike the kernel)."""
+    cdef Py_ssize_t T = ids.shape[0], C = wte.shape[1], i
+    if wpe.shape[1] != C:
+        raise ValueError("wte and wpe widths differ")
+    if pos0 < 0 or pos0 + T > wpe.shape[0]:
+        raise ValueError("positions out of range")
+    for i in range(T):
+        if not 0 <= ids[i] < wte.shape[0]:
+            raise ValueError(f"id {ids[i]} out of range")
+    out = np.empty((T, C), dtype=np.float32)
+    cdef float[:, ::1] o = out
+    if T and C:
+        embed(&ids[0], T, pos0, &wte[0, 0], &wpe[0, 0], &o[0, 0], C)
+    return out
+
+
+def attention_py(const float[:, ::1] qkv not None, int n_head, Py_ssize_t n_past, Py_ssize_t n_ctx,
+                 int n_threads=1):
+    """Causal attention through the KV cache, for tests.
+
+    qkv is [N, 3C] for positions 0..N-1: rows < n_past are stored in the cache first (as a prefill), then
+    the remaining T = N - n_past rows are stored and attend. Returns the [T, C] attention output.
+    """
+    cdef Py_ssize_t N = qkv.shape[0], C, D, T
+    if qkv.shape[1] % 3 or n_head < 1 or (qkv.shape[1] // 3) % n_head:
+        raise ValueError("qkv must be [N, 3C] with C divisible by n_head")
+    C = qkv.shape[1] // 3
+    D = C // n_head
+    T = N - n_past
+    if not (0 <= n_past < N <= n_ctx) or n_threads < 1 or D == 0:
+        raise ValueError("need 0 <= n_past < N <= n_ctx, n_threads >= 1 and C > 0")
+    cdef Py_ssize_t cap = kv_capacity(n_ctx)
+    kc = np.full((n_head, D, cap), np.nan, dtype=np.float32)   # NaN: a read past the causal limit shows
+    vc = np.full((n_head, cap, D), np.nan, dtype=np.float32)
+    scr = np.empty((n_threads, QB * cap), dtype=np.float32)
+    out = np.empty((T, C), dtype=np.float32)
+    cdef float[:, :, ::1] k = kc, v = vc
+    cdef float[:, ::1] s = scr, o = out
+    with nogil:
+        if n_past:
+            kv_store(&qkv[0, 0], 3 * C, &k[0, 0, 0], &v[0, 0, 0], n_past, 0, n_head, D, cap)
+        kv_store(&qkv[n_past, 0], 3 * C, &k[0, 0, 0], &v[0, 0, 0], T, n_past, n_head, D, cap)
+        attention(&qkv[n_past, 0], 3 * C, &k[0, 0, 0], &v[0, 0, 0], &o[0, 0], C, &s[0, 0],
+                  T, n_past, n_head, D, cap, n_threads)
+    return out
+
+
+def stream_sum_py(const float[::1] x not None, int n_threads=1):
+    """Sum of a float32 array, read once by n_threads threads (for measuring read bandwidth)."""
+    if n_threads < 1:
+        raise ValueError("n_threads must be >= 1")
+    cdef double total = 0.0
+    if x.shape[0]:
+        with nogil:
+            total = stream_sum(&x[0], x.shape[0], n_threads)
+    return total
