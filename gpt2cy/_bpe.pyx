@@ -532,6 +532,11 @@ cdef class BPECore:
         if from_array:
             if ids.dtype.kind not in "iu":
                 raise TypeError(f"token ids must be integers, not {ids.dtype}")
+            if ids.dtype.kind == "u" and ids.dtype.itemsize == 8:   # >= 2**63 would wrap negative in int64
+                big = np.flatnonzero(ids.reshape(-1) >= self.n_vocab)
+                if big.size:
+                    raise TokenizerError(f"token id {int(ids.reshape(-1)[big[0]])} at position {big[0]} is "
+                                         f"outside the vocabulary (0..{self.n_vocab - 1})")
             arr = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
             m = arr.shape[0]
         else:

@@ -141,14 +141,52 @@ def _config_source(model_dir: str, layout: str) -> str:
     return os.path.join(model_dir, HPARAMS)
 
 
+def _config_label(model_dir: str, layout: str) -> str:
+    """The file the config came from, as error messages name it."""
+    source = _config_source(model_dir, layout)
+    if source.endswith(HF_CONFIG) and not os.path.exists(source):
+        return f"the shapes in {HF_WEIGHTS} (no {HF_CONFIG})"
+    return source
+
+
 def load_config(model_dir: str, layout: str | None = None) -> Config:
-    """The model's Config from hparams.json (OpenAI) or config.json (HF)."""
+    """The model's Config from hparams.json (OpenAI) or config.json (HF).
+
+    An HF directory without config.json (model.safetensors + vocab.json + merges.txt only) gets its config
+    from the tensor shapes, when they are those of a published size.
+    """
     layout = layout or find_layout(model_dir)[0]
     name = os.path.basename(os.path.normpath(os.path.abspath(model_dir)))
     source = _config_source(model_dir, layout)
+    if os.path.exists(source) and not os.path.isdir(source) and not os.path.isfile(source):
+        raise CheckpointError(f"{source}: not a regular file")   # a FIFO would block open() forever
     if source.endswith(HF_CONFIG):
+        if not os.path.exists(source):
+            return _config_from_shapes(os.path.join(model_dir, HF_WEIGHTS), name)
         return _hf_config(source, name)
     return Config.from_file(source, name=name)
+
+
+def _config_from_shapes(path: str, name: str) -> Config:
+    """Config of a config.json-less safetensors file: n_vocab, n_ctx, n_embd and n_layer from the shapes; n_head
+    (which no shape shows) from the published size with that n_embd, else CheckpointError."""
+    from .config import PUBLISHED
+    from .safetensors import SafetensorsFile
+    tensors = SafetensorsFile(path).tensors
+    prefix = "transformer." if any(n.startswith("transformer.") for n in tensors) else ""
+    wte, wpe = tensors.get(prefix + "wte.weight"), tensors.get(prefix + "wpe.weight")
+    if wte is None or wpe is None or len(wte.shape) != 2 or len(wpe.shape) != 2:
+        raise CheckpointError(f"{path}: no {HF_CONFIG} beside it, and no 2-D wte.weight/wpe.weight to infer "
+                              f"the model's shape from")
+    layers = {int(m.group(1)) for n in tensors if (m := re.match(re.escape(prefix) + r"h\.(\d+)\.", n))}
+    n_embd = wte.shape[1]
+    heads = {c.n_head for c in PUBLISHED.values() if c.n_embd == n_embd}
+    if not heads:
+        raise CheckpointError(f"{path}: no {HF_CONFIG} beside it, and n_embd {n_embd} is not a published "
+                              f"GPT-2 size, so n_head is unknown (add a {HF_CONFIG})")
+    raw = {"n_vocab": wte.shape[0], "n_ctx": wpe.shape[0], "n_embd": n_embd, "n_head": heads.pop(),
+           "n_layer": max(layers, default=-1) + 1}
+    return Config.from_dict(raw, source=f"{path} (shapes; no {HF_CONFIG})", name=name)
 
 
 def _hf_config(path: str, name: str) -> Config:
@@ -157,6 +195,8 @@ def _hf_config(path: str, name: str) -> Config:
             raw = json.loads(f.read().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: not valid JSON (nested too deeply)") from None
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
     if not isinstance(raw, dict):
@@ -231,7 +271,7 @@ def load_weights(model_dir: str) -> Weights:
     model_dir = os.fspath(model_dir)
     layout, path = find_layout(model_dir)
     config = load_config(model_dir, layout)
-    source = _config_source(model_dir, layout)
+    source = _config_label(model_dir, layout)
     if layout == "tf":
         return _load_tf(model_dir, path, config, source)
     return _load_safetensors(model_dir, path, config, source)
@@ -245,7 +285,7 @@ def verify(model_dir: str, check_finite: bool = True) -> VerifyResult:
     model_dir = os.fspath(model_dir)
     layout, path = find_layout(model_dir)
     config = load_config(model_dir, layout)
-    source = _config_source(model_dir, layout)
+    source = _config_label(model_dir, layout)
     if layout == "tf":
         from .tfbundle import TensorBundle
         bundle = TensorBundle(path)

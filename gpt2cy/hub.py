@@ -142,7 +142,7 @@ def is_verified(path: str) -> bool:
             marker = json.loads(f.read().decode("utf-8"))
         return (isinstance(marker, dict) and marker.get("format") == MARKER_FORMAT
                 and marker.get("files") == _stat_record(path))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # a damaged marker only means: verify again
         return False
 
 
@@ -181,6 +181,8 @@ def _check_small_file(name: str, path: str) -> None:
         raise DownloadError(f"{name}: {e}") from None
     except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise DownloadError(f"{name} is not a valid {name} file ({e})") from None
+    except RecursionError:
+        raise DownloadError(f"{name} is not a valid {name} file (JSON nested too deeply)") from None
 
 
 def verify_model(path: str) -> None:

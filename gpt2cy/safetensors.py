@@ -100,6 +100,8 @@ class SafetensorsFile:
     def __init__(self, path: str):
         self.path = path
         try:
+            if os.path.exists(path) and not os.path.isdir(path) and not os.path.isfile(path):
+                raise CheckpointError(f"{path}: not a regular file")  # a FIFO would block open() forever
             with open(path, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
                 if size < 8:

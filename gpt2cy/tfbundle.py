@@ -398,6 +398,8 @@ def parse_index(data: bytes, path: str = "<index>") -> BundleIndex:
 def read_index(path: str) -> BundleIndex:
     """Read, parse and validate a checkpoint's .index file."""
     try:
+        if os.path.exists(path) and not os.path.isdir(path) and not os.path.isfile(path):
+            raise CheckpointError(f"{path}: not a regular file")     # a FIFO would block open() forever
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             if size > MAX_INDEX_BYTES:

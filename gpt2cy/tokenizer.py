@@ -92,6 +92,8 @@ def load_encoder(path: str) -> dict[str, int]:
         encoder = json.loads(text, object_pairs_hook=pairs_hook)
     except json.JSONDecodeError as e:
         raise TokenizerError(f"{path} line {e.lineno}: invalid JSON: {e.msg}") from None
+    except RecursionError:
+        raise TokenizerError(f"{path} line 1: invalid JSON: nested too deeply") from None
     if not isinstance(encoder, dict):
         raise TokenizerError(f"{path} line 1: expected a JSON object of token -> id, got {type(encoder).__name__}")
     if not encoder:
@@ -187,7 +189,7 @@ def _check_model_vocab(path: str, n_vocab: int) -> None:
         try:
             with open(fpath, encoding="utf-8") as f:
                 value = json.load(f).get(key)
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError, RecursionError):
             continue                                  # the checkpoint loader reports broken hparams
         if isinstance(value, int) and value != n_vocab:
             raise TokenizerError(f"{fpath}: {key} is {value} but the vocabulary has {n_vocab} tokens")

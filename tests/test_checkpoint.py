@@ -307,6 +307,41 @@ def test_index_is_a_directory(model_copy):
     _err(model_copy, "is a directory")
 
 
+def _load_error_from_pipe(model_dir, name):
+    """Replace `name` by a named pipe and return load_weights' error; fail (not hang) if it waits on the pipe."""
+    import threading
+    pipe = os.path.join(model_dir, name)
+    os.remove(pipe)
+    os.mkfifo(pipe)                   # open() for reading blocks until a writer comes
+    out = []
+
+    def load():
+        try:
+            load_weights(model_dir)
+        except CheckpointError as e:
+            out.append(str(e))
+    t = threading.Thread(target=load, daemon=True)
+    t.start()
+    t.join(10)
+    if t.is_alive():                  # release the reader so the thread ends, then fail
+        os.close(os.open(pipe, os.O_WRONLY))
+        t.join()
+        pytest.fail(f"load_weights waited on the named pipe {name}")
+    return out[0] if out else "no error"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+@pytest.mark.parametrize("name", ["model.ckpt.index", "hparams.json"])
+def test_a_named_pipe_is_refused_not_waited_on(model_copy, name):
+    assert _load_error_from_pipe(model_copy, name).endswith(f"{name}: not a regular file")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_a_named_pipe_safetensors_is_refused(tmp_path):
+    d = write_random_model(str(tmp_path / "hf"), SMALL_VOCAB, fmt="safetensors")
+    assert _load_error_from_pipe(d, "model.safetensors").endswith("model.safetensors: not a regular file")
+
+
 def test_load_config(tiny_dir):
     assert load_config(tiny_dir).n_embd == 32
     assert read_index(os.path.join(tiny_dir, "model.ckpt.index")).header.num_shards == 1

@@ -100,6 +100,21 @@ def test_500_is_retried_then_fails(server, dest):
     assert_nothing_saved(dest)
 
 
+def test_retries_back_off_exponentially(server, dest, monkeypatch):
+    import gpt2cy.download as download
+    waits = []
+    monkeypatch.setattr(download.time, "sleep", waits.append)
+    server.set_mode("blob.bin", "500")
+    with pytest.raises(DownloadError, match=r"HTTP 500.*gave up after 5 attempts"):
+        fetch(url(server), dest, settings=HttpSettings(timeout=0.4, retries=4, backoff=16.0), progress=quiet())
+    assert waits == [16.0, 30.0, 30.0, 30.0]   # doubled per failure, capped at 30 s
+    waits.clear()
+    with pytest.raises(DownloadError):
+        fetch(url(server), dest, settings=HttpSettings(timeout=0.4, retries=3, backoff=0.5), progress=quiet())
+    assert waits == [0.5, 1.0, 2.0]
+    assert_nothing_saved(dest)
+
+
 def test_error_keeps_existing_file(server, blob, dest):
     with open(dest, "wb") as f:
         f.write(b"old")

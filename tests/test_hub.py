@@ -282,6 +282,26 @@ def test_changed_file_is_verified_again(home, server, source):
     assert hub.is_verified(path) and len(server.served()) == n
 
 
+def test_damaged_marker_means_verify_again(home, server, source):
+    path = hub.download_models(["124M"])[0]
+    n = len(server.served())
+    for junk in (b"[" * 100_000, b"\xff", b"{", b"[]"):
+        with open(os.path.join(path, hub.MARKER), "wb") as f:
+            f.write(junk)
+        assert not hub.is_verified(path)
+        assert hub.resolve_model("124M") == path  # verified again locally, marker rewritten
+        assert hub.is_verified(path) and len(server.served()) == n
+
+
+@pytest.mark.parametrize("name,junk", [("encoder.json", b"[" * 100_000), ("hparams.json", b"[" * 100_000),
+                                       ("encoder.json", b"\xff\xfe"), ("vocab.bpe", b"<html>")])
+def test_malformed_small_file_is_a_download_error(tmp_path, name, junk):
+    p = tmp_path / name
+    p.write_bytes(junk)
+    with pytest.raises(DownloadError, match=name.replace(".", r"\.")):
+        hub._check_small_file(name, str(p))
+
+
 def test_corrupt_cached_model_is_an_error_on_load(home, server, source):
     path = hub.download_models(["124M"])[0]
     with open(os.path.join(path, DATA), "r+b") as f:

@@ -261,6 +261,7 @@ def test_non_float_weight(tmp_path):
     ({"vocab_size": 97, "n_ctx": 16, "n_embd": 8, "n_head": 3, "n_layer": 2}, "not divisible"),
     ("[]", "expected a JSON object"),
     ("{", "not valid JSON"),
+    ("[" * 100_000, r"config\.json: not valid JSON \(nested too deeply\)"),
 ])
 def test_bad_config_json(tmp_path, cfg, match):
     d, _ = _small_model(tmp_path)
@@ -280,3 +281,37 @@ def test_n_ctx_fallback_and_tf_layout_wins(tmp_path, tf_dir):
     shutil.copytree(tf_dir, both)
     shutil.copy(os.path.join(d, "model.safetensors"), both)
     assert load_weights(str(both)).format == "tf"
+
+
+def test_no_config_json_infers_a_published_shape(tmp_path):
+    """HF's layout is model.safetensors + vocab.json + merges.txt; config.json may be absent."""
+    cfg = Config(n_vocab=11, n_ctx=5, n_embd=768, n_head=12, n_layer=2)   # 124M's width, tiny otherwise
+    for prefix in ("", "transformer."):
+        tensors = {prefix + hf_name(c): np.full(s, i, np.float32)
+                   for i, (c, s) in enumerate(expected_shapes(cfg).items())}
+        d = tmp_path / f"hf{prefix}"
+        d.mkdir()
+        _write(d / "model.safetensors", tensors)
+        w = load_weights(str(d))
+        assert w.config.to_json() == cfg.to_json()
+        assert all(w.tensors[c][(0,) * len(s)] == i for i, (c, s) in enumerate(expected_shapes(cfg).items()))
+        assert verify(str(d)).n_tensors == len(tensors)
+
+
+def test_no_config_json_and_an_unpublished_width_names_the_problem(tmp_path):
+    d, _ = _small_model(tmp_path)
+    os.remove(os.path.join(d, "config.json"))
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: no config\.json beside it, and n_embd 8 is "
+                                              r"not a published GPT-2 size"):
+        load_weights(d)
+    _write(os.path.join(d, "model.safetensors"), {"x": np.zeros(3, np.float32)})
+    with pytest.raises(CheckpointError, match=r"no 2-D wte\.weight/wpe\.weight"):
+        load_weights(d)
+
+
+def test_hparams_json_serves_an_hf_directory_without_config_json(tmp_path):
+    d, _ = _small_model(tmp_path)
+    os.remove(os.path.join(d, "config.json"))
+    with open(os.path.join(d, "hparams.json"), "w") as f:
+        json.dump(SMALL.to_json(), f)
+    assert load_weights(d).config.to_json() == SMALL.to_json()

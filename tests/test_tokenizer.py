@@ -209,6 +209,15 @@ def test_decode_out_of_range_is_tokenizer_error(tok, ids):
         tok.decode_bytes(ids)
 
 
+def test_decode_error_names_the_real_id(tok):
+    # uint64 ids past 2**63 must not be reported as the negative number they wrap to in int64
+    with pytest.raises(TokenizerError, match=r"token id 18446744073709551615 at position 1 is outside"):
+        tok.decode(np.array([5, 2**64 - 1], dtype=np.uint64))
+    with pytest.raises(TokenizerError, match=r"token id 60000 at position 2 is outside"):
+        tok.decode(np.array([5, 6, 60000], dtype=np.uint64))
+    assert tok.decode(np.array([15496, 995], dtype=np.uint64)) == "Hello world"
+
+
 def test_decode_single_token_errors(tok):
     with pytest.raises(TokenizerError):
         tok.decode_single_token_bytes(50257)

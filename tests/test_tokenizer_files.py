@@ -50,6 +50,10 @@ def test_hparams_vocab_size_must_agree(tmp_path, real):
     (d / "hparams.json").write_text(json.dumps({"n_vocab": 50000}))
     with pytest.raises(TokenizerError, match="hparams.json: n_vocab is 50000"):
         Tokenizer.from_dir(d)
+    # A broken hparams.json is the checkpoint loader's to report; it must not crash the tokenizer.
+    for broken in ("[" * 100_000, "{", "[1]", "\xff"):
+        (d / "hparams.json").write_text(broken, encoding="latin-1")
+        assert Tokenizer.from_dir(d).n_vocab == 50257
 
 
 def test_missing_files(tmp_path):
@@ -75,6 +79,7 @@ ENCODER_DEFECTS = [
     ("no_eot", lambda t: t.replace('"<|endoftext|>"', '"<|notendoftext|>"'), r"'<\|endoftext\|>' is missing"),
     ("bad_spelling", lambda t: t.replace('"hello": 31373', '"hel lo": 31373'), r"'hel lo' is not spelled"),
     ("missing_byte", lambda t: t.replace('"!": 0', '"\\u0120\\u0120\\u0120!": 0'), r"single-byte token '!'"),
+    ("nested_too_deeply", lambda t: "[" * 100_000, r"encoder.json line 1: invalid JSON: nested too deeply"),
 ]
 
 
