@@ -52,6 +52,8 @@ class Config:
 
     @classmethod
     def from_file(cls, path: str, name: str = "") -> "Config":
+        if os.path.exists(path) and not os.path.isfile(path):  # a FIFO or device would block or never end
+            raise CheckpointError(f"{path}: not a regular file")
         try:
             with open(path, "rb") as f:
                 raw = json.loads(f.read().decode("utf-8"))
