@@ -5,7 +5,7 @@
     print(model.generate("Hello, my name is", max_new_tokens=20))
 """
 from .errors import (CheckpointError, ContextLengthError, DownloadError, GPT2CyError,
-                     ModelNotFound, TokenizerError)
+                     InvalidTokenError, ModelNotFound, TokenizerError)
 
 __version__ = "0.1.0"
 
@@ -21,8 +21,8 @@ _LAZY = {
     "verify": ("checkpoint", "verify"),
 }
 
-__all__ = ["CheckpointError", "ContextLengthError", "DownloadError", "GPT2CyError", "ModelNotFound",
-           "TokenizerError", "__version__", *_LAZY]
+__all__ = ["CheckpointError", "ContextLengthError", "DownloadError", "GPT2CyError", "InvalidTokenError",
+           "ModelNotFound", "TokenizerError", "__version__", *_LAZY]
 
 
 def __getattr__(name):

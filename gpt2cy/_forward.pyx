@@ -47,6 +47,7 @@ cdef class Engine:
     """GPT-2 forward pass with a KV cache. Model (model.py) is the public face; this class trusts nothing
     about ids or positions either, but leaves the friendly messages to Model."""
 
+    # n_ctx: the positions allocated, at most the config's (the checkpoint's wpe rows)
     cdef readonly Py_ssize_t n_vocab, n_ctx, n_embd, n_head, n_layer, head_dim
     cdef readonly Py_ssize_t n_past          # positions held in the KV cache
     cdef Py_ssize_t _cap                     # cache row length: n_ctx padded (kv_capacity)
@@ -72,12 +73,16 @@ cdef class Engine:
     def __cinit__(self):
         self._blocks = NULL
 
-    def __init__(self, config, dict tensors not None, int threads=1):
-        """config: anything with n_vocab, n_ctx, n_embd, n_head, n_layer; tensors: canonical names -> arrays."""
-        cdef Py_ssize_t V = config.n_vocab, N = config.n_ctx, C = config.n_embd
+    def __init__(self, config, dict tensors not None, int threads=1, n_ctx=None):
+        """config: anything with n_vocab, n_ctx, n_embd, n_head, n_layer; tensors: canonical names -> arrays.
+        n_ctx: positions to allocate the KV cache and buffers for (default and maximum: config.n_ctx)."""
+        cdef Py_ssize_t V = config.n_vocab, P = config.n_ctx, C = config.n_embd
         cdef Py_ssize_t H = config.n_head, L = config.n_layer, i
-        if min(V, N, C, H, L) < 1 or C % H:
+        cdef Py_ssize_t N = P if n_ctx is None else n_ctx
+        if min(V, P, C, H, L) < 1 or C % H:
             raise ValueError(f"invalid config {config!r}")
+        if not 1 <= N <= P:
+            raise ValueError(f"n_ctx must be in [1, {P}], got {N}")
         self.n_vocab, self.n_ctx, self.n_embd, self.n_head, self.n_layer = V, N, C, H, L
         self.head_dim = C // H
         self.n_past = 0
@@ -87,7 +92,7 @@ cdef class Engine:
         free(self._blocks)                   # __init__ called again: start over
         self._blocks = NULL
         self._wte = _ptr(self._arrays, tensors, "wte", (V, C))
-        self._wpe = _ptr(self._arrays, tensors, "wpe", (N, C))
+        self._wpe = _ptr(self._arrays, tensors, "wpe", (P, C))     # rows past N are never read
         self._lnf_g = _ptr(self._arrays, tensors, "ln_f.g", (C,))
         self._lnf_b = _ptr(self._arrays, tensors, "ln_f.b", (C,))
         self._blocks = <Block*>malloc(L * sizeof(Block))
@@ -151,6 +156,15 @@ cdef class Engine:
         if self._busy:
             raise RuntimeError("cannot reset while the model is running in another thread")
         self.n_past = 0
+
+    def truncate(self, Py_ssize_t n):
+        """Keep the first n cached positions (0 <= n <= n_past); later ones are overwritten by the next
+        forward. Positions are absolute, so what stays is exactly the cache of those n tokens."""
+        if n < 0 or n > self.n_past:
+            raise ValueError(f"cannot truncate to {n} positions: the cache holds {self.n_past}")
+        if self._busy:
+            raise RuntimeError("cannot truncate while the model is running in another thread")
+        self.n_past = n
 
     def forward(self, const Py_ssize_t[::1] ids not None, float[:, ::1] out not None, bint all_rows):
         """Run ids at positions n_past.. and append them to the cache.

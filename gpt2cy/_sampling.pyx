@@ -1,14 +1,16 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 # (every index below comes from these loops over validated lengths; the def entry points check their inputs)
-"""The per-token hot path of gpt2cy.sampling with top-k on: select, soften, cut and draw in C.
+"""The per-token hot paths of gpt2cy.sampling: select, soften, cut and draw in C.
 
-numpy's argpartition plus a dozen small array calls cost ~70 us a token, close to 1% of a 124M decode
-step; one pass with a k-entry min-heap and scalar loops over the k survivors costs a fraction of that.
-gpt2cy.sampling.candidates is the readable reference; tests check this module draws the same tokens.
+With top-k on: numpy's argpartition plus a dozen small array calls cost ~70 us a token, close to 1% of a
+124M decode step; one pass with a k-entry min-heap and scalar loops over the k survivors costs a fraction.
+Top-p alone: a radix select finds the nucleus without sorting the vocabulary (see below).
+gpt2cy.sampling.candidates is the readable reference; tests check this module keeps the same sets and
+(top-k) draws the same tokens.
 """
 import numpy as np
 cimport numpy as cnp
-from libc.math cimport exp
+from libc.math cimport exp, NAN
 from libc.stdlib cimport malloc, free
 
 cnp.import_array()
@@ -169,4 +171,377 @@ def sample_top_k(const float[::1] logits not None, Py_ssize_t k, double temperat
     free(val); free(idx); free(p)
     if chosen < 0:
         raise ValueError("every logit is NaN")
+    return chosen
+
+
+# ------------------------------------------------------------------------------------------------
+# Top-p without top-k: the nucleus of a full-vocabulary distribution without sorting it.
+#
+# The reference (gpt2cy.sampling.candidates) sorts the probabilities, best first (ties: lower id first),
+# and keeps the shortest prefix whose float64 running sum reaches top_p. Here: one vectorised pass sums
+# the mass at or above each of NT power-of-4 steps below the max (in 2^-60 fixed point: integer sums
+# vectorise; the input must be a normalised distribution, as gpt2cy.sampling.softmax makes it),
+# which names the band the cut falls in; only that band's members are gathered, then narrowed by a radix
+# select on their float32 bit patterns (monotone in the value for non-negative floats: 11, 11, then 9
+# bits), and only the last few are sorted. Summing in another order (or in fixed point) moves a sum of
+# n <= V terms in [0, 1] by at most ~n * 2^-53, so whenever the running sums on both sides of the cut
+# are further than NUCLEUS_SLACK * V * 2^-53 from top_p the reference makes the same cut; otherwise
+# (about once in 10^6 tokens) the caller falls back to the reference.
+
+cdef enum:
+    NB = 2048               # buckets per radix level (11 bits)
+    NT = 8                  # power-of-4 thresholds of the first pass: bands down to max * 4^-7
+    SMALL = 24              # candidates few enough to sort outright
+    BLK = 256               # tokens per block of the skip-ahead scans
+    LANES = 4               # side-by-side histograms for large candidate sets
+
+cdef double NUCLEUS_SLACK = 8.0
+
+cdef union _F32:
+    float f
+    unsigned int u
+
+
+cdef inline unsigned int _bits(float v) noexcept nogil:
+    cdef _F32 c
+    c.f = v
+    return c.u
+
+
+cdef inline long long _fixed(float v) noexcept nogil:
+    """v in [0, 1] in 2^-60 fixed point."""
+    return <long long>(<double>v * 1152921504606846976.0)
+
+
+cdef inline unsigned int _digit(unsigned int bits, int level) noexcept nogil:
+    """The bucket of `bits` at radix level 0 (bits 20-30), 1 (bits 9-19) or 2 (bits 0-8)."""
+    if level == 0:
+        return bits >> 20
+    if level == 1:
+        return (bits >> 9) & 0x7FF
+    return bits & 0x1FF
+
+
+cdef int _nucleus_cut(const float* x,            # IN  [V] probabilities (>= 0, summing to ~1)
+                      Py_ssize_t V, double top_p,
+                      float* vb,                 # OUT the value of the last kept token
+                      Py_ssize_t* n_ties,        # OUT how many tokens equal to *vb are kept (lowest ids)
+                      float* vmax,               # OUT the largest probability
+                      double* kept_mass          # OUT the kept tokens' total (running-sum order)
+                      ) noexcept nogil:
+    """Where the reference's top-p cut falls. Returns 1 (keep every x > *vb and the first *n_ties ids
+    with x == *vb), 2 (keep everything: the total never reaches top_p), 0 (too close to call, or an
+    entry that is NaN, negative or above 1: use the reference), -1 (out of memory)."""
+    cdef double eps = NUCLEUS_SLACK * (V + SMALL) * 1.1102230246251565e-16
+    cdef double above[NT + 1]
+    cdef float thr[NT + 1]
+    cdef float hi, lo, up
+    cdef Py_ssize_t i, j, n, m, b, k, t
+    cdef int level, status = 0
+    cdef unsigned int d
+    cdef double cum, prev
+    cdef float v
+    # 1. one vectorised pass: the max, then the mass at or above NT power-of-4 steps below it
+    hi = _max_checked(x, V)
+    if not (hi >= 0.0 and hi <= 1.0):
+        return 0
+    vmax[0] = hi
+    _F32_from_bits(_bits(hi) & 0x7F800000u, &thr[0])       # the power of two at or below the max
+    for t in range(1, NT):
+        thr[t] = thr[t - 1] * 0.25
+    thr[NT] = 0.0                                           # everything: the total
+    _masses_above(x, V, thr, above)
+    if not (above[NT] > 0.999 and above[NT] < 1.001):     # not a normalised distribution
+        return 0
+    # 2. the band the running sum crosses top_p in: [thr[t], thr[t - 1])
+    t = 0
+    while t <= NT and above[t] < top_p:
+        t += 1
+    if t > NT:
+        kept_mass[0] = above[NT]
+        return 2 if above[NT] < top_p - eps else 0
+    cum = above[t - 1] if t > 0 else 0.0
+    lo = thr[t]
+    up = thr[t - 1] if t > 0 else 2.0
+    n = _count_in(x, V, _bits(lo), _bits(up))
+    # 3. its members, in id order; then narrow them by 11, 11 and 9 bits of their patterns
+    cdef double* mass = <double*>malloc(LANES * NB * sizeof(double))
+    cdef Py_ssize_t* count = <Py_ssize_t*>malloc(LANES * NB * sizeof(Py_ssize_t))
+    cdef Py_ssize_t lanes, ln
+    cdef Py_ssize_t* cand = <Py_ssize_t*>malloc((n + 1) * sizeof(Py_ssize_t))
+    if mass == NULL or count == NULL or cand == NULL:
+        free(mass); free(count); free(cand)
+        return -1
+    m = n
+    n = _collect(x, V, _bits(lo), _bits(up), cand, m)
+    for level in range(3):
+        # many candidates (a flat distribution) crowd into few buckets: LANES histograms side by side
+        # keep one bucket's adds from chaining through memory
+        lanes = LANES if n > LANES * NB else 1
+        for b in range(lanes * NB):
+            mass[b] = 0.0
+            count[b] = 0
+        for j in range(n):
+            v = x[cand[j]]
+            d = _digit(_bits(v), level) + (j & (lanes - 1)) * NB
+            mass[d] += v
+            count[d] += 1
+        for ln in range(1, lanes):
+            for b in range(NB):
+                mass[b] += mass[ln * NB + b]
+                count[b] += count[ln * NB + b]
+        b = NB - 1                              # the highest bucket where the running sum reaches top_p
+        while b >= 0:
+            if count[b] and cum + mass[b] >= top_p:
+                break
+            cum += mass[b]
+            b -= 1
+        if b < 0:                               # the band's mass said otherwise: rounding, too close
+            status = 0
+            break
+        m = 0
+        for j in range(n):                      # branch-free: about half may match on a flat row
+            cand[m] = cand[j]
+            m += 1 if _digit(_bits(x[cand[j]]), level) == <unsigned int>b else 0
+        n = m
+        if n <= SMALL or level == 2:
+            # sort the few left best first (insertion sort; ties keep id order); after level 2 they are
+            # all equal and already in order
+            for j in range(1, n):
+                k = cand[j]
+                v = x[k]
+                i = j - 1
+                while i >= 0 and x[cand[i]] < v:
+                    cand[i + 1] = cand[i]
+                    i -= 1
+                cand[i + 1] = k
+            status = 0
+            for j in range(n):
+                prev = cum
+                cum += x[cand[j]]
+                if cum >= top_p:
+                    if cum - top_p >= eps and top_p - prev >= eps:
+                        vb[0] = x[cand[j]]
+                        k = 0
+                        for i in range(j + 1):
+                            if x[cand[i]] == vb[0]:
+                                k += 1
+                        n_ties[0] = k
+                        kept_mass[0] = cum
+                        status = 1
+                    break
+            break
+    free(mass); free(count); free(cand)
+    return status
+
+
+cdef inline void _F32_from_bits(unsigned int u, float* out) noexcept nogil:
+    cdef _F32 c
+    c.u = u
+    out[0] = c.f
+
+
+cdef float _max_checked(const float* x, Py_ssize_t V) noexcept nogil:
+    """max(x), or NaN when an entry is NaN, negative or above 1. For floats >= 0 the bit patterns
+    order as the values do, and anything else has a pattern above 1.0's: one integer max (vectorised)."""
+    cdef const unsigned int* u = <const unsigned int*>x
+    cdef unsigned int m = 0
+    cdef Py_ssize_t i
+    cdef float r
+    for i in range(V):
+        m = u[i] if u[i] > m else m
+    if m > 0x3F800000u:
+        return <float>NAN
+    _F32_from_bits(m, &r)
+    return r
+
+
+cdef void _masses_above(const float* x, Py_ssize_t V,
+                        const float* thr,        # IN  [NT + 1] thresholds, falling
+                        double* above            # OUT [NT + 1] sum of x[i] >= thr[t]
+                        ) noexcept nogil:
+    """Masses at or above each threshold in 2^-60 fixed point: integer sums vectorise (no float
+    reassociation), and truncating V terms moves a sum by < V * 2^-60, far inside the slack."""
+    cdef const unsigned int* u = <const unsigned int*>x
+    cdef unsigned long long acc[NT + 1]         # unsigned: a row that is not normalised wraps, never UB
+    cdef unsigned int tb[NT + 1]
+    cdef unsigned long long q
+    cdef unsigned int ui
+    cdef Py_ssize_t i, t
+    for t in range(NT + 1):
+        acc[t] = 0
+        tb[t] = _bits(thr[t])
+    for i in range(V):
+        ui = u[i]
+        q = <unsigned long long>_fixed(x[i])
+        for t in range(NT + 1):
+            acc[t] += q if ui >= tb[t] else 0
+    for t in range(NT + 1):
+        above[t] = <double>acc[t] * 8.673617379884035e-19
+
+
+cdef Py_ssize_t _count_in(const float* x, Py_ssize_t V, unsigned int lo, unsigned int up) noexcept nogil:
+    """How many bit patterns lie in [lo, up) (vectorised)."""
+    cdef const unsigned int* u = <const unsigned int*>x
+    cdef Py_ssize_t i, n = 0
+    cdef unsigned int width = up - lo
+    for i in range(V):
+        n += <Py_ssize_t>(u[i] - lo < width)        # lo <= u < up in one unsigned compare
+    return n
+
+
+cdef Py_ssize_t _collect(const float* x, Py_ssize_t V, unsigned int lo, unsigned int up,
+                         Py_ssize_t* out,        # OUT [cap] ids with lo <= bits < up, in id order
+                         Py_ssize_t cap) noexcept nogil:
+    """The ids whose bit patterns lie in [lo, up): blocks without one are skipped by a vectorised test."""
+    cdef const unsigned int* u = <const unsigned int*>x
+    cdef Py_ssize_t i, j, n = 0, end
+    cdef unsigned int width = up - lo
+    cdef int hit
+    i = 0
+    while i < V:
+        end = i + BLK if i + BLK < V else V
+        hit = 0
+        for j in range(i, end):
+            hit += <int>(u[j] - lo < width)     # lo <= u < up in one unsigned compare
+        if hit:
+            for j in range(i, end):             # branch-free; out has room for cap + 1
+                out[n] = j
+                n += <Py_ssize_t>((u[j] - lo < width) & (n < cap))
+        i = end
+    return n
+
+
+cdef Py_ssize_t _draw(const float* x, Py_ssize_t V,
+                      unsigned int low,          # tokens with bits >= low are kept
+                      unsigned int tie,          # and the first n_ties with bits == tie (n_ties 0: none)
+                      Py_ssize_t n_ties, double u) noexcept nogil:
+    """Walk the kept tokens in id order and return the first whose running mass (2^-60 fixed point,
+    exact integer sums) exceeds u times the kept total; -1 when the kept mass is 0 in fixed point.
+    Blocks without a tie and short of the target are summed by a vectorised loop."""
+    cdef const unsigned int* b = <const unsigned int*>x
+    cdef long long total = 0, cum = 0, target, part, qt
+    cdef Py_ssize_t i, j, end, seen = 0
+    cdef int ties
+    for i in range(V):
+        total += _fixed(x[i]) if b[i] >= low else 0
+    cdef float tf
+    _F32_from_bits(tie, &tf)
+    qt = _fixed(tf)
+    if n_ties:
+        total += n_ties * qt
+    if total <= 0:
+        return -1
+    target = <long long>(u * <double>total)
+    if target >= total:
+        target = total - 1
+    i = 0
+    while i < V:
+        end = i + BLK if i + BLK < V else V
+        part = 0
+        ties = 0
+        for j in range(i, end):
+            part += _fixed(x[j]) if b[j] >= low else 0
+            ties += <int>(b[j] == tie)
+        if (ties == 0 or n_ties == 0 or seen >= n_ties) and cum + part <= target:
+            cum += part
+            i = end
+            continue
+        for j in range(i, end):
+            if b[j] >= low:
+                cum += _fixed(x[j])
+            elif n_ties and b[j] == tie and seen < n_ties:
+                seen += 1
+                cum += qt
+            else:
+                continue
+            if cum > target:
+                return j
+        i = end
+    return -1
+
+
+cdef inline bint _kept(float v, int status, float vb, Py_ssize_t n_ties, Py_ssize_t* ties_seen,
+                       double floor) noexcept nogil:
+    """Is a token of probability v (met in id order) in the nucleus and above the min-p floor?"""
+    if <double>v < floor:
+        return False
+    if status == 2 or v > vb:
+        return True
+    if v == vb and ties_seen[0] < n_ties:
+        ties_seen[0] += 1
+        return True
+    return False
+
+
+def nucleus(const float[::1] probs not None, double top_p, double min_p=0.0):
+    """The ids (ascending) the reference keeps for top-p then min-p on a full distribution `probs` [V]
+    (float32, as gpt2cy.sampling.softmax makes it), or None when the cut is too close to call or
+    `probs` is not a distribution."""
+    cdef Py_ssize_t V = probs.shape[0], i, n = 0, seen = 0, n_ties = 0
+    if V and not 0.999 < np.sum(np.asarray(probs), dtype=np.float64) < 1.001:
+        return None
+    cdef float vb = 0.0, hi = 0.0
+    cdef double mass = 0.0
+    cdef int status
+    if V == 0:
+        raise ValueError("empty distribution")
+    with nogil:
+        status = _nucleus_cut(&probs[0], V, top_p, &vb, &n_ties, &hi, &mass) if top_p < 1.0 else 3
+    if status == -1:
+        raise MemoryError()
+    if status == 0:
+        return None
+    if status == 3:                             # top_p 1: min-p alone (the max still has to be found)
+        hi = np.max(np.asarray(probs))
+        status = 2
+    out = np.empty(V, dtype=np.intp)
+    cdef cnp.intp_t[::1] o = out
+    cdef double floor = min_p * <double>hi if min_p > 0.0 else -1.0
+    with nogil:
+        for i in range(V):
+            if _kept(probs[i], status, vb, n_ties, &seen, floor):
+                o[n] = i
+                n += 1
+    return out[:n]
+
+
+def sample_nucleus(const float[::1] probs not None, double top_p, double min_p, double u):
+    """Draw one token from the top-p / min-p cut of `probs` [V] (float32 summing to 1, as
+    gpt2cy.sampling.softmax makes it: a row that does not is refused when seen, but not always seen;
+    the same kept set as nucleus()), walking the kept tokens in id
+    order: the first whose running mass exceeds u (in [0, 1)) times the kept total. Returns -1 when the
+    cut is too close to call or the input is not a distribution (use the reference instead)."""
+    cdef Py_ssize_t V = probs.shape[0], n_ties = 0, chosen = -1
+    cdef float vb = 0.0, hi = 0.0, f
+    cdef int status = 2
+    cdef double total = 0.0, floor
+    cdef unsigned int low = 0, tie = 0, fb = 0
+    if V == 0:
+        raise ValueError("empty distribution")
+    if not 0.0 <= u < 1.0:
+        raise ValueError(f"u must be in [0, 1), got {u}")
+    with nogil:
+        if top_p < 1.0:
+            status = _nucleus_cut(&probs[0], V, top_p, &vb, &n_ties, &hi, &total)
+        else:
+            hi = _max_checked(&probs[0], V)
+            if not hi >= 0.0:
+                status = 0
+        if status == 1 or status == 2:
+            if status == 1:
+                low, tie = _bits(vb) + 1, _bits(vb)
+            if min_p > 0.0:                     # the float64 floor as a float32 bit pattern
+                floor = min_p * <double>hi
+                f = <float>floor
+                fb = _bits(f)
+                if <double>f < floor:
+                    fb += 1
+                if fb > low:
+                    low = fb
+                if status == 1 and tie < fb:
+                    n_ties = 0
+            chosen = _draw(&probs[0], V, low, tie, n_ties if status == 1 else 0, u)
+    if status == -1:
+        raise MemoryError()
     return chosen

@@ -5,20 +5,23 @@ Alice (the user) and Bob (the bot). Each user line is added as "\\nAlice: ...\\n
 ends at a newline, at "\\nAlice:" or at <|endoftext|> (never before its first token: an empty reply is
 no answer).
 
-The conversation is kept as token ids. The KV cache holds the last prompt and reply, so the next turn,
-which extends them, prefills only its own new tokens. When the context (n_ctx positions) would
+The conversation is kept as token ids. The KV cache holds the last prompt and reply; the next prompt
+prefills only what follows the longest prefix it shares with them (a new turn: its own tokens; /regen:
+nothing; /undo or dropped turns: from the first changed token on). When the context (n_ctx positions) would
 overflow, the oldest whole turns are dropped (never the preamble), the rest is re-prefilled, and a
 notice says so; GPT-2's positions are absolute, so the cache cannot be shifted instead.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+import os
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
 from .errors import ContextLengthError
-from .generation import GenerationChunk, KVCache, stderr_notice, stream_generate
+from .generation import GenerationChunk, KVCache, context_size, stderr_notice, stream_generate
 from .sampling import Sampler, SamplingParams
 
 USER, BOT = "Alice", "Bob"
@@ -38,6 +41,8 @@ PREAMBLE = (
 )
 
 TEMPLATES = ("carlini",)
+TRANSCRIPT_VERSION = 1
+_REPLY_PARAMS = ("max_tokens", "stop", "multiline")     # transcript "params" beyond SamplingParams
 
 
 @dataclass
@@ -63,6 +68,7 @@ class Chat:
     `chat.multiline = True` lets a reply run over several lines (it then ends only at "\nAlice:", eos,
     a stop string or the token limit).
     `on_notice` receives one-line notices (context overflow); by default they go to stderr.
+    `chat.save(path)` / `chat.load(path)` write and restore the conversation as a JSON transcript.
     """
 
     def __init__(self, model, *, template: str = "carlini", preamble: Optional[str] = None,
@@ -88,9 +94,9 @@ class Chat:
         self._enders: Optional[np.ndarray] = None
         tok = model.tokenizer
         self._preamble_ids = tok.encode(self.preamble) if self.preamble else [tok.eot_token]
-        if len(self._preamble_ids) >= model.config.n_ctx:
+        if len(self._preamble_ids) >= self.n_ctx:
             raise ContextLengthError(f"the chat preamble is {len(self._preamble_ids)} tokens; "
-                                     f"the context holds {model.config.n_ctx}")
+                                     f"the context holds {self.n_ctx}")
 
     # -- state -----------------------------------------------------------------------------------
     @property
@@ -108,7 +114,8 @@ class Chat:
 
     @property
     def n_ctx(self) -> int:
-        return self.model.config.n_ctx
+        """The context the conversation must fit in (the model's n_ctx, which may be below 1024)."""
+        return context_size(self.model)
 
     @property
     def context_used(self) -> int:
@@ -118,6 +125,90 @@ class Chat:
     def clear(self) -> None:
         """Forget every exchange; the preamble stays (and stays cached)."""
         self.turns = []
+
+    # -- transcripts -----------------------------------------------------------------------------
+    def transcript(self, model_name: Optional[str] = None) -> dict:
+        """The conversation as a JSON-ready dict: version, model, params, turns [{user, reply, finish_reason}]."""
+        params = asdict(self.params)
+        params.update(max_tokens=-1 if self.max_new_tokens is None else self.max_new_tokens,
+                      stop=list(self.stop), multiline=self.multiline, seed=self.seed)
+        return {"version": TRANSCRIPT_VERSION,
+                "model": model_name or self.model.config.name or "",
+                "params": params,
+                "turns": [{"user": t.user, "reply": t.reply, "finish_reason": t.finish_reason}
+                          for t in self.turns]}
+
+    def restore(self, data) -> None:
+        """Replace the turns (and the sampling parameters it names) with a transcript's. Nothing changes
+        unless all of it is valid (ValueError, one line, otherwise). The KV cache is left as it is: the
+        next send prefills what follows the prefix it shares with the restored conversation."""
+        if not isinstance(data, dict):
+            raise ValueError("a transcript is a JSON object")
+        if data.get("version") != TRANSCRIPT_VERSION:
+            raise ValueError(f"unsupported transcript version {data.get('version')!r} "
+                             f"(expected {TRANSCRIPT_VERSION})")
+        raw_turns = data.get("turns")
+        if not isinstance(raw_turns, list):
+            raise ValueError("the transcript has no list of turns")
+        raw = data.get("params") or {}
+        if not isinstance(raw, dict):
+            raise ValueError("the transcript's params must be an object")
+        known = set(asdict(self.params))
+        try:
+            params = self.params.replace(**{k: v for k, v in raw.items() if k in known})
+        except TypeError as e:
+            raise ValueError(f"bad params in the transcript: {e}") from None
+        max_tokens = raw.get("max_tokens", -1 if self.max_new_tokens is None else self.max_new_tokens)
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < -1:
+            raise ValueError(f"bad max_tokens in the transcript: {max_tokens!r}")
+        stop = raw.get("stop", self.stop)
+        if not isinstance(stop, list) or not all(isinstance(x, str) and x for x in stop):
+            raise ValueError("the transcript's stop must be a list of non-empty strings")
+        multiline = raw.get("multiline", self.multiline)
+        if not isinstance(multiline, bool):
+            raise ValueError("the transcript's multiline must be true or false")
+        tok = self.model.tokenizer
+        turns = []
+        for i, t in enumerate(raw_turns):
+            if not isinstance(t, dict) or not isinstance(t.get("user"), str) \
+                    or not isinstance(t.get("reply", ""), str):
+                raise ValueError(f"turn {i + 1} of the transcript needs text 'user' and 'reply' fields")
+            finish = t.get("finish_reason")
+            reply = t.get("reply", "")
+            turns.append(Turn(user=t["user"], reply=reply,
+                              finish_reason=finish if isinstance(finish, str) else None,
+                              user_ids=tok.encode(f"\n{USER}: {t['user']}\n{BOT}:"),
+                              reply_ids=tok.encode(reply) if reply else []))
+        self.params, self.max_new_tokens = params, (None if max_tokens == -1 else max_tokens)
+        self.stop, self.multiline, self.turns = list(stop), multiline, turns
+
+    def save(self, path: str, model_name: Optional[str] = None) -> None:
+        """Write the transcript to `path` as JSON (replacing the file whole, never leaving half of it)."""
+        path = os.path.expanduser(path)
+        text = json.dumps(self.transcript(model_name), indent=1, ensure_ascii=True) + "\n"
+        tmp = f"{path}.tmp{os.getpid()}"
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def load(self, path: str) -> dict:
+        """Read a transcript written by save() and restore it; returns it. OSError for an unreadable
+        file, ValueError (one line) for anything that is not a valid transcript."""
+        path = os.path.expanduser(path)
+        with open(path, "rb") as f:
+            raw = f.read()
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ValueError("not a transcript: the file is not UTF-8 text") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"not a transcript: invalid JSON ({e.msg} at line {e.lineno})") from None
+        self.restore(data)
+        return data
 
     # -- talking ---------------------------------------------------------------------------------
     def send(self, text: str, stream: bool = False) -> Union[str, Iterator[GenerationChunk]]:

@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="124M (default), 355M, 774M, 1558M (aliases: gpt2, gpt2-medium, ...) or a model directory")
     g.add_argument("-t", "--threads", type=_number(int, "threads", 1), default=None, metavar="N",
                    help="threads for the kernels (default: $GPT2CY_NUM_THREADS or the CPUs available)")
+    g.add_argument("-c", "--ctx-size", type=_number(int, "ctx-size", 1), default=None, metavar="N",
+                   help="context size in tokens (default and max: the model's, 1024); smaller bounds the "
+                        "KV cache's memory")
     g.add_argument("--offline", action="store_true", help="never touch the network ($GPT2CY_OFFLINE=1)")
     g.add_argument("-v", "--verbose", action="store_true", help="load time, seed and speed on stderr")
     g.add_argument("--debug", action="store_true", help="show a traceback on errors")
@@ -178,15 +181,26 @@ def _read_stdin() -> str:
 
 
 def _load(args):
-    from .model import load
+    from .checkpoint import load_weights
+    from .hub import resolve_model
+    from .model import Model
+    from .threads import check_threads
     t0 = time.perf_counter()
-    model = load(args.model or DEFAULT_MODEL, threads=_threads(args), offline=True if args.offline else None)
+    threads = check_threads(_threads(args))
+    path = resolve_model(args.model or DEFAULT_MODEL, offline=True if args.offline else None)
+    weights = load_weights(path)
+    n_max = weights.config.n_ctx
+    if args.ctx_size is not None and args.ctx_size > n_max:
+        raise UsageError(f"gpt2cy: --ctx-size {args.ctx_size} is more than the model's context of {n_max} "
+                         f"(see gpt2cy --help)")
+    model = Model(weights, threads=threads, path=path, n_ctx=args.ctx_size)
     load_ms = (time.perf_counter() - t0) * 1e3
     if args.verbose:
         cfg = model.config
-        kv_mb = 2 * cfg.n_layer * cfg.n_ctx * cfg.n_embd * 4 / 2**20
+        kv_mb = 2 * cfg.n_layer * model.n_ctx * cfg.n_embd * 4 / 2**20
         _note(f"loaded {cfg.name or args.model or DEFAULT_MODEL} from {getattr(model, 'path', '?')} in "
-              f"{load_ms:.0f} ms; {getattr(model, 'threads', '?')} threads; KV cache {kv_mb:.0f} MiB")
+              f"{load_ms:.0f} ms; {getattr(model, 'threads', '?')} threads; context {model.n_ctx}; "
+              f"KV cache {kv_mb:.0f} MiB")
     return model, load_ms
 
 
@@ -251,8 +265,8 @@ def cmd_generate(args) -> int:
     tok = model.tokenizer
     ids = tok.encode(prompt) or [tok.eot_token]
     shift = args.context_overflow == "shift"
-    room = cfg.n_ctx // 2 if max_tokens is None else max_tokens
-    ids = check_prompt(ids, cfg.n_ctx, cfg.n_vocab, truncate=shift, room=room, on_notice=_note)
+    room = model.n_ctx // 2 if max_tokens is None else max_tokens
+    ids = check_prompt(ids, model.n_ctx, cfg.n_vocab, truncate=shift, room=room, on_notice=_note)
     if args.verbose:
         _note(f"seed {sampler.seed}; prompt {len(ids)} tokens")
     out = sys.stdout
@@ -332,13 +346,28 @@ def cmd_list(args) -> int:
 
 
 def cmd_info() -> int:
+    """Build and runtime facts that explain speed: OpenMP, the thread count and where it comes from,
+    and the OpenMP wait policy (spinning workers are fastest on a quiet machine but collapse when
+    another busy process shares the cores)."""
     import platform
     import numpy
     from ._omp import openmp_enabled
     from .threads import default_threads
+    env = {k: os.environ.get(k) for k in ("GPT2CY_NUM_THREADS", "OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    source = ("GPT2CY_NUM_THREADS" if env["GPT2CY_NUM_THREADS"] else
+              "OMP_NUM_THREADS" if env["OMP_NUM_THREADS"] else "the CPUs available")
+    threads = env["GPT2CY_NUM_THREADS"] if env["GPT2CY_NUM_THREADS"] else default_threads()
     print(f"gpt2cy {__version__}")
     print(f"openmp_enabled: {openmp_enabled()}")
-    print(f"threads: {default_threads()}")
+    print(f"threads: {threads} (from {source}; {cpus} CPUs available; -t N or GPT2CY_NUM_THREADS to change)")
+    policy = env["OMP_WAIT_POLICY"]
+    print(f"OMP_WAIT_POLICY: {policy if policy else 'unset (libgomp default: idle workers spin a while, then sleep)'}")
+    print("  on a machine busy with other work, spinning workers slow every token down: use -t 1, or "
+          "fewer threads than free cores, or OMP_WAIT_POLICY=passive")
     print(f"python: {platform.python_version()} ({sys.executable})")
     print(f"numpy: {numpy.__version__}")
     return EXIT_OK

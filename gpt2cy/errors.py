@@ -13,6 +13,10 @@ class TokenizerError(GPT2CyError):
     """A vocabulary file is malformed, or a token id is outside the vocabulary."""
 
 
+class InvalidTokenError(TokenizerError, ValueError):
+    """A token id that is not an integer in [0, n_vocab)."""
+
+
 class ContextLengthError(GPT2CyError, ValueError):
     """A sequence would run past the model's context (n_ctx positions)."""
 

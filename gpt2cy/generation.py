@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Union
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -51,8 +51,20 @@ def stderr_notice(message: str) -> None:
     print(f"gpt2cy: {message}", file=sys.stderr, flush=True)
 
 
+def context_size(model) -> int:
+    """The context a model runs with: model.n_ctx (a smaller one may have been asked for at load),
+    else its config's n_ctx."""
+    n = getattr(model, "n_ctx", None)
+    return int(n) if n is not None else int(model.config.n_ctx)
+
+
 class KVCache:
-    """Which tokens the model's KV cache holds, so a prompt that extends them prefills only the rest.
+    """Which tokens the model's KV cache holds, so a new prompt prefills only what follows the longest
+    prefix it shares with them (the model is truncated to that prefix first; GPT-2's positions are
+    absolute, so the cached positions before it stay exact).
+
+    A follow-up turn extends the cache; /regen, /undo, dropped turns or a reply that re-encodes
+    differently diverge somewhere inside it and reuse everything before that point.
 
     Anything that might leave the model in an unknown state (an exception mid-call, another user of the
     model) makes the next prefill start from a reset: the record is trusted only when it agrees with
@@ -63,6 +75,8 @@ class KVCache:
         self.model = model
         self.ids: Optional[List[int]] = []
         self._last_logits: Optional[np.ndarray] = None
+        # the logits after the last prefilled prompt, and its length: a /regen asks for them again
+        self._prompt_logits: Optional[Tuple[int, np.ndarray]] = None
 
     @property
     def n_past(self) -> int:
@@ -74,19 +88,30 @@ class KVCache:
     def reset(self) -> None:
         self.ids = None
         self.model.reset()
-        self.ids, self._last_logits = [], None
+        self.ids, self._last_logits, self._prompt_logits = [], None, None
 
     def prefill(self, ids: Sequence[int]):
         """Make the cache hold exactly `ids`; return (last position's logits [V], tokens reused)."""
         ids = list(ids)
         old = self.ids if self._trusted() else None
-        if old and len(old) <= len(ids) and ids[:len(old)] == old:
-            if len(old) == len(ids) and self._last_logits is not None:
-                return self._last_logits, len(old)
-            if len(old) < len(ids):
-                return self._run(self.model.prefill, ids[len(old):], ids), len(old)
-        self.reset()
-        return self._run(self.model.prefill, ids, ids), 0
+        common = _common_prefix(old, ids) if old else 0
+        if common == len(ids):
+            if common == len(old) and self._last_logits is not None:
+                return self._last_logits, common
+            if self._prompt_logits is not None and self._prompt_logits[0] == common:
+                self._truncate(common)                # a /regen: the prompt's logits are still at hand
+                self._last_logits = self._prompt_logits[1]
+                return self._last_logits, common
+            common -= 1                               # re-run the last token to get its logits
+        if common > 0 and (common == len(old) or hasattr(self.model, "truncate")):
+            self._truncate(common)
+            logits = self._run(ids[common:], ids)
+        else:
+            common = 0
+            self.reset()
+            logits = self._run(ids, ids)
+        self._prompt_logits = (len(ids), logits)
+        return logits, common
 
     def step(self, token: int) -> np.ndarray:
         """Append one token; return the logits [V] for the next position."""
@@ -98,11 +123,32 @@ class KVCache:
         self._last_logits = logits
         return logits
 
-    def _run(self, fn, arg, new_ids):
+    def _truncate(self, n: int) -> None:
+        if n < len(self.ids):
+            ids, self.ids, self._last_logits = self.ids, None, None
+            self.model.truncate(n)
+            self.ids = ids[:n]
+
+    def _run(self, new, all_ids):
         self.ids, self._last_logits = None, None      # unknown until the call returns
-        logits = fn(arg)
-        self.ids, self._last_logits = new_ids, logits
+        logits = self.model.prefill(new)
+        self.ids, self._last_logits = all_ids, logits
         return logits
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two id lists."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n                                     # a[:lo] == b[:lo], a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def check_prompt(ids: Sequence[int], n_ctx: int, n_vocab: int, truncate: bool = False,
@@ -138,7 +184,7 @@ def stream_generate(model, prompt_ids: Sequence[int], sampler: Sampler, *,
     max_new_tokens None or negative: until a stop, eos or the end of the context.
     """
     tok = model.tokenizer
-    n_ctx = model.config.n_ctx
+    n_ctx = context_size(model)
     eos = tok.eot_token
     ids = list(prompt_ids)
     if not ids:
@@ -234,8 +280,9 @@ def generate(model, prompt_or_ids: Union[str, Sequence[int]], max_new_tokens: Op
             else list(prompt_or_ids)
     if not ids:
         ids = [tok.eot_token]
-    room = cfg.n_ctx // 2 if max_new_tokens is None or max_new_tokens < 0 else max_new_tokens
-    ids = check_prompt(ids, cfg.n_ctx, cfg.n_vocab, truncate=truncate, room=room, on_notice=on_notice)
+    n_ctx = context_size(model)
+    room = n_ctx // 2 if max_new_tokens is None or max_new_tokens < 0 else max_new_tokens
+    ids = check_prompt(ids, n_ctx, cfg.n_vocab, truncate=truncate, room=room, on_notice=on_notice)
     chunks = stream_generate(model, ids, sampler, max_new_tokens=max_new_tokens, stop=stops,
                              ignore_eos=ignore_eos, context_shift=context_shift, on_notice=on_notice)
     if stream:

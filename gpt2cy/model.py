@@ -4,6 +4,7 @@
     model.logits(ids)            # float32 [len(ids), n_vocab], a fresh sequence
     model.prefill(ids)           # appends ids to the KV cache -> last position's logits [n_vocab]
     model.step(token)            # one more token -> [n_vocab]
+    model.truncate(n)            # keep the first n cached positions (reuse a common prefix)
     model.reset()                # empty the cache
 
 Every id and position is checked here, before the compiled engine indexes an array.
@@ -12,18 +13,16 @@ from __future__ import annotations
 
 import numbers
 import os
+import sys
 from types import SimpleNamespace
 
 import numpy as np
 
 from . import hub
 from .config import Config
-from .errors import CheckpointError, ContextLengthError, TokenizerError
+from .errors import CheckpointError, ContextLengthError, InvalidTokenError, TokenizerError
 from .threads import check_threads
 
-
-class InvalidTokenError(TokenizerError, ValueError):
-    """A token id that is not an integer in [0, n_vocab)."""
 
 
 def _is_int(v) -> bool:
@@ -62,27 +61,29 @@ class Model:
     """GPT-2 with a KV cache. Build with `gpt2cy.load(...)`, or `Model(weights)` from
     `gpt2cy.checkpoint.load_weights(dir)`, or `Model.from_tensors(config, tensors)`.
 
-    config: the hparams (Config). path: the model directory (None when built from tensors).
+    config: the checkpoint's hparams (Config). n_ctx: the context in use (config.n_ctx unless a smaller
+    one was asked for). path: the model directory (None when built from tensors).
     threads: threads the kernels use (settable). n_past: positions held in the KV cache.
     """
 
-    def __init__(self, weights, *, threads=None, path=None):
+    def __init__(self, weights, *, threads=None, path=None, n_ctx=None):
         from ._forward import Engine
         self.config: Config = weights.config
         self.path = path if path is not None else getattr(weights, "path", None)
         self._weights = weights                    # owns the mapped file the engine points into
         self._tokenizer = None
         threads = check_threads(threads)
+        n_ctx = check_n_ctx(n_ctx, self.config.n_ctx)
         try:
-            self._engine = Engine(self.config, dict(weights.tensors), threads)
+            self._engine = Engine(self.config, dict(weights.tensors), threads, n_ctx)
         except ValueError as e:
             where = f"{self.path}: " if self.path else ""
             raise CheckpointError(f"{where}{e}") from None
 
     @classmethod
-    def from_tensors(cls, config: Config, tensors: dict, threads=None) -> "Model":
+    def from_tensors(cls, config: Config, tensors: dict, threads=None, n_ctx=None) -> "Model":
         """A model over in-memory float32 tensors in canonical names (tests, conversions)."""
-        return cls(SimpleNamespace(config=config, tensors=tensors), threads=threads)
+        return cls(SimpleNamespace(config=config, tensors=tensors), threads=threads, n_ctx=n_ctx)
 
     # ------------------------------------------------------------------------------------ properties
 
@@ -94,6 +95,11 @@ class Model:
     @threads.setter
     def threads(self, n) -> None:
         self._engine.threads = check_threads(n)
+
+    @property
+    def n_ctx(self) -> int:
+        """Positions the KV cache holds at most: the context in use (<= config.n_ctx)."""
+        return self._engine.n_ctx
 
     @property
     def n_past(self) -> int:
@@ -114,19 +120,18 @@ class Model:
     # ------------------------------------------------------------------------------------ forward
 
     def _check_room(self, n_new: int) -> None:
-        n_ctx = self.config.n_ctx
+        n_ctx = self.n_ctx
         if self.n_past + n_new > n_ctx:
             raise ContextLengthError(
                 f"{self.n_past} cached + {n_new} new tokens = {self.n_past + n_new} positions, more than "
-                f"the model's context of {n_ctx}; call reset() or use fewer tokens")
+                f"the context of {n_ctx}; call reset() or use fewer tokens")
 
     def logits(self, ids) -> np.ndarray:
         """Logits float32 [len(ids), n_vocab] for ids as a fresh sequence (the KV cache is reset first,
         and afterwards holds these ids)."""
         arr = _as_ids(ids, self.config.n_vocab)
-        if len(arr) > self.config.n_ctx:
-            raise ContextLengthError(f"{len(arr)} tokens are more than the model's context of "
-                                     f"{self.config.n_ctx}")
+        if len(arr) > self.n_ctx:
+            raise ContextLengthError(f"{len(arr)} tokens are more than the context of {self.n_ctx}")
         self._engine.reset()
         out = np.empty((len(arr), self.config.n_vocab), dtype=np.float32)
         self._engine.forward(arr, out, True)
@@ -153,6 +158,15 @@ class Model:
         self._engine.step(token, out)
         return out
 
+    def truncate(self, n) -> None:
+        """Keep the first n cached positions (0 <= n <= n_past) and forget the rest, so a sequence that
+        shares those n tokens prefills only what follows them."""
+        if not _is_int(n):
+            raise ValueError(f"truncate takes an integer, got {n!r}")
+        if not 0 <= n <= self.n_past:
+            raise ValueError(f"cannot truncate to {n} positions: the cache holds {self.n_past}")
+        self._engine.truncate(int(n))
+
     def reset(self) -> None:
         """Empty the KV cache (n_past becomes 0)."""
         self._engine.reset()
@@ -166,16 +180,31 @@ class Model:
         c = self.config
         name = c.name or (os.path.basename(self.path) if self.path else "GPT-2")
         return (f"<gpt2cy.Model {name}: n_layer={c.n_layer} n_embd={c.n_embd} n_head={c.n_head} "
-                f"n_ctx={c.n_ctx} threads={self.threads} n_past={self.n_past}>")
+                f"n_ctx={self.n_ctx} threads={self.threads} n_past={self.n_past}>")
 
 
-def load(path_or_name, threads=None, download=True, offline=None) -> Model:
+def check_n_ctx(n_ctx, limit: int) -> int:
+    """A valid context size: None means `limit` (the checkpoint's n_ctx); else an integer in [1, limit]."""
+    if n_ctx is None:
+        return limit
+    if not _is_int(n_ctx):
+        raise ValueError(f"n_ctx must be an integer, got {n_ctx!r}")
+    if not 1 <= n_ctx <= limit:
+        raise ValueError(f"n_ctx must be between 1 and the model's {limit}, got {n_ctx}")
+    return int(n_ctx)
+
+
+def load(path_or_name, threads=None, download=True, offline=None, n_ctx=None) -> Model:
     """Load GPT-2 from a model directory (OpenAI's or HuggingFace's files) or a name ("124M", "gpt2-xl", ...).
 
     threads: kernel threads (default: OMP_NUM_THREADS, else the CPUs available). download/offline: passed to
-    gpt2cy.hub.resolve_model. Raises CheckpointError for bad files, ModelNotFound for unknown names.
+    gpt2cy.hub.resolve_model. n_ctx: the context to allocate the KV cache for (default and maximum: the
+    checkpoint's, 1024; smaller bounds memory: 1558M's KV cache is 600 MiB at 1024, 150 MiB at 256).
+    Raises CheckpointError for bad files, ModelNotFound for unknown names, ValueError for a bad n_ctx.
     """
     from .checkpoint import load_weights
     threads = check_threads(threads)
+    if n_ctx is not None:
+        check_n_ctx(n_ctx, sys.maxsize)             # a bad type or sign fails before any download
     path = hub.resolve_model(path_or_name, download=download, offline=offline)
-    return Model(load_weights(path), threads=threads, path=path)
+    return Model(load_weights(path), threads=threads, path=path, n_ctx=n_ctx)

@@ -27,9 +27,11 @@ Commands:
   /regen                    generate the last reply again
   /undo                     drop the last exchange
   /set PARAM VALUE          temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed,
-                            max_tokens (-1 = no limit), stop (no value clears), multiline on|off
+                            max_tokens (-1 = no limit), stop (no value clears), multiline on|off,
+                            threads (1 on a machine busy with other work)
   /set verbose | quiet      stats after each reply on | off
   /show [params|model|context]
+  /save FILE | /load FILE   write | restore the conversation as a JSON transcript
   \"\"\"                       begin and end a multi-line message
 Ctrl-C stops a reply; at the prompt, Ctrl-C twice (or twice within a second) leaves with status 130."""
 
@@ -245,9 +247,32 @@ class Repl:
             self._set(args)
         elif cmd == "/show":
             self._show(args[0].lower() if args else "")
+        elif cmd in ("/save", "/load"):
+            self._transcript(cmd, line.split(None, 1)[1].strip() if args else "")
         else:
             self._info(f"Unknown command {parts[0]!r}. Type /? for help.")
         return None
+
+    def _transcript(self, cmd: str, path: str) -> None:
+        """/save FILE and /load FILE: a one-line report either way; a bad file never ends the REPL."""
+        if not path:
+            self._info(f"Usage: {cmd} FILE")
+            return
+        try:
+            if cmd == "/save":
+                self.chat.save(path, model_name=self.model_name or None)
+                self._info(f"Saved {len(self.chat.turns)} turns to {path}.")
+                return
+            data = self.chat.load(path)
+        except OSError as e:
+            self._info(f"gpt2cy: cannot {cmd[1:]} {path}: {e.strerror or e}")
+            return
+        except ValueError as e:
+            self._info(f"gpt2cy: cannot load {path}: {e}")
+            return
+        other = data.get("model")
+        note = f" (saved with model {other})" if other and self.model_name and other != self.model_name else ""
+        self._info(f"Loaded {len(self.chat.turns)} turns from {path}{note}.")
 
     def _set(self, args) -> None:
         if not args:
@@ -279,6 +304,8 @@ class Repl:
                 chat.multiline = on
             elif name == "seed":
                 chat.reseed(int(value))
+            elif name == "threads":
+                chat.model.threads = int(value)
             elif name in ("max_tokens", "max_new_tokens", "num_predict"):
                 n = int(value)
                 if n < -1:
@@ -310,7 +337,8 @@ class Repl:
             cfg = m.config
             self._info(f"model {self.model_name or cfg.name or '?'}: {cfg.n_params / 1e6:.0f}M parameters, "
                        f"n_layer {cfg.n_layer}, n_head {cfg.n_head}, n_embd {cfg.n_embd}, "
-                       f"n_ctx {cfg.n_ctx}, n_vocab {cfg.n_vocab}; "
+                       f"n_ctx {chat.n_ctx}{'' if chat.n_ctx == cfg.n_ctx else f' (of {cfg.n_ctx})'}, "
+                       f"n_vocab {cfg.n_vocab}; "
                        f"threads {getattr(m, 'threads', '?')}; path {getattr(m, 'path', '?')}")
         if what in ("", "context"):
             self._info(f"context {chat.context_used}/{chat.n_ctx} tokens, {len(chat.turns)} turns")

@@ -3,7 +3,7 @@ and chat without a checkpoint. Test code only: the package never imports this.
 
 FakeTokenizer: each id is one piece of bytes; `encode` takes the longest matching piece (pieces for
 every single byte exist, so any text encodes). The last id is <|endoftext|>.
-FakeModel: the Model contract (prefill/step/reset/n_past/config/tokenizer/logits) with logits from a
+FakeModel: the Model contract (prefill/step/reset/truncate/n_past/n_ctx/config/tokenizer/logits) with logits from a
 fixed function of the tokens so far, and counters of the work done.
 """
 import numpy as np
@@ -95,9 +95,18 @@ class FakeModel:
     def n_past(self):
         return len(self.ids)
 
+    @property
+    def n_ctx(self):
+        return self.config.n_ctx
+
     def reset(self):
         self.ids = []
         self.resets += 1
+
+    def truncate(self, n):
+        if not 0 <= n <= len(self.ids):
+            raise ValueError("cannot truncate")
+        self.ids = self.ids[:n]
 
     def _add(self, ids):
         ids = [int(i) for i in ids]

@@ -1,4 +1,6 @@
 """Chat: the Alice/Bob template, replies ending at the turn, history, KV reuse, context overflow."""
+import json
+
 import numpy as np
 import pytest
 
@@ -75,6 +77,98 @@ def test_clear_keeps_the_preamble_and_regen_redoes_the_last_reply():
     assert chat.undo() is None
     with pytest.raises(ValueError):
         chat.regen()
+
+
+def test_regen_and_undo_reuse_the_cached_prefix():
+    tok = FakeTokenizer(WORDS)
+    model = FakeModel(tok, n_ctx=2048, seed=3)
+    chat = Chat(model, seed=5, max_new_tokens=6, on_notice=None)
+    chat.send("a")
+    chat.send("b")
+    before, resets = model.prefilled, model.resets
+    n_prompt = chat.context_used - len(chat.turns[-1].reply_ids)
+    chat.regen()
+    assert model.prefilled == before and model.resets == resets       # the prompt's logits were kept
+    assert model.n_past >= n_prompt
+    before = model.prefilled
+    chat.undo()
+    chat.send("c")                                     # prefills "c\nBob:": "\nAlice: " of "b" is kept
+    assert model.prefilled - before == len(tok.encode("c\nBob:"))
+    assert model.resets == resets
+    chat.turns[0].reply_ids = tok.encode(" " + chat.turns[0].reply)   # a history that re-encodes differently
+    before = model.prefilled
+    chat.send("d")
+    n_keep = len(tok.encode(PREAMBLE)) + len(chat.turns[0].user_ids)
+    assert model.prefilled - before < chat.context_used - n_keep       # not the whole conversation
+    assert model.resets == resets
+
+
+def test_real_model_regen_prefills_nothing_again(tiny_model):
+    import gpt2cy
+    chat = gpt2cy.Chat(tiny_model, seed=3, max_new_tokens=6, on_notice=None)
+    chat.send("Hello there")
+    calls = []
+    real = tiny_model.prefill
+    tiny_model.prefill = lambda ids: calls.append(len(ids)) or real(ids)
+    try:
+        last = list(chat.regen(stream=True))[-1]
+        assert calls == [] and last.cached_tokens == last.prompt_tokens
+        old = chat.undo().user_ids
+        last = list(chat.send("Hi", stream=True))[-1]
+        new = chat.turns[-1].user_ids
+        shared = next(i for i, (a, b) in enumerate(zip(old, new)) if a != b)    # "\nAlice:" is shared
+        assert shared >= 2 and calls == [len(new) - shared]
+        assert last.cached_tokens == last.prompt_tokens - calls[0]
+    finally:
+        del tiny_model.prefill
+
+
+def test_save_and_load_a_transcript(tmp_path):
+    tok = FakeTokenizer(WORDS)
+    model = FakeModel(tok, n_ctx=2048, seed=3)
+    chat = Chat(model, seed=5, max_new_tokens=6, on_notice=None, top_k=7, stop=["x"])
+    chat.send("a")
+    chat.send("b \u00e9\u202e")
+    path = str(tmp_path / "t.json")
+    chat.save(path, model_name="fake-1")
+    data = json.loads(open(path, encoding="utf-8").read())
+    assert data["version"] == 1 and data["model"] == "fake-1" and data["params"]["top_k"] == 7
+    assert [t["user"] for t in data["turns"]] == ["a", "b \u00e9\u202e"]
+
+    other = Chat(model, seed=9, max_new_tokens=3, on_notice=None)
+    other.send("zzz")
+    before, resets = model.prefilled, model.resets
+    assert other.load(path)["model"] == "fake-1"
+    assert other.history == chat.history and other.params == chat.params
+    assert other.max_new_tokens == 6 and other.stop == ["x"]
+    assert model.prefilled == before                              # nothing runs until the next send
+    assert other.context_used == len(tok.encode(PREAMBLE)) + sum(
+        len(tok.encode(f"\nAlice: {u}\nBob:")) + len(tok.encode(t.reply)) for u, t in zip(["a", "b \u00e9\u202e"], other.turns))
+    other.send("c")                                               # re-prefills after the shared preamble
+    was, now = tok.encode("\nAlice: zzz\nBob:"), tok.encode("\nAlice: a\nBob:")
+    shared = len(tok.encode(PREAMBLE)) + next(i for i, (x, y) in enumerate(zip(was, now)) if x != y)
+    assert model.prefilled - before == other.context_used - len(other.turns[-1].reply_ids) - shared
+    assert model.resets == resets and len(other.turns) == 3
+
+
+@pytest.mark.parametrize("content,match", [
+    (b"{not json", "invalid JSON"), (b"\xff\xfe", "UTF-8"), (b"[1, 2]", "JSON object"),
+    (b'{"version": 2, "turns": []}', "version"), (b'{"version": 1}', "turns"),
+    (b'{"version": 1, "turns": [{"user": 3}]}', "turn 1"),
+    (b'{"version": 1, "turns": [], "params": {"temperature": -1}}', "temperature"),
+    (b'{"version": 1, "turns": [], "params": {"max_tokens": "5"}}', "max_tokens"),
+])
+def test_a_bad_transcript_changes_nothing(tmp_path, content, match):
+    chat, _, _ = bot([" Hi", "\n"])
+    chat.send("keep me")
+    path = tmp_path / "bad.json"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=match) as e:
+        chat.load(str(path))
+    assert "\n" not in str(e.value)
+    assert chat.history == [("keep me", "Hi")]
+    with pytest.raises(OSError):
+        chat.load(str(tmp_path / "missing.json"))
 
 
 def test_an_interrupted_reply_keeps_what_was_shown():
@@ -166,6 +260,24 @@ def test_real_model_overflow(tiny_model):
     assert any("context full: dropped" in n for n in notes)
     with pytest.raises(ContextLengthError):
         chat.send("long " * 200)
+
+
+def test_a_smaller_context_bounds_the_chat(tiny_model_dir):
+    import gpt2cy
+    model = gpt2cy.load(tiny_model_dir, threads=1, n_ctx=150)
+    assert model.n_ctx == 150 and model.config.n_ctx == 256
+    notes = []
+    chat = gpt2cy.Chat(model, seed=1, max_new_tokens=10, multiline=True, on_notice=notes.append)
+    assert chat.n_ctx == 150
+    for i in range(5):
+        chat.send(f"Tell me about number {i}.")
+        assert chat.context_used <= 150 and model.n_past <= 150
+    assert any("context full: dropped" in n for n in notes)
+    with pytest.raises(ContextLengthError, match=r"\(150\)"):
+        chat.send("long " * 60)
+    for bad in (0, 257, "100", 1.5):
+        with pytest.raises(ValueError, match="n_ctx"):
+            gpt2cy.load(tiny_model_dir, n_ctx=bad)
 
 
 def test_the_turn_ending_newline_is_never_penalised():

@@ -5,6 +5,7 @@ so nothing touches the user's caches or history. Variants that only parse argume
 """
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -151,6 +152,24 @@ def test_version_help_info(env):
     assert r.returncode == 0 and r.out.startswith("gpt2cy ")
     r = gpt2cy(env, "--info")
     assert r.returncode == 0 and "openmp_enabled:" in r.out and "threads:" in r.out
+    assert "OMP_WAIT_POLICY: unset" in r.out and "-t 1" in r.out
+    r = gpt2cy(dict(env, OMP_WAIT_POLICY="passive", GPT2CY_NUM_THREADS="1"), "--info")
+    assert "OMP_WAIT_POLICY: passive" in r.out and "threads: 1 (from GPT2CY_NUM_THREADS" in r.out
+
+
+@pytest.mark.parametrize("policy", ["passive", "active"])
+def test_the_wait_policy_never_changes_the_text(env, tiny_model_dir, policy):
+    """The policy only changes how idle OpenMP workers wait, never the arithmetic; -t 1 works throughout."""
+    args = ("-p", "Hello, my name is", "-n", "8", "-s", "3")
+    e = dict(env, OMP_WAIT_POLICY=policy)
+    for threads in ("1", "2"):
+        base = gpt2cy(env, "generate", "-m", tiny_model_dir, "-t", threads, *args)
+        r = gpt2cy(e, "generate", "-m", tiny_model_dir, "-t", threads, *args)
+        assert r.returncode == 0 and r.out == base.out and r.out, r.err
+    r = gpt2cy(e, "-m", tiny_model_dir, "-t", "2", "-s", "3", "-n", "4",
+               stdin=b"Hi\n/set threads 1\n/set threads 0\n/show model\nAgain\n")
+    assert r.returncode == 0 and r.out.count("\n") == 2, r.err
+    assert "Set threads to 1." in r.err and "Invalid value for threads" in r.err and "threads 1;" in r.err
 
 
 def test_piped_chat_prints_only_replies(env, tiny_model_dir):
@@ -174,6 +193,26 @@ def test_piped_chat_overflow_drops_old_turns_and_says_so(env, tiny_model_dir):
     assert "[context full: dropped" in r.err and "Traceback" not in r.err
 
 
+def test_ctx_size_bounds_the_context(env, gen, tiny_model_dir):
+    r = gen("-c", "40", "-p", "word " * 60, "-n", "4")
+    assert r.returncode == 5 and "context holds 40" in one_line_error(r)
+    r = gen("-c", "40", "-p", "Hello", "-n", "-1", "--temp", "0", "--ignore-eos", "--json")
+    assert r.returncode == 0, r.err
+    obj = json.loads(r.out)
+    usage = obj["usage"]                           # every token but the last one needs a position
+    assert obj["finish_reason"] == "length" and usage["prompt_tokens"] + usage["completion_tokens"] == 41
+    assert "context full (40 tokens)" in r.err
+    r = gen("--ctx-size", "257", "-p", "Hello")                    # the tiny model's context is 256
+    assert r.returncode == 2 and "more than the model's context of 256" in one_line_error(r)
+    lines = b"/show context\n" + b"".join(b"Tell me about topic number %d.\n" % i for i in range(4))
+    lines += b"/show context\n/show model\n"
+    r = gpt2cy(env, "-m", tiny_model_dir, "-t", "1", "-s", "2", "-n", "8", "-c", "160", stdin=lines)
+    assert r.returncode == 0, r.err
+    used = [int(u) for u, n in re.findall(r"context (\d+)/(\d+) tokens", r.err) if n == "160"]
+    assert len(used) == 2 and 0 < used[0] < used[1] <= 160
+    assert "[context full: dropped" in r.err and "n_ctx 160 (of 256)" in r.err
+
+
 def test_chat_with_own_preamble(env, tiny_model_dir, tmp_path):
     pre = tmp_path / "preamble.txt"
     pre.write_bytes(b"\nAlice: Hi \xff\nBob: Hello.\n")
@@ -189,7 +228,7 @@ def test_chat_with_own_preamble(env, tiny_model_dir, tmp_path):
     ["--temp", "-1"], ["--top-p", "0"], ["--top-p", "1.5"], ["--top-k", "-3"], ["--min-p", "2"],
     ["--repeat-penalty", "0"], ["-n", "-2"], ["-t", "0"], ["-s", "abc"], ["--nope"],
     ["generate", "-p", "x", "-f", "y"], ["generate", "--context-overflow", "maybe"], ["chat", "-r", ""],
-    ["generate", "-p", "x", "--json", "--jsonl"],
+    ["generate", "-p", "x", "--json", "--jsonl"], ["-c", "0"], ["generate", "-c", "x", "-p", "y"],
     ["download"]])
 def test_usage_errors_exit_2_with_one_line(argv, capsys):
     assert main(argv) == 2

@@ -163,11 +163,51 @@ def test_kv_cache_reuses_a_prefix():
     assert reused == 4 and model.prefilled == 5 and model.ids == [1, 2, 3, 4, 5, 6]
     l3, reused = cache.prefill([1, 2, 3, 4, 5, 6])          # same prompt: the kept logits
     assert reused == 6 and model.prefilled == 5 and np.array_equal(l2, l3)
-    cache.prefill([1, 2, 9])                                 # diverges: start over
-    assert model.ids == [1, 2, 9] and model.prefilled == 8
-    model.reset()                                            # someone else used the model
+    _, reused = cache.prefill([1, 2, 9])                     # diverges: keep [1, 2], prefill the rest
+    assert reused == 2 and model.ids == [1, 2, 9] and model.prefilled == 6 and model.resets == 1
+    model.reset()                                            # someone else used the model: start over
     cache.prefill([1, 2, 9, 4])
-    assert model.ids == [1, 2, 9, 4] and model.prefilled == 12
+    assert model.ids == [1, 2, 9, 4] and model.prefilled == 10
+
+
+def test_kv_cache_keeps_the_longest_common_prefix():
+    model = FakeModel(n_ctx=64)
+    cache = KVCache(model)
+    l_prompt, _ = cache.prefill([5, 6, 7, 8])
+    for t in (9, 10, 11):
+        cache.step(t)
+    again, reused = cache.prefill([5, 6, 7, 8])              # a regen: same prompt, reply forgotten
+    assert reused == 4 and model.ids == [5, 6, 7, 8] and model.prefilled == 4
+    assert np.array_equal(again, l_prompt)
+    cache.step(12)
+    _, reused = cache.prefill([5, 6, 7])                     # a shorter prompt: re-run its last token
+    assert reused == 2 and model.ids == [5, 6, 7] and model.prefilled == 5
+    _, reused = cache.prefill([4, 6, 7])                     # nothing shared: from scratch
+    assert reused == 0 and model.ids == [4, 6, 7] and model.prefilled == 8 and model.resets == 2
+
+    class NoTruncate(FakeModel):                             # a model without truncate: reset instead
+        def __getattribute__(self, name):
+            if name == "truncate":
+                raise AttributeError(name)
+            return super().__getattribute__(name)
+
+    m2 = NoTruncate(n_ctx=64)
+    c2 = KVCache(m2)
+    c2.prefill([1, 2, 3])
+    assert c2.prefill([1, 2, 4])[1] == 0 and m2.ids == [1, 2, 4] and m2.resets == 2
+    assert c2.prefill([1, 2, 4, 5])[1] == 3 and m2.resets == 2     # extending needs no truncate
+
+
+def test_common_prefix_reuse_gives_fresh_logits(tiny_model):
+    """The real engine: after a divergent prompt reuses a prefix, the logits are a fresh run's."""
+    tok = tiny_model.tokenizer
+    cache = KVCache(tiny_model)
+    a = tok.encode("The quick brown fox jumps over the lazy dog")
+    b = a[:5] + tok.encode(" sat on the mat and slept")
+    cache.prefill(a)
+    last, reused = cache.prefill(b)
+    assert reused == 5 and tiny_model.n_past == len(b)
+    np.testing.assert_allclose(last, tiny_model.logits(b)[-1], rtol=0, atol=1e-5)
 
 
 @pytest.fixture(scope="module")

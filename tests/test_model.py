@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from gpt2cy.config import PUBLISHED, Config
-from gpt2cy.errors import ContextLengthError, GPT2CyError
-from gpt2cy.model import InvalidTokenError, Model
+from gpt2cy.errors import ContextLengthError, GPT2CyError, InvalidTokenError
+from gpt2cy.model import Model
 
 import reference as ref
 
@@ -178,6 +178,57 @@ def test_sharing_a_model_between_threads_is_refused_not_corrupted(tiny_model, ti
         assert np.abs(r - tiny_ref[:40]).max() < TOL
 
 
+@pytest.mark.parametrize("keep", [0, 1, 37, 120])
+def test_truncate_then_prefill_equals_fresh_logits(tiny_model, tiny_ids, tiny_ref, keep):
+    """Keeping a prefix of the cache and prefilling a different continuation gives a fresh run's logits."""
+    other = (tiny_ids[::-1] + 11) % TINY.n_vocab            # a continuation the cache never saw
+    tiny_model.reset()
+    tiny_model.prefill(tiny_ids[:150])
+    tiny_model.truncate(keep)
+    assert tiny_model.n_past == keep
+    seq = np.concatenate([tiny_ids[:keep], other[:40]])
+    last = tiny_model.prefill(other[:40])
+    assert tiny_model.n_past == keep + 40
+    fresh = Model.from_tensors(TINY, tiny_model._weights.tensors, threads=1).logits(seq)
+    np.testing.assert_allclose(last, fresh[-1], rtol=0, atol=1e-5)
+    assert np.abs(last - fresh[-2]).max() > 1e-3             # the comparison can fail
+    tiny_model.truncate(keep + 10)                           # and stepping after a truncate
+    np.testing.assert_allclose(tiny_model.step(int(seq[keep + 10])), fresh[keep + 10], rtol=0, atol=1e-5)
+    tiny_model.truncate(keep)                                # truncating onto the original ids: the reference
+    if keep:
+        np.testing.assert_allclose(tiny_model.prefill(tiny_ids[keep:keep + 3]), tiny_ref[keep + 2],
+                                   rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("bad", [-1, 6, 1.0, True, "2", None])
+def test_truncate_is_validated(tiny_model, tiny_ids, bad):
+    tiny_model.prefill(tiny_ids[:5])
+    with pytest.raises(ValueError, match="truncate"):
+        tiny_model.truncate(bad)
+    assert tiny_model.n_past == 5
+    tiny_model.truncate(5)
+    tiny_model.truncate(np.int64(2))
+    assert tiny_model.n_past == 2
+
+
+def test_a_smaller_context_sizes_the_cache_and_is_enforced(tiny_tensors, tiny_ids, tiny_ref):
+    model = Model.from_tensors(TINY, tiny_tensors, threads=1, n_ctx=64)
+    assert model.n_ctx == 64 and model.config.n_ctx == TINY.n_ctx and "n_ctx=64" in repr(model)
+    np.testing.assert_allclose(model.logits(tiny_ids[:64]), tiny_ref[:64], rtol=0, atol=TOL)
+    with pytest.raises(ContextLengthError, match="context of 64"):
+        model.step(1)
+    with pytest.raises(ContextLengthError, match="64"):
+        model.logits(tiny_ids[:65])
+    model.truncate(60)
+    model.prefill(tiny_ids[60:64])                                # fills it exactly again
+    small = Model.from_tensors(TINY, tiny_tensors, n_ctx=8)._engine
+    full = Model.from_tensors(TINY, tiny_tensors)._engine
+    assert small.n_ctx == 8 and full.n_ctx == TINY.n_ctx
+    for bad in (0, -1, TINY.n_ctx + 1, 2.5, "64", True):
+        with pytest.raises(ValueError, match="n_ctx"):
+            Model.from_tensors(TINY, tiny_tensors, n_ctx=bad)
+
+
 # ------------------------------------------------------------------------------------ bad input
 
 def test_context_length_is_enforced(tiny_model, tiny_ids):
@@ -256,6 +307,10 @@ def test_wrong_tensors_are_a_checkpoint_error(tiny_tensors):
 
 
 def test_model_api_surface(tiny_model):
+    import gpt2cy
+    from gpt2cy.errors import TokenizerError
+    assert gpt2cy.InvalidTokenError is InvalidTokenError and "InvalidTokenError" in gpt2cy.__all__
+    assert issubclass(InvalidTokenError, TokenizerError) and issubclass(InvalidTokenError, ValueError)
     assert tiny_model.config == TINY
     assert tiny_model(np.array([1, 2])).shape == (2, TINY.n_vocab)
     assert "n_layer=2" in repr(tiny_model)

@@ -114,6 +114,30 @@ def test_conversation_commands_and_ctrl_d(env, tiny_model_dir):
         assert "Hello there, who are you?" in f.read()
 
 
+def test_save_and_load_a_transcript(env, tiny_model_dir, tmp_path):
+    import json
+    child = spawn(env, tiny_model_dir, "-s", "3", "-n", "5", "--temp", "0")
+    say(child, "Hello there")
+    say(child, "And what else?")
+    path = tmp_path / "chat file.json"                       # a name with a space
+    command(child, f"/save {path}", r"Saved 2 turns to ")
+    command(child, "/clear", r"Cleared")
+    command(child, f"/load {tmp_path / 'missing.json'}", r"gpt2cy: cannot load .*missing\.json: No such file")
+    (tmp_path / "bad.json").write_bytes(b"{oops")
+    command(child, f"/load {tmp_path / 'bad.json'}", r"gpt2cy: cannot load .*bad\.json: not a transcript")
+    command(child, "/load", r"Usage: /load FILE")
+    command(child, "/show context", r"0 turns")
+    command(child, f"/load {path}", r"Loaded 2 turns from ")
+    command(child, "/show context", r"context \d+/256 tokens, 2 turns")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    assert [t["user"] for t in data["turns"]] == ["Hello there", "And what else?"]
+    assert data["params"]["temperature"] == 0 and data["params"]["max_tokens"] == 5
+    say(child, "Go on")                                      # the restored conversation carries on
+    command(child, "/show context", r"3 turns")
+    child.sendline("/bye")
+    finish(child, 0)
+
+
 def test_ctrl_c_twice_at_the_prompt_exits_130(env, tiny_model_dir):
     child = spawn(env, tiny_model_dir, "-n", "4")
     child.sendintr()

@@ -94,7 +94,7 @@ def test_top_p_keeps_the_smallest_set_reaching_p(top_p, n_kept):
 
 @pytest.mark.parametrize("scale,lo,hi", [(8.0, 1, 1024), (3.0, 1024, 8192), (0.1, 8192, 50257)])
 def test_top_p_on_a_full_vocabulary(rng, scale, lo, hi):
-    """V = 50257 without top-k: each path (nucleus within the best 1024, within 8192, full sort) is exact."""
+    """V = 50257 without top-k: small, middling and huge nuclei are exact."""
     logits = rng.standard_normal(50257).astype(np.float32) * scale
     p = params(top_p=0.9)
     ids, probs = candidates(logits, p)
@@ -193,11 +193,12 @@ def reference_draw(logits, p, u):
                                              (7, 0.5, 0.5, 0.2), (2000, 1.0, 0.9, 0.0), (60000, 2.0, 0.99, 0.0)])
 def test_compiled_top_k_path_draws_what_the_reference_draws(rng, k, t, top_p, min_p):
     from gpt2cy._sampling import sample_top_k
-    p = params(temperature=t, top_k=k, top_p=top_p, min_p=min_p)
     for trial in range(60):
         logits = (rng.standard_normal(50257 if trial % 3 else 300) * rng.uniform(0.5, 6)).astype(np.float32)
+        kk = min(k, len(logits) - 1)                  # k >= V is top-k off: the Sampler takes the nucleus path
+        p = params(temperature=t, top_k=kk, top_p=top_p, min_p=min_p)
         u = rng.random()
-        assert sample_top_k(logits, k, t, top_p, min_p, u) == reference_draw(logits, p, u)
+        assert sample_top_k(logits, kk, t, top_p, min_p, u) == reference_draw(logits, p, u)
 
 
 def test_compiled_top_k_selection(rng):
@@ -222,3 +223,87 @@ def test_compiled_path_draws_follow_the_kept_distribution():
     want = np.zeros(8)
     want[:4] = softmax(logits[:4], 0.7)
     np.testing.assert_allclose(counts, want, atol=0.015)
+
+
+# -- top-p without top-k: the compiled radix select against the reference's full sort -----------------
+def _nucleus_cases(rng):
+    """(name, logits) rows: flat, GPT-2-like, peaked, heavy ties, masked -inf entries, a tiny vocabulary."""
+    V = 50257
+    yield "flat", rng.standard_normal(V).astype(np.float32) * 0.05
+    yield "flat2", rng.standard_normal(V).astype(np.float32) * 0.3
+    yield "gpt2", rng.standard_normal(V).astype(np.float32) * 2.5
+    yield "peaked", rng.standard_normal(V).astype(np.float32) * 8
+    yield "spike", np.where(np.arange(V) == 77, 30.0, rng.standard_normal(V)).astype(np.float32)
+    yield "ties", rng.integers(0, 6, V).astype(np.float32)            # whole classes of equal values
+    yield "uniform", np.zeros(V, np.float32)                          # every token tied
+    masked = rng.standard_normal(V).astype(np.float32) * 2
+    masked[rng.integers(0, V, 5000)] = -np.inf
+    yield "masked", masked
+    yield "small", rng.standard_normal(300).astype(np.float32) * 3
+
+
+@pytest.mark.parametrize("top_p,min_p", [(0.1, 0.0), (0.5, 0.0), (0.9, 0.0), (0.95, 0.0), (0.999, 0.0),
+                                         (0.9, 0.05), (1.0, 0.01)])
+def test_compiled_nucleus_keeps_exactly_the_reference_set(rng, top_p, min_p):
+    from gpt2cy._sampling import nucleus
+    from gpt2cy.sampling import softmax as probs_of
+    undecided = 0
+    for name, logits in _nucleus_cases(rng):
+        for t in (0.8, 1.0):
+            ref, _ = candidates(logits, params(temperature=t, top_p=top_p, min_p=min_p))
+            kept = nucleus(probs_of(logits, t), top_p, min_p)
+            if kept is None:                                  # too close to call: the Sampler falls back
+                undecided += 1
+                continue
+            assert kept.tolist() == sorted(ref.tolist()), (name, t)
+    assert undecided <= 1
+
+
+def test_compiled_nucleus_cut_inside_a_tie_keeps_the_lowest_ids():
+    from gpt2cy._sampling import nucleus
+    probs = np.full(1000, 1e-3, np.float32)
+    probs /= probs.sum(dtype=np.float64)
+    kept = nucleus(probs.astype(np.float32), 0.5)
+    assert kept is not None and kept.tolist() == list(range(len(kept))) and 499 <= len(kept) <= 501
+    ref, _ = candidates(np.zeros(1000, np.float32), params(top_p=0.5))
+    assert kept.tolist() == sorted(ref.tolist())
+
+
+def test_compiled_nucleus_refuses_what_is_not_a_distribution():
+    from gpt2cy._sampling import nucleus, sample_nucleus
+    for bad in (np.array([0.5, np.nan, 0.5], np.float32), np.array([0.5, -0.1, 0.6], np.float32),
+                np.array([2.0, 0.0], np.float32), np.full(100, 0.5, np.float32)):
+        assert nucleus(bad, 0.9) is None and sample_nucleus(bad, 0.9, 0.0, 0.5) == -1
+    with pytest.raises(ValueError):
+        sample_nucleus(np.array([1.0], np.float32), 0.9, 0.0, 1.0)
+
+
+def test_compiled_nucleus_draws_follow_the_kept_distribution():
+    from gpt2cy._sampling import sample_nucleus
+    from gpt2cy.sampling import softmax as probs_of
+    logits = np.array([2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -2.0], np.float32)
+    full = probs_of(logits, 0.7)
+    rng = np.random.default_rng(3)
+    for top_p, min_p in ((0.8, 0.0), (1.0, 0.0), (0.95, 0.3)):
+        ref, w = candidates(logits, params(temperature=0.7, top_p=top_p, min_p=min_p))
+        n = 20000
+        draws = [sample_nucleus(full, top_p, min_p, u) for u in rng.random(n)]
+        assert set(draws) == set(ref.tolist())
+        want = np.zeros(8)
+        want[ref] = w
+        np.testing.assert_allclose(np.bincount(draws, minlength=8) / n, want, atol=0.015)
+
+
+def test_top_p_sampler_is_seeded_and_falls_back_when_undecided(rng, monkeypatch):
+    import gpt2cy.sampling as sampling
+    logits = rng.standard_normal(50257).astype(np.float32) * 2.5
+    p = params(temperature=0.8, top_p=0.9)
+    a = [Sampler(p, seed=4)(logits) for _ in range(3)]
+    b = Sampler(p, seed=4)
+    assert a == [b(logits)] * 3
+    kept = set(candidates(logits, p)[0].tolist())
+    s = Sampler(p, seed=5)
+    assert all(s(logits) in kept for _ in range(50))
+    monkeypatch.setattr(sampling, "sample_nucleus", lambda *a: -1)        # every cut too close to call
+    s = Sampler(p, seed=5)
+    assert all(s(logits) in kept for _ in range(50))
