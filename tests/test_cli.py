@@ -129,6 +129,34 @@ def test_download_failure_is_4(env):
     assert r.returncode == 4 and one_line_error(r)
 
 
+def test_verify_finds_a_flipped_data_byte(env, tiny_model_dir, tmp_path):
+    import shutil
+    r = gpt2cy(env, "verify", tiny_model_dir)
+    assert r.returncode == 0 and "CRC32C and values ok" in r.out and r.err == ""
+    broken = tmp_path / "flipped"
+    shutil.copytree(tiny_model_dir, broken)
+    data = broken / "model.ckpt.data-00000-of-00001"
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0x10
+    data.write_bytes(bytes(raw))
+    r = gpt2cy(env, "verify", str(broken), tiny_model_dir)   # reports the bad one, still checks the good one
+    assert r.returncode == 4 and "checksum mismatch" in one_line_error(r)
+    assert r.out.count("CRC32C and values ok") == 1
+    r = gpt2cy(env, "verify", "355M")                         # never downloads
+    assert r.returncode == 3 and "download" in one_line_error(r)
+
+
+def test_internal_error_is_one_line(monkeypatch, capsys, tiny_model_dir):
+    import gpt2cy.cli as cli
+
+    def bug(args):
+        raise KeyError("a bug of ours")
+    monkeypatch.setattr(cli, "cmd_tokenize", bug)
+    assert main(["tokenize", "-m", tiny_model_dir, "x"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("gpt2cy: error: internal error: KeyError") and "--debug" in err[0]
+
+
 def test_tokenize(env, tiny_model_dir):
     r = gpt2cy(env, "tokenize", "-m", tiny_model_dir, "Hello world")
     assert r.returncode == 0 and r.out.split() == ["15496", "995"]
