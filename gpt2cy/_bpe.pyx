@@ -26,7 +26,7 @@ from cpython.pythread cimport (NOWAIT_LOCK, PyThread_acquire_lock, PyThread_allo
 from cpython.ref cimport Py_INCREF, PyObject
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeUTF8
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp, memcpy, memset
 from libcpp.algorithm cimport is_sorted, sort
@@ -133,13 +133,14 @@ cdef class BPECore:
         self.cache = NULL
         self.cache_lock = NULL
 
-    def __init__(self, list token_bytes not None, list byte_ids not None, list merges not None,
-                 mergeable=None):
+    def __init__(self, list token_bytes not None, list byte_ids not None, merges not None, mergeable=None):
         """token_bytes[i]: bytes of token i; byte_ids[b]: token of the single byte b;
-        merges[r] = (left, right, merged) ids in rank order; mergeable[i]: False for special tokens."""
-        cdef Py_ssize_t i, r, n = len(token_bytes), n_merges = len(merges)
+        merges[r] = (left, right, merged) ids in rank order (triples, or an [n_merges, 3] integer array);
+        mergeable[i]: False for special tokens."""
+        cdef const int64_t[:, ::1] merge_arr = np.ascontiguousarray(merges, dtype=np.int64).reshape(-1, 3)
+        cdef Py_ssize_t i, r, n = len(token_bytes), n_merges = merge_arr.shape[0]
+        cdef int64_t left, right, merged
         cdef bytes tb
-        cdef int left, right, merged
         cdef uint64_t key, slot
         if len(byte_ids) != 256:
             raise ValueError("byte_ids must map all 256 bytes")
@@ -180,7 +181,7 @@ cdef class BPECore:
         for i in range(256):
             made[self.byte_tok[i]] = 1
         for r in range(n_merges):
-            left, right, merged = merges[r]
+            left, right, merged = merge_arr[r, 0], merge_arr[r, 1], merge_arr[r, 2]
             if not (0 <= left < n and 0 <= right < n and 0 <= merged < n):
                 raise ValueError("merge id out of range")
             if not made[left] or not made[right] or made[merged]:
@@ -594,3 +595,100 @@ cdef class BPECore:
         if i < 0 or i >= self.n_vocab:
             raise TokenizerError(f"token id {i} is outside the vocabulary (0..{self.n_vocab - 1})")
         return PyBytes_FromStringAndSize(<char*>&self.arena[self.offs[i]], self.offs[i + 1] - self.offs[i])
+
+
+def merge_ids(list token_bytes not None, str body not None, str alphabet not None):
+    """Parse a merges file in C: `body` holds "left right" lines in GPT-2's byte alphabet (alphabet[b] spells
+    byte b), joined by "\n". Returns the [n_merges, 3] int32 array of (left, right, merged) ids, looked up by the
+    bytes they spell in token_bytes; None when any line is malformed or names a token that is not there (the
+    caller then finds the line and says why). Whether the merges are consistent is BPECore's to check.
+    """
+    cdef Py_ssize_t n = len(token_bytes), i, k, size, cap = 16
+    cdef int16_t utf8_byte[0x200]          # code point -> byte it spells, or -1 (the alphabet is below U+0200)
+    cdef vector[int64_t] offs
+    cdef vector[uint8_t] arena
+    cdef vector[int32_t] table            # open addressing: hash of a token's bytes -> its id
+    cdef vector[int32_t] out
+    cdef uint8_t buf[3][1024]              # left, right, merged bytes of the current line
+    cdef Py_ssize_t blen[2]
+    cdef int part, cp
+    cdef int32_t tok
+    cdef uint64_t slot, mask
+    cdef bytes tb
+    cdef const uint8_t* s = <const uint8_t*>PyUnicode_AsUTF8AndSize(body, &size)
+    for cp in range(0x200):
+        utf8_byte[cp] = -1
+    if len(alphabet) != 256 or max(map(ord, alphabet)) >= 0x200:
+        raise ValueError("the alphabet must spell 256 bytes with characters below U+0200")
+    for k, c in enumerate(alphabet):
+        utf8_byte[ord(c)] = <int16_t>k
+    offs.resize(n + 1)
+    offs[0] = 0
+    for i in range(n):
+        tb = token_bytes[i]
+        offs[i + 1] = offs[i] + len(tb)
+    arena.resize(offs[n] + 1)
+    for i in range(n):
+        tb = token_bytes[i]
+        if len(tb):
+            memcpy(&arena[offs[i]], PyBytes_AS_STRING(tb), len(tb))
+    while cap < 2 * n + 16:
+        cap *= 2
+    mask = cap - 1
+    table.assign(cap, -1)
+    for i in range(n):                     # bytes -> id (first id wins for equal bytes)
+        slot = hash_bytes(&arena[offs[i]], offs[i + 1] - offs[i]) & mask
+        while table[slot] >= 0:
+            if (offs[table[slot] + 1] - offs[table[slot]] == offs[i + 1] - offs[i]
+                    and memcmp(&arena[offs[table[slot]]], &arena[offs[i]], offs[i + 1] - offs[i]) == 0):
+                break
+            slot = (slot + 1) & mask
+        if table[slot] < 0:
+            table[slot] = <int32_t>i
+    out.reserve(3 * (size // 8 + 1))
+    k = 0
+    while k < size:
+        # one line: part 0 up to the space, part 1 up to "\n" or the end
+        for part in range(2):
+            blen[part] = 0
+            while k < size and s[k] != 0x20 and s[k] != 0x0A:
+                if s[k] < 0x80:
+                    cp = s[k]
+                    k += 1
+                elif (s[k] & 0xE0) == 0xC0 and k + 1 < size:
+                    cp = ((s[k] & 0x1F) << 6) | (s[k + 1] & 0x3F)
+                    k += 2
+                else:
+                    return None
+                if cp >= 0x200 or utf8_byte[cp] < 0 or blen[part] >= 512:
+                    return None
+                buf[part][blen[part]] = <uint8_t>utf8_byte[cp]
+                blen[part] += 1
+            if blen[part] == 0:
+                return None
+            if part == 0:
+                if k >= size or s[k] != 0x20:
+                    return None
+                k += 1
+        if k < size:                       # a second space, or "\n" with a line after it
+            if s[k] != 0x0A or k + 1 >= size:
+                return None
+            k += 1
+        memcpy(buf[2], buf[0], blen[0])
+        memcpy(&buf[2][blen[0]], buf[1], blen[1])
+        for part in range(3):
+            i = blen[part] if part < 2 else blen[0] + blen[1]
+            slot = hash_bytes(buf[part], i) & mask
+            while True:
+                tok = table[slot]
+                if tok < 0:
+                    return None
+                if offs[tok + 1] - offs[tok] == i and memcmp(&arena[offs[tok]], buf[part], i) == 0:
+                    break
+                slot = (slot + 1) & mask
+            out.push_back(tok)
+    arr = np.empty((out.size() // 3, 3), dtype=np.int32)
+    cdef int32_t[:, ::1] view = arr
+    if out.size():
+        memcpy(&view[0, 0], out.data(), out.size() * sizeof(int32_t))
+    return arr

@@ -11,7 +11,9 @@ The merge loop and the pre-tokenizer are in gpt2cy/_bpe.pyx and gpt2cy/_pretoken
 from __future__ import annotations
 
 import codecs
+import itertools
 import json
+import operator
 import os
 from typing import AbstractSet, Collection, Iterable, Literal, Mapping, Sequence, Union
 
@@ -53,6 +55,10 @@ _BYTE_DECODER = {c: b for b, c in _BYTE_ENCODER.items()}
 # U+0100 -> U+10FFFF, so that the Latin-1 encode below fails for every character outside the alphabet.
 _TO_LATIN1 = {cp: "\U0010FFFF" for cp in range(256)}
 _TO_LATIN1.update({ord(c): chr(b) for c, b in _BYTE_DECODER.items()})
+# The same map as a codec table: codecs.charmap_encode turns a whole vocabulary's spellings into bytes in one C
+# pass (UnicodeEncodeError for any character outside the alphabet); _token_bytes remains for single tokens.
+_ALPHABET = "".join(_BYTE_ENCODER[b] for b in range(256))
+_CHARMAP = codecs.charmap_build(_ALPHABET)
 
 
 def _token_bytes(token: str) -> bytes | None:
@@ -69,8 +75,32 @@ def _line_of(text: str, needle: str) -> int:
     return text.count("\n", 0, pos) + 1 if pos >= 0 else 1
 
 
+class _Pairs(list):
+    """A JSON object as json.loads read it: its (key, value) pairs, duplicates kept."""
+
+
+def _encoder_ok(encoder: dict, n_pairs: int) -> bytes | None:
+    """Every check of _check_encoder at once, with C-speed builtins: the bytes of all spellings joined in dict order
+    when all pass, None to run _check_encoder for the error."""
+    n = len(encoder)
+    ids = encoder.values()
+    if not n or n != n_pairs or set(map(type, ids)) != {int} or sorted(ids) != list(range(n)):
+        return None
+    if encoder.get(ENDOFTEXT) != GPT2_EOT_ID or not all(c in encoder for c in _BYTE_DECODER):
+        return None
+    try:
+        return codecs.charmap_encode("".join(encoder), "strict", _CHARMAP)[0]   # <|endoftext|> is in the alphabet too
+    except UnicodeEncodeError:
+        return None
+
+
 def load_encoder(path: str) -> dict[str, int]:
     """Read and check encoder.json / vocab.json: a JSON object str -> int with ids exactly 0..n-1."""
+    return _read_encoder(path)[0]
+
+
+def _read_encoder(path: str) -> tuple[dict[str, int], bytes | None]:
+    """load_encoder, also giving the bytes of the spellings joined in dict order when the fast path worked."""
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -78,6 +108,22 @@ def load_encoder(path: str) -> dict[str, int]:
         raise TokenizerError(f"{path}: cannot read: {e.strerror or e}") from None
     except UnicodeDecodeError as e:
         raise TokenizerError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    # Fast path: parse keeping duplicate keys, then check everything in bulk. Any problem (a JSON error, a
+    # nested object, a duplicate ...) goes to _check_encoder, which finds the first defect and names its line.
+    try:
+        pairs = json.loads(text, object_pairs_hook=_Pairs)
+    except (ValueError, RecursionError):
+        pairs = None
+    if type(pairs) is _Pairs:
+        encoder = dict(pairs)
+        joined = _encoder_ok(encoder, len(pairs))
+        if joined is not None:
+            return encoder, joined
+    return _check_encoder(path, text), None
+
+
+def _check_encoder(path: str, text: str) -> dict[str, int]:
+    """load_encoder item by item: raises TokenizerError for the first defect, with its line (slow, but exact)."""
 
     def pairs_hook(pairs):
         seen = set()
@@ -128,12 +174,8 @@ def load_encoder(path: str) -> dict[str, int]:
     return encoder
 
 
-def load_merges(path: str, encoder: Mapping[str, int]) -> list[tuple[str, str]]:
-    """Read and check vocab.bpe / merges.txt: a '#version:' line, then one 'left right' pair per line.
-
-    Each pair's parts must be single bytes or results of earlier merges, and each part and result must be in
-    the encoder (that is what BPE training produces, and what makes rank order well defined).
-    """
+def _merges_lines(path: str) -> list[str]:
+    """The lines of a merges file, header checked, without line ends."""
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.read().split("\n")
@@ -147,6 +189,20 @@ def load_merges(path: str, encoder: Mapping[str, int]) -> list[tuple[str, str]]:
         lines = [line[:-1] if line.endswith("\r") else line for line in lines]
     if not lines or not lines[0].startswith("#version:"):
         raise TokenizerError(f"{path} line 1: expected the header '#version: 0.2'")
+    return lines
+
+
+def load_merges(path: str, encoder: Mapping[str, int]) -> list[tuple[str, str]]:
+    """Read and check vocab.bpe / merges.txt: a '#version:' line, then one 'left right' pair per line.
+
+    Each pair's parts must be single bytes or results of earlier merges, and each part and result must be in
+    the encoder (that is what BPE training produces, and what makes rank order well defined).
+    """
+    return _check_merges(path, _merges_lines(path), encoder)
+
+
+def _check_merges(path: str, lines: list[str], encoder: Mapping[str, int]) -> list[tuple[str, str]]:
+    """load_merges line by line: raises TokenizerError for the first bad line (slow, but names the problem)."""
     made = set(_BYTE_DECODER)
     merges = []
     for lineno, line in enumerate(lines[1:], start=2):
@@ -195,6 +251,28 @@ def _check_model_vocab(path: str, n_vocab: int) -> None:
             raise TokenizerError(f"{fpath}: {key} is {value} but the vocabulary has {n_vocab} tokens")
 
 
+def _bytes_by_id(encoder: Mapping[str, int], joined: bytes | None = None) -> list[bytes]:
+    """The bytes of every token, by id; `joined` may give the bytes of all spellings in dict order already."""
+    n = len(encoder)
+    ids = list(encoder.values())
+    if ids == list(range(n)):                        # the usual file order: no sort needed
+        spellings = list(encoder)
+    elif sorted(ids) == list(range(n)):
+        spellings, joined = sorted(encoder, key=encoder.__getitem__), None
+    else:
+        raise TokenizerError("token ids must be exactly 0..n-1")
+    # All spellings -> bytes in one codec pass, then cut at the spelling lengths (one byte per character).
+    # <|endoftext|> is printable ASCII, which the alphabet spells as itself, so it comes out as its own text.
+    if joined is None:
+        try:
+            joined = codecs.charmap_encode("".join(spellings), "strict", _CHARMAP)[0]
+        except UnicodeEncodeError:
+            bad = next(t for t in spellings if t != ENDOFTEXT and _token_bytes(t) is None)
+            raise TokenizerError(f"{bad!r} is not spelled in GPT-2's byte alphabet") from None
+    ends = list(itertools.accumulate(map(len, spellings)))
+    return list(map(joined.__getitem__, map(slice, [0, *ends[:-1]], ends)))
+
+
 class StreamDecoder:
     """Turns token ids, fed one at a time, into text that only ever holds whole UTF-8 characters.
 
@@ -226,25 +304,29 @@ class Tokenizer:
     """
 
     def __init__(self, encoder: Mapping[str, int], merges: Sequence[tuple[str, str]], *, name: str = "gpt2"):
+        token_bytes = _bytes_by_id(encoder)
+        if merges:
+            lefts, rights = zip(*merges)
+            get = encoder.__getitem__
+            try:
+                merge_ids = list(zip(map(get, lefts), map(get, rights), map(get, map(operator.add, lefts, rights))))
+            except KeyError as e:
+                raise TokenizerError(f"the token {e.args[0]!r} is missing from the encoder") from None
+        else:
+            merge_ids = []
+        self._build(encoder, token_bytes, merge_ids, name)
+
+    def _build(self, encoder: Mapping[str, int], token_bytes: list[bytes], merge_ids: list, name: str) -> None:
+        """Set up from the encoder, its tokens' bytes by id and the merges as (left, right, merged) ids by rank."""
         from ._bpe import BPECore
         n = len(encoder)
-        if sorted(encoder.values()) != list(range(n)):
-            raise TokenizerError("token ids must be exactly 0..n-1")
-        token_bytes: list = [b""] * n
-        mergeable = [True] * n
         self._special: dict[str, int] = {}
-        for token, i in encoder.items():
-            if token == ENDOFTEXT:
-                self._special[token] = i
-                token_bytes[i] = token.encode("ascii")
-                mergeable[i] = False
-            else:
-                token_bytes[i] = _token_bytes(token)
-                if token_bytes[i] is None:
-                    raise TokenizerError(f"{token!r} is not spelled in GPT-2's byte alphabet")
+        mergeable = [True] * n
+        if ENDOFTEXT in encoder:
+            self._special[ENDOFTEXT] = encoder[ENDOFTEXT]
+            mergeable[encoder[ENDOFTEXT]] = False
         try:
             byte_ids = [encoder[_BYTE_ENCODER[b]] for b in range(256)]
-            merge_ids = [(encoder[a], encoder[b], encoder[a + b]) for a, b in merges]
         except KeyError as e:
             raise TokenizerError(f"the token {e.args[0]!r} is missing from the encoder") from None
         try:
@@ -262,9 +344,21 @@ class Tokenizer:
     @classmethod
     def from_files(cls, encoder_path: str, merges_path: str, *, name: str = "gpt2") -> "Tokenizer":
         """Load encoder.json + vocab.bpe (or vocab.json + merges.txt) from explicit paths, checking both."""
-        encoder = load_encoder(encoder_path)
-        merges = load_merges(merges_path, encoder)
-        return cls(encoder, merges, name=name)
+        from ._bpe import merge_ids
+        encoder, joined = _read_encoder(encoder_path)
+        lines = _merges_lines(merges_path)
+        token_bytes = _bytes_by_id(encoder, joined)
+        # Fast path: the merges are parsed and looked up in C, and BPECore checks their order. On any failure,
+        # _check_merges goes through them line by line to name the first bad one.
+        ids = merge_ids(token_bytes, "\n".join(lines[1:]), _ALPHABET)
+        if ids is not None:
+            tok = cls.__new__(cls)
+            try:
+                tok._build(encoder, token_bytes, ids, name)
+                return tok
+            except TokenizerError:
+                pass
+        return cls(encoder, _check_merges(merges_path, lines, encoder), name=name)
 
     @classmethod
     def from_dir(cls, path: str) -> "Tokenizer":

@@ -80,6 +80,9 @@ ENCODER_DEFECTS = [
     ("bad_spelling", lambda t: t.replace('"hello": 31373', '"hel lo": 31373'), r"'hel lo' is not spelled"),
     ("missing_byte", lambda t: t.replace('"!": 0', '"\\u0120\\u0120\\u0120!": 0'), r"single-byte token '!'"),
     ("nested_too_deeply", lambda t: "[" * 100_000, r"encoder.json line 1: invalid JSON: nested too deeply"),
+    ("bool_id", lambda t: t.replace('"hello": 31373', '"hello": true'), r"id of 'hello' is True, not an integer"),
+    ("nested_duplicate", lambda t: t.replace('"hello": 31373', '"hello": {"x": 1, "x": 2}'),
+     r"'x' appears twice"),
 ]
 
 
@@ -114,6 +117,7 @@ def test_encoder_line_numbers_in_multiline_json(tmp_path, real):
 MERGE_DEFECTS = [
     ("no_header", lambda b: b.split("\n", 1)[1], 1, "expected the header"),
     ("three_parts", lambda b: b.replace("\nh e\n", "\nh e x\n", 1), 4, "expected two tokens"),
+    ("four_parts", lambda b: b.replace("\nh e\n", "\nh e h e\n", 1), 4, "expected two tokens"),
     ("two_spaces", lambda b: b.replace("\nh e\n", "\nh  e\n", 1), 4, "expected two tokens"),
     ("one_part", lambda b: b.replace("\nh e\n", "\nhe\n", 1), 4, "expected two tokens"),
     ("empty_line", lambda b: b.replace("\nh e\n", "\n\nh e\n", 1), 4, "expected two tokens"),
@@ -177,3 +181,30 @@ def test_constructor_rejects_unchecked_data():
     encoder["zz"] = encoder.pop("!")
     with pytest.raises(TokenizerError, match="'!' is missing"):
         Tokenizer(encoder, [])
+
+
+def test_fast_loading_matches_the_checked_constructor(tmp_path, real, vocab_dir):
+    """from_dir parses the merges in C and checks the encoder in bulk; the result must equal the item-by-item
+    path (load_encoder + load_merges + Tokenizer), also for an encoder.json whose keys are not in id order."""
+    enc, bpe = real
+    checked_enc = load_encoder(os.path.join(vocab_dir, "encoder.json"))
+    checked = Tokenizer(checked_enc, load_merges(os.path.join(vocab_dir, "vocab.bpe"), checked_enc))
+    shuffled = dict(sorted(json.loads(enc).items(), key=lambda kv: (kv[1] * 7919) % 50257))
+    text = "Hello world! It's 2024 — 日本語 😀\n\n  end" + "".join(map(chr, range(32, 600)))
+    for d in (vocab_dir, write(tmp_path, json.dumps(shuffled), bpe)):
+        fast = Tokenizer.from_dir(d)
+        assert fast._core.n_merges == checked._core.n_merges == 50000
+        assert all(fast.decode_single_token_bytes(i) == checked.decode_single_token_bytes(i) for i in range(50257))
+        assert fast.encode(text) == checked.encode(text)
+
+
+def test_merge_ids_parses_well_formed_lines_only():
+    from gpt2cy._bpe import merge_ids
+    from gpt2cy.tokenizer import _ALPHABET
+    token_bytes = [bytes([b]) for b in range(256)] + [b"ab", b"abc", b" \n", b"\xff\xff"]
+    assert merge_ids(token_bytes, "a b\nab c", _ALPHABET).tolist() == [[97, 98, 256], [256, 99, 257]]
+    assert merge_ids(token_bytes, "\u0120 \u010a\n\xff \xff", _ALPHABET).tolist() == [[32, 10, 258], [255, 255, 259]]
+    assert merge_ids(token_bytes, "", _ALPHABET).shape == (0, 3)
+    for bad in ("a  b", "a b\n", "\na b", "ab", "a b c", "a b a b", "a b\na b c", " a", "a \u4e00", "a b\r", "b c",
+                "a b\n\nab c", "\u0143 \u0143", "a\u0300 b", "a" * 600 + " b"):
+        assert merge_ids(token_bytes, bad, _ALPHABET) is None, bad
