@@ -126,11 +126,12 @@ def test_decode_step(benchmark, ours, prompt_ids):
     benchmark.extra_info["threads"] = bench_threads()
 
 
-@pytest.mark.parametrize("setting", ["default", "top-p only", "greedy+penalty"])
+@pytest.mark.parametrize("setting", ["default", "top-p only", "min-p only", "greedy+penalty"])
 def test_sampling_overhead(benchmark, setting, ours, prompt_ids):
     benchmark.group = "sampling-overhead"
     params = {"default": SamplingParams(repetition_penalty=1.1),
               "top-p only": SamplingParams(top_k=0, top_p=0.95),
+              "min-p only": SamplingParams(top_k=0, top_p=1.0, min_p=0.05),
               "greedy+penalty": SamplingParams(temperature=0, repetition_penalty=1.1)}[setting]
     ours.reset()
     logits = ours.prefill(prompt_ids)

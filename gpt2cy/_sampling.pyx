@@ -4,7 +4,8 @@
 
 With top-k on: numpy's argpartition plus a dozen small array calls cost ~70 us a token, close to 1% of a
 124M decode step; one pass with a k-entry min-heap and scalar loops over the k survivors costs a fraction.
-Top-p alone: a radix select finds the nucleus without sorting the vocabulary (see below).
+Top-p alone: a radix select finds the nucleus without sorting the vocabulary (see below); shift_scale and
+normalise are the compiled halves of gpt2cy.sampling.softmax around numpy's exp (the same bits, fewer passes).
 gpt2cy.sampling.candidates is the readable reference; tests check this module keeps the same sets and
 (top-k) draws the same tokens.
 """
@@ -12,6 +13,7 @@ import numpy as np
 cimport numpy as cnp
 from libc.math cimport exp, NAN
 from libc.stdlib cimport malloc, free
+from libc.string cimport memset
 
 cnp.import_array()
 
@@ -182,18 +184,18 @@ def sample_top_k(const float[::1] logits not None, Py_ssize_t k, double temperat
 # the mass at or above each of NT power-of-4 steps below the max (in 2^-60 fixed point: integer sums
 # vectorise; the input must be a normalised distribution, as gpt2cy.sampling.softmax makes it),
 # which names the band the cut falls in; only that band's members are gathered, then narrowed by a radix
-# select on their float32 bit patterns (monotone in the value for non-negative floats: 11, 11, then 9
-# bits), and only the last few are sorted. Summing in another order (or in fixed point) moves a sum of
-# n <= V terms in [0, 1] by at most ~n * 2^-53, so whenever the running sums on both sides of the cut
+# select on their float32 bit patterns (monotone in the value for non-negative floats: 12-bit digits of
+# the offset into the band, two levels for a 2-octave band), and only the last few are sorted. Summing
+# in another order (or in fixed point) moves a sum of n <= V terms in [0, 1] by at most ~n * 2^-53, so
+# whenever the running sums on both sides of the cut
 # are further than NUCLEUS_SLACK * V * 2^-53 from top_p the reference makes the same cut; otherwise
 # (about once in 10^6 tokens) the caller falls back to the reference.
 
 cdef enum:
-    NB = 2048               # buckets per radix level (11 bits)
+    NB = 4096               # buckets per radix level (12 bits)
     NT = 8                  # power-of-4 thresholds of the first pass: bands down to max * 4^-7
     SMALL = 24              # candidates few enough to sort outright
     BLK = 256               # tokens per block of the skip-ahead scans
-    LANES = 4               # side-by-side histograms for large candidate sets
 
 cdef double NUCLEUS_SLACK = 8.0
 
@@ -213,15 +215,6 @@ cdef inline long long _fixed(float v) noexcept nogil:
     return <long long>(<double>v * 1152921504606846976.0)
 
 
-cdef inline unsigned int _digit(unsigned int bits, int level) noexcept nogil:
-    """The bucket of `bits` at radix level 0 (bits 20-30), 1 (bits 9-19) or 2 (bits 0-8)."""
-    if level == 0:
-        return bits >> 20
-    if level == 1:
-        return (bits >> 9) & 0x7FF
-    return bits & 0x1FF
-
-
 cdef int _nucleus_cut(const float* x,            # IN  [V] probabilities (>= 0, summing to ~1)
                       Py_ssize_t V, double top_p,
                       float* vb,                 # OUT the value of the last kept token
@@ -233,12 +226,14 @@ cdef int _nucleus_cut(const float* x,            # IN  [V] probabilities (>= 0, 
     with x == *vb), 2 (keep everything: the total never reaches top_p), 0 (too close to call, or an
     entry that is NaN, negative or above 1: use the reference), -1 (out of memory)."""
     cdef double eps = NUCLEUS_SLACK * (V + SMALL) * 1.1102230246251565e-16
+    if V > 0x7FFFFFF0:                          # ids are kept as int below
+        return 0
     cdef double above[NT + 1]
     cdef float thr[NT + 1]
-    cdef float hi, lo, up
+    cdef float hi, lo
     cdef Py_ssize_t i, j, n, m, b, k, t
-    cdef int level, status = 0
-    cdef unsigned int d
+    cdef int shift, status = 0
+    cdef unsigned int d, lb, up_bits, width
     cdef double cum, prev
     cdef float v
     # 1. one vectorised pass: the max, then the mass at or above NT power-of-4 steps below it
@@ -262,51 +257,46 @@ cdef int _nucleus_cut(const float* x,            # IN  [V] probabilities (>= 0, 
         return 2 if above[NT] < top_p - eps else 0
     cum = above[t - 1] if t > 0 else 0.0
     lo = thr[t]
-    up = thr[t - 1] if t > 0 else 2.0
-    n = _count_in(x, V, _bits(lo), _bits(up))
-    # 3. its members, in id order; then narrow them by 11, 11 and 9 bits of their patterns
-    cdef double* mass = <double*>malloc(LANES * NB * sizeof(double))
-    cdef Py_ssize_t* count = <Py_ssize_t*>malloc(LANES * NB * sizeof(Py_ssize_t))
-    cdef Py_ssize_t lanes, ln
-    cdef Py_ssize_t* cand = <Py_ssize_t*>malloc((n + 1) * sizeof(Py_ssize_t))
-    if mass == NULL or count == NULL or cand == NULL:
-        free(mass); free(count); free(cand)
+    # t == 0: every member lies in [thr[0], max] inside one octave; otherwise [thr[t], thr[t - 1])
+    up_bits = _bits(thr[t - 1]) if t > 0 else _bits(thr[0]) + 0x800000u
+    lb = _bits(lo)
+    width = up_bits - lb
+    n = _count_in(x, V, lb, up_bits)
+    # 3. its members, in id order; then narrow them by 12-bit digits of (pattern - lb): a 2-octave band
+    #    is 2^24 patterns, so two levels at most (the first usually leaves few enough to sort)
+    cdef double* mass = <double*>malloc(NB * sizeof(double))
+    cdef int* cand = <int*>malloc((n + 17) * sizeof(int))
+    cdef unsigned short* digit = <unsigned short*>malloc((n + 17) * sizeof(unsigned short))
+    if mass == NULL or cand == NULL or digit == NULL:
+        free(mass); free(cand); free(digit)
         return -1
     m = n
-    n = _collect(x, V, _bits(lo), _bits(up), cand, m)
-    for level in range(3):
-        # many candidates (a flat distribution) crowd into few buckets: LANES histograms side by side
-        # keep one bucket's adds from chaining through memory
-        lanes = LANES if n > LANES * NB else 1
-        for b in range(lanes * NB):
-            mass[b] = 0.0
-            count[b] = 0
+    n = gpt2cy_collect(<const unsigned int*>x, V, lb, width, cand, m)
+    while True:
+        shift = 0                               # the smallest shift that puts the width in NB buckets
+        while (width - 1) >> shift >= NB:
+            shift += 1
+        memset(mass, 0, NB * sizeof(double))
         for j in range(n):
             v = x[cand[j]]
-            d = _digit(_bits(v), level) + (j & (lanes - 1)) * NB
+            d = (_bits(v) - lb) >> shift
+            digit[j] = <unsigned short>d        # kept for the compaction below
             mass[d] += v
-            count[d] += 1
-        for ln in range(1, lanes):
-            for b in range(NB):
-                mass[b] += mass[ln * NB + b]
-                count[b] += count[ln * NB + b]
-        b = NB - 1                              # the highest bucket where the running sum reaches top_p
+        b = ((width - 1) >> shift)              # the highest bucket where the running sum reaches top_p
         while b >= 0:
-            if count[b] and cum + mass[b] >= top_p:
+            if cum + mass[b] >= top_p:          # (cum < top_p: an empty bucket never is)
                 break
             cum += mass[b]
             b -= 1
         if b < 0:                               # the band's mass said otherwise: rounding, too close
             status = 0
             break
-        m = 0
-        for j in range(n):                      # branch-free: about half may match on a flat row
-            cand[m] = cand[j]
-            m += 1 if _digit(_bits(x[cand[j]]), level) == <unsigned int>b else 0
-        n = m
-        if n <= SMALL or level == 2:
-            # sort the few left best first (insertion sort; ties keep id order); after level 2 they are
-            # all equal and already in order
+        n = gpt2cy_keep_digit(cand, digit, n, <unsigned short>b)
+        lb += (<unsigned int>b) << shift
+        width = 1u << shift
+        if n <= SMALL or shift == 0:
+            # sort the few left best first (insertion sort; ties keep id order); after the last level
+            # they are all equal and already in order
             for j in range(1, n):
                 k = cand[j]
                 v = x[k]
@@ -331,7 +321,7 @@ cdef int _nucleus_cut(const float* x,            # IN  [V] probabilities (>= 0, 
                         status = 1
                     break
             break
-    free(mass); free(count); free(cand)
+    free(mass); free(cand); free(digit)
     return status
 
 
@@ -390,26 +380,65 @@ cdef Py_ssize_t _count_in(const float* x, Py_ssize_t V, unsigned int lo, unsigne
     return n
 
 
-cdef Py_ssize_t _collect(const float* x, Py_ssize_t V, unsigned int lo, unsigned int up,
-                         Py_ssize_t* out,        # OUT [cap] ids with lo <= bits < up, in id order
-                         Py_ssize_t cap) noexcept nogil:
-    """The ids whose bit patterns lie in [lo, up): blocks without one are skipped by a vectorised test."""
-    cdef const unsigned int* u = <const unsigned int*>x
-    cdef Py_ssize_t i, j, n = 0, end
-    cdef unsigned int width = up - lo
-    cdef int hit
-    i = 0
-    while i < V:
-        end = i + BLK if i + BLK < V else V
-        hit = 0
-        for j in range(i, end):
-            hit += <int>(u[j] - lo < width)     # lo <= u < up in one unsigned compare
-        if hit:
-            for j in range(i, end):             # branch-free; out has room for cap + 1
-                out[n] = j
-                n += <Py_ssize_t>((u[j] - lo < width) & (n < cap))
-        i = end
-    return n
+cdef extern from *:
+    """
+    /* The ids i with lo <= bits[i] < lo + width, in order, into out (room for cap + 16): on a flat row
+       most of the vocabulary, so AVX-512 packs 16 at a time; the scalar loop is branch-free. */
+    #if defined(__AVX512F__)
+    #include <immintrin.h>
+    #endif
+    static Py_ssize_t gpt2cy_collect(const unsigned int* bits, Py_ssize_t V, unsigned int lo,
+                                     unsigned int width, int* out, Py_ssize_t cap) {
+        Py_ssize_t n = 0, j = 0;
+    #if defined(__AVX512F__)
+        const __m512i vlo = _mm512_set1_epi32((int)lo), vw = _mm512_set1_epi32((int)width);
+        const __m512i step = _mm512_set1_epi32(16);
+        __m512i idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        for (; j + 16 <= V; j += 16) {
+            __m512i v = _mm512_loadu_si512((const void*)(bits + j));
+            __mmask16 k = _mm512_cmplt_epu32_mask(_mm512_sub_epi32(v, vlo), vw);
+            if (k) {
+                int c = __builtin_popcount((unsigned int)k);
+                if (n + c > cap) return n;   /* the row changed since it was counted */
+                _mm512_storeu_si512((void*)(out + n), _mm512_maskz_compress_epi32(k, idx));
+                n += c;
+            }
+            idx = _mm512_add_epi32(idx, step);
+        }
+    #endif
+        for (; j < V; j++) {
+            int hit = (bits[j] - lo) < width;
+            if (hit && n >= cap) return n;
+            out[n] = (int)j;
+            n += hit;
+        }
+        return n;
+    }
+
+    /* Keep the cand[j] whose digit[j] == b, in order, in place (cand has room for n + 16). */
+    static Py_ssize_t gpt2cy_keep_digit(int* cand, const unsigned short* digit, Py_ssize_t n,
+                                        unsigned short b) {
+        Py_ssize_t m = 0, j = 0;
+    #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+        const __m256i vb = _mm256_set1_epi16((short)b);
+        for (; j + 16 <= n; j += 16) {
+            __mmask16 k = _mm256_cmpeq_epi16_mask(_mm256_loadu_si256((const __m256i*)(digit + j)), vb);
+            __m512i ids = _mm512_loadu_si512((const void*)(cand + j));
+            _mm512_storeu_si512((void*)(cand + m), _mm512_maskz_compress_epi32(k, ids));
+            m += __builtin_popcount((unsigned int)k);
+        }
+    #endif
+        for (; j < n; j++) {
+            cand[m] = cand[j];
+            m += digit[j] == b;
+        }
+        return m;
+    }
+    """
+    Py_ssize_t gpt2cy_keep_digit(int* cand, const unsigned short* digit, Py_ssize_t n,
+                                 unsigned short b) noexcept nogil
+    Py_ssize_t gpt2cy_collect(const unsigned int* bits, Py_ssize_t V, unsigned int lo, unsigned int width,
+                              int* out, Py_ssize_t cap) noexcept nogil
 
 
 cdef Py_ssize_t _draw(const float* x, Py_ssize_t V,
@@ -545,3 +574,76 @@ def sample_nucleus(const float[::1] probs not None, double top_p, double min_p, 
     if status == -1:
         raise MemoryError()
     return chosen
+
+
+def shift_scale(const float[::1] logits not None, float scale, float[::1] out not None):
+    """out[i] = (logits[i] - max(logits)) * scale, rounded to float32 after each step, exactly as numpy's
+    subtract then in-place multiply make it (NaN anywhere: a NaN max, as numpy's), in one pass after
+    the max instead of three numpy passes. logits, out: [V] float32."""
+    cdef Py_ssize_t V = logits.shape[0], i
+    if out.shape[0] != V:
+        raise ValueError(f"out has {out.shape[0]} entries, logits {V}")
+    if V == 0:
+        raise ValueError("empty logits")
+    cdef float m, v
+    cdef const float* x = &logits[0]
+    cdef float* y = &out[0]
+    cdef const unsigned int* u = <const unsigned int*>x
+    cdef int key, kmax = -0x7FFFFFFF - 1
+    cdef unsigned int a, amax = 0
+    with nogil:
+        # integer maxima vectorise where a float max (NaN rules) does not: a key that orders as the
+        # floats do, and the largest magnitude pattern, which is above +inf's only for a NaN
+        for i in range(V):
+            a = u[i] & 0x7FFFFFFFu
+            key = <int>(u[i] ^ ((<unsigned int>(<int>u[i] >> 31)) & 0x7FFFFFFFu))
+            kmax = key if key > kmax else kmax
+            amax = a if a > amax else amax
+        _F32_from_bits(<unsigned int>(kmax ^ ((kmax >> 31) & 0x7FFFFFFF)), &m)
+        if amax > 0x7F800000u:
+            m = <float>NAN
+        for i in range(V):
+            v = x[i] - m
+            y[i] = v * scale
+
+
+cdef float _pairwise(const float* a, Py_ssize_t n) noexcept nogil:
+    """numpy's pairwise float32 sum (8 running sums in blocks of up to 128, halves above that)."""
+    cdef float r[8]
+    cdef float res
+    cdef Py_ssize_t i, j, n2
+    if n < 8:
+        res = 0.0
+        for i in range(n):
+            res += a[i]
+        return res
+    if n <= 128:
+        for j in range(8):
+            r[j] = a[j]
+        i = 8
+        while i < n - (n % 8):
+            for j in range(8):
+                r[j] += a[i + j]
+            i += 8
+        res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
+        while i < n:
+            res += a[i]
+            i += 1
+        return res
+    n2 = n // 2
+    n2 -= n2 % 8
+    return _pairwise(a, n2) + _pairwise(a + n2, n - n2)
+
+
+def normalise(float[::1] p not None):
+    """p *= float32(1 / sum(p)) in place, with numpy's pairwise float32 sum (the same bits as
+    `p *= np.float32(1.0 / float(p.sum()))`, in two passes instead of numpy's slower sum). p: [V]."""
+    cdef Py_ssize_t V = p.shape[0], i
+    if V == 0:
+        raise ValueError("empty distribution")
+    cdef float* y = &p[0]
+    cdef float f
+    with nogil:
+        f = <float>(1.0 / <double>_pairwise(y, V))
+        for i in range(V):
+            y[i] = y[i] * f

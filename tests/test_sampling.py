@@ -239,6 +239,9 @@ def _nucleus_cases(rng):
     masked = rng.standard_normal(V).astype(np.float32) * 2
     masked[rng.integers(0, V, 5000)] = -np.inf
     yield "masked", masked
+    spike = rng.standard_normal(V).astype(np.float32) * 0.1       # the cut below max * 4^-7: the last band
+    spike[123] = 10.5
+    yield "spike-over-flat", spike
     yield "small", rng.standard_normal(300).astype(np.float32) * 3
 
 
@@ -307,3 +310,35 @@ def test_top_p_sampler_is_seeded_and_falls_back_when_undecided(rng, monkeypatch)
     monkeypatch.setattr(sampling, "sample_nucleus", lambda *a: -1)        # every cut too close to call
     s = Sampler(p, seed=5)
     assert all(s(logits) in kept for _ in range(50))
+
+
+def test_compiled_softmax_is_numpys_float32_softmax(rng):
+    """sampling.softmax (two compiled passes around numpy's exp) against numpy's own float32 steps: the
+    shift and scale bit for bit, the result within 1 ulp (numpy's pairwise sum, redone in C)."""
+    import warnings
+    from gpt2cy._sampling import normalise, shift_scale
+    from gpt2cy.sampling import softmax as probs_of
+    rows = [rng.standard_normal(V).astype(np.float32) * s for V, s in ((50257, 0.3), (50257, 8.0), (1, 1.0),
+                                                                         (7, 2.0), (129, 1.0), (9000, 30.0))]
+    masked = rng.standard_normal(1000).astype(np.float32)
+    masked[::3] = -np.inf
+    rows += [masked, -np.abs(rows[0]), np.zeros(5, np.float32)]
+    for x in rows:
+        for t in (0.8, 1.0, 1.7):
+            scale = np.float32(1.0 / t)
+            want = np.subtract(x, x.max(), dtype=np.float32)
+            want *= scale
+            got = np.empty_like(x)
+            shift_scale(x, scale, got)
+            assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+            np.exp(want, out=want)
+            want *= np.float32(1.0 / float(want.sum()))
+            np.testing.assert_array_max_ulp(probs_of(x, t), want, maxulp=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for bad in ([1.0, np.nan, 2.0], [-np.inf, -np.inf], [np.inf, 1.0]):
+            assert np.isnan(probs_of(np.array(bad, np.float32), 1.0)).all()     # as numpy's: all NaN
+    with pytest.raises(ValueError):
+        shift_scale(np.zeros(3, np.float32), np.float32(1.0), np.zeros(2, np.float32))
+    with pytest.raises(ValueError):
+        normalise(np.zeros(0, np.float32))
