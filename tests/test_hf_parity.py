@@ -47,16 +47,20 @@ def hf_logits(model, ids):
         return model(torch.as_tensor(np.asarray(ids, dtype=np.int64))[None]).logits[0].numpy()
 
 
+def assert_full_and_stepwise_match(model, ids, want, split):
+    """Full-sequence logits, then prefill(ids[:split]) + one step per remaining id, both within TOL."""
+    assert np.abs(model.logits(ids) - want).max() < TOL
+    model.reset()
+    model.prefill(ids[:split])
+    steps = np.stack([model.step(int(t)) for t in ids[split:]])
+    assert np.abs(steps - want[split:]).max() < TOL
+
+
 def test_tiny_matches_transformers():
     tensors = ref.random_tensors(TINY, seed=11)
     ids = np.random.default_rng(11).integers(0, TINY.n_vocab, size=200)
     want = hf_logits(hf_model(TINY, tensors), ids)
-    model = Model.from_tensors(TINY, tensors, threads=2)
-    assert np.abs(model.logits(ids) - want).max() < TOL
-    model.reset()
-    model.prefill(ids[:150])
-    steps = np.stack([model.step(int(t)) for t in ids[150:]])
-    assert np.abs(steps - want[150:]).max() < TOL
+    assert_full_and_stepwise_match(Model.from_tensors(TINY, tensors, threads=2), ids, want, split=150)
     # not a vacuous match: a model with the erf GELU is measurably different
     hf_erf = hf_model(TINY, tensors)
     hf_erf.config.activation_function = "gelu"
@@ -80,9 +84,4 @@ def test_124m_shapes_match_transformers():
     tensors = ref.random_tensors(cfg, seed=4)
     ids = np.random.default_rng(4).integers(0, cfg.n_vocab, size=128)
     want = hf_logits(hf_model(cfg, tensors), ids)
-    model = Model.from_tensors(cfg, tensors, threads=2)
-    assert np.abs(model.logits(ids) - want).max() < TOL
-    model.reset()
-    model.prefill(ids[:100])
-    steps = np.stack([model.step(int(t)) for t in ids[100:]])
-    assert np.abs(steps - want[100:]).max() < TOL
+    assert_full_and_stepwise_match(Model.from_tensors(cfg, tensors, threads=2), ids, want, split=100)
