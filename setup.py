@@ -52,13 +52,14 @@ def _extensions():
     compile_args, link_args, debug = _flags()
     only = {m.strip() for m in os.environ.get("GPT2CY_BUILD_ONLY", "").split(",") if m.strip()}
     exts = []
-    for pyx in sorted(glob.glob(os.path.join("gpt2cy", "*.pyx"))):
+    for pyx in sorted(glob.glob(os.path.join("gpt2cy", "*", "*.pyx"))):
+        sub = os.path.basename(os.path.dirname(pyx))
         mod = os.path.splitext(os.path.basename(pyx))[0]
         if only and mod not in only:
             continue
         exts.append(Extension(
-            f"gpt2cy.{mod}", [pyx],
-            include_dirs=[numpy.get_include(), "gpt2cy"],
+            f"gpt2cy.{sub}.{mod}", [pyx],
+            include_dirs=[numpy.get_include(), os.path.dirname(pyx)],
             extra_compile_args=list(compile_args),
             extra_link_args=list(link_args),
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],

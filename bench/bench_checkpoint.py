@@ -13,8 +13,8 @@ import zlib
 import numpy as np
 import pytest
 
-from gpt2cy._crc32c import crc32c, hardware_accelerated
-from gpt2cy.checkpoint import load_weights, verify
+from gpt2cy.formats._crc32c import crc32c, hardware_accelerated
+from gpt2cy.formats.checkpoint import load_weights, verify
 from gpt2cy.config import PUBLISHED
 
 N_TENSORS = 148

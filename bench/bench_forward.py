@@ -20,7 +20,7 @@ import pytest
 from conftest import bench_threads
 
 import gpt2cy
-import gpt2cy.checkpoint
+import gpt2cy.formats.checkpoint
 
 STEPS = 32                                 # decode steps per timed round
 ROUNDS = 7
@@ -70,7 +70,7 @@ _BEST_BW = [0.0]     # the best read bandwidth seen in this session
 def read_bandwidth(n_threads, nbytes=1 << 30, repeats=5, _cache={}):
     """Streaming read bandwidth (bytes/s) now: the best of `repeats` sums of a 1 GiB array by n_threads
     threads (gpt2cy's own vectorised reduction; numpy's float32 sum is compute-bound below memory speed)."""
-    from gpt2cy._kernels import stream_sum_py
+    from gpt2cy.engine._kernels import stream_sum_py
     a = _cache.get(nbytes)
     if a is None:
         a = _cache[nbytes] = np.ones(nbytes // 4, dtype=np.float32)
@@ -200,7 +200,7 @@ def peak_rss_mb():
         import resource
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 t0 = time.perf_counter()
-import gpt2cy, gpt2cy.model, gpt2cy.checkpoint, gpt2cy._forward
+import gpt2cy, gpt2cy.model, gpt2cy.formats.checkpoint, gpt2cy.engine._forward
 t1 = time.perf_counter()
 m = gpt2cy.load(sys.argv[1], threads=int(sys.argv[2]))
 t2 = time.perf_counter()

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import gpt2cy
-from gpt2cy.generation import generate
-from gpt2cy.sampling import Sampler, SamplingParams
+from gpt2cy.generation.loop import generate
+from gpt2cy.generation.sampling import Sampler, SamplingParams
 
 from conftest import bench_threads
 
@@ -32,7 +32,7 @@ def hf(model_124m_dir):
     """transformers' GPT2LMHeadModel holding the same tensors (Conv1D keeps the [in, out] layout)."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from gpt2cy.checkpoint import hf_name, load_weights
+    from gpt2cy.formats.checkpoint import hf_name, load_weights
     torch.set_num_threads(bench_threads())
     w = load_weights(model_124m_dir)
     c = w.config

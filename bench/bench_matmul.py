@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import bench_threads
 
-from gpt2cy._matmul import matmul_py
+from gpt2cy.engine._matmul import matmul_py
 
 IMPLS = ["gpt2cy", "numpy"]
 T = 512   # prompt positions in a prefill

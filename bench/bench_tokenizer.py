@@ -36,7 +36,7 @@ def _vocab_dir():
 
 def _tokenizers():
     """name -> (encode(text) -> ids, decode(ids) -> text, reset-before-round or None)."""
-    from gpt2cy.tokenizer import Tokenizer
+    from gpt2cy.text.tokenizer import Tokenizer
     vd = _vocab_dir()
     ours = Tokenizer.from_dir(vd)
     out = {"gpt2cy": (ours.encode, ours.decode, ours._core.clear_cache)}

@@ -14,11 +14,11 @@ _LAZY = {
     "load": ("model", "load"),
     "Model": ("model", "Model"),
     "Config": ("config", "Config"),
-    "Tokenizer": ("tokenizer", "Tokenizer"),
-    "get_tokenizer": ("tokenizer", "get_tokenizer"),
-    "Chat": ("chat", "Chat"),
-    "GenerationChunk": ("generation", "GenerationChunk"),
-    "verify": ("checkpoint", "verify"),
+    "Tokenizer": ("text.tokenizer", "Tokenizer"),
+    "get_tokenizer": ("text.tokenizer", "get_tokenizer"),
+    "Chat": ("generation.chat", "Chat"),
+    "GenerationChunk": ("generation.loop", "GenerationChunk"),
+    "verify": ("formats.checkpoint", "verify"),
 }
 
 __all__ = ["CheckpointError", "ContextLengthError", "DownloadError", "GPT2CyError", "InvalidTokenError",

@@ -1,6 +1,6 @@
 """`python -m gpt2cy` is the `gpt2cy` command."""
 import sys
 
-from .cli import main
+from .cli.main import main
 
 sys.exit(main())

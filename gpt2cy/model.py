@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from . import hub
+from .hub import models as hub
 from .config import Config
 from .errors import CheckpointError, ContextLengthError, InvalidTokenError, TokenizerError
 from .threads import check_threads
@@ -67,7 +67,7 @@ class Model:
     """
 
     def __init__(self, weights, *, threads=None, path=None, n_ctx=None):
-        from ._forward import Engine
+        from .engine._forward import Engine
         self.config: Config = weights.config
         self.path = path if path is not None else getattr(weights, "path", None)
         self._weights = weights                    # owns the mapped file the engine points into
@@ -113,7 +113,7 @@ class Model:
             if self.path is None:
                 raise TokenizerError("this model was built from tensors and has no directory to read "
                                      "its tokenizer from; use gpt2cy.get_tokenizer()")
-            from .tokenizer import Tokenizer
+            from .text.tokenizer import Tokenizer
             self._tokenizer = Tokenizer.from_dir(self.path)
         return self._tokenizer
 
@@ -173,7 +173,7 @@ class Model:
 
     def generate(self, *args, **kwargs):
         """Generate text or tokens; see gpt2cy.generation.generate for the arguments."""
-        from .generation import generate
+        from .generation.loop import generate
         return generate(self, *args, **kwargs)
 
     def __repr__(self) -> str:
@@ -202,7 +202,7 @@ def load(path_or_name, threads=None, download=True, offline=None, n_ctx=None) ->
     checkpoint's, 1024; smaller bounds memory: 1558M's KV cache is 600 MiB at 1024, 150 MiB at 256).
     Raises CheckpointError for bad files, ModelNotFound for unknown names, ValueError for a bad n_ctx.
     """
-    from .checkpoint import load_weights
+    from .formats.checkpoint import load_weights
     threads = check_threads(threads)
     if n_ctx is not None:
         check_n_ctx(n_ctx, sys.maxsize)             # a bad type or sign fails before any download

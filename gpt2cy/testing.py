@@ -20,9 +20,9 @@ from typing import Iterator
 
 import numpy as np
 
-from .checkpoint import HF_CONFIG, HF_WEIGHTS, HPARAMS, TF_PREFIX, expected_shapes, hf_name, tf_name, tf_shape
+from .formats.checkpoint import HF_CONFIG, HF_WEIGHTS, HPARAMS, TF_PREFIX, expected_shapes, hf_name, tf_name, tf_shape
 from .config import Config
-from .tfbundle_writer import BundleWriter, write_checkpoint_file
+from .formats.tfbundle_writer import BundleWriter, write_checkpoint_file
 
 CHUNK = 1 << 22                  # values drawn per call: bounds memory for any model size
 

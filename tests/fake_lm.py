@@ -130,7 +130,7 @@ class FakeModel:
         return out
 
     def generate(self, prompt, **kw):
-        from gpt2cy.generation import generate
+        from gpt2cy.generation.loop import generate
         return generate(self, prompt, **kw)
 
 

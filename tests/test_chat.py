@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from gpt2cy.chat import GREETING, PREAMBLE, Chat
+from gpt2cy.generation.chat import GREETING, PREAMBLE, Chat
 from gpt2cy.errors import ContextLengthError
 from fake_lm import FakeModel, FakeTokenizer, ScriptModel
 

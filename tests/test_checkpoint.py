@@ -9,12 +9,12 @@ import pytest
 
 import gpt2cy
 from gpt2cy import CheckpointError
-from gpt2cy.checkpoint import (LAYER_PARAMS, expected_shapes, find_layout, hf_name, load_config, load_weights,
+from gpt2cy.formats.checkpoint import (LAYER_PARAMS, expected_shapes, find_layout, hf_name, load_config, load_weights,
                                match_tf_entries, tf_name, tf_shapes, verify)
 from gpt2cy.config import PUBLISHED, Config
 from gpt2cy.testing import random_tensors, write_random_model
-from gpt2cy.tfbundle import check_data_ranges, data_filename, parse_index, read_index
-from gpt2cy.tfbundle_writer import build_index, write_bundle
+from gpt2cy.formats.tfbundle import check_data_ranges, data_filename, parse_index, read_index
+from gpt2cy.formats.tfbundle_writer import build_index, write_bundle
 
 TINY = Config(n_vocab=50257, n_ctx=64, n_embd=32, n_head=4, n_layer=2)
 SMALL_VOCAB = Config(n_vocab=97, n_ctx=16, n_embd=8, n_head=2, n_layer=3)

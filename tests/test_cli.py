@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from gpt2cy.cli import main
+from gpt2cy.cli.main import main
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +147,7 @@ def test_verify_finds_a_flipped_data_byte(env, tiny_model_dir, tmp_path):
 
 
 def test_internal_error_is_one_line(monkeypatch, capsys, tiny_model_dir):
-    import gpt2cy.cli as cli
+    import gpt2cy.cli.main as cli
 
     def bug(args):
         raise KeyError("a bug of ours")

@@ -10,9 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from gpt2cy.download import FileLock, HttpSettings, PARTIAL_SUFFIX, fetch
+from gpt2cy.hub.download import FileLock, HttpSettings, PARTIAL_SUFFIX, fetch
 from gpt2cy.errors import DownloadError
-from gpt2cy.progress import FileProgress, format_bytes, format_duration
+from gpt2cy.hub.progress import FileProgress, format_bytes, format_duration
 
 from httpserver import ModelServer
 
@@ -101,7 +101,7 @@ def test_500_is_retried_then_fails(server, dest):
 
 
 def test_retries_back_off_exponentially(server, dest, monkeypatch):
-    import gpt2cy.download as download
+    import gpt2cy.hub.download as download
     waits = []
     monkeypatch.setattr(download.time, "sleep", waits.append)
     server.set_mode("blob.bin", "500")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from gpt2cy.errors import ContextLengthError
-from gpt2cy.generation import GenerationChunk, KVCache, generate
+from gpt2cy.generation.loop import GenerationChunk, KVCache, generate
 from fake_lm import FakeModel, FakeTokenizer, ScriptModel
 
 WORDS = ["Hel", "lo", "\nAl", "ice", ":", " world", "\n"]

@@ -6,7 +6,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from gpt2cy.checkpoint import load_weights  # noqa: E402
+from gpt2cy.formats.checkpoint import load_weights  # noqa: E402
 from gpt2cy.config import PUBLISHED, Config  # noqa: E402
 from gpt2cy.model import Model, load  # noqa: E402
 from gpt2cy.testing import write_random_model  # noqa: E402
@@ -70,7 +70,7 @@ def test_tiny_matches_transformers():
 
 
 def test_tiny_checkpoint_on_disk_matches_transformers(tmp_path, vocab_dir):
-    # through the real loader: OpenAI's file layout, read back by gpt2cy.checkpoint
+    # through the real loader: OpenAI's file layout, read back by gpt2cy.formats.checkpoint
     path = write_random_model(str(tmp_path / "tiny"), TINY, seed=5, vocab_dir=vocab_dir)
     model = load(path, threads=2)
     ids = np.random.default_rng(5).integers(0, TINY.n_vocab, size=64)

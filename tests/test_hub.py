@@ -1,4 +1,4 @@
-"""gpt2cy.hub: names, the cache, on-demand downloads from a loopback server, verification, offline mode.
+"""gpt2cy.hub.models: names, the cache, on-demand downloads from a loopback server, verification, offline mode.
 
 A tiny random model (real vocabulary, n_embd 32) is served under the name 124M; each fault case must end with a
 verified model or with no usable model, a clear error, no partial file and no incomplete file under a final name.
@@ -13,13 +13,13 @@ import time
 import numpy as np
 import pytest
 
-from gpt2cy import hub
+from gpt2cy.hub import models as hub
 from gpt2cy.config import Config
 from gpt2cy.errors import CheckpointError, DownloadError, ModelNotFound
 
 from httpserver import ModelServer
 
-pytest.importorskip("gpt2cy.checkpoint")
+pytest.importorskip("gpt2cy.formats.checkpoint")
 testing = pytest.importorskip("gpt2cy.testing")
 
 TINY = Config(n_vocab=50257, n_ctx=64, n_embd=32, n_head=4, n_layer=2)
@@ -419,7 +419,7 @@ def test_ctrl_c_leaves_no_partial_and_frees_the_lock(home, server, source, monke
 def test_partial_of_a_killed_download_is_resumed_next_time(home, server, source):
     server.set_mode(DATA, "slow")
     server.slow_s = 0.02
-    code = "from gpt2cy.hub import download_models; download_models(['124M'])"
+    code = "from gpt2cy.hub.models import download_models; download_models(['124M'])"
     proc = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ, GPT2CY_NO_PROGRESS="1"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     partial = os.path.join(cache_dir(home), DATA + ".incomplete")
@@ -520,7 +520,7 @@ def test_two_threads_share_one_download(home, server, source, capfd):
 def test_two_processes_share_one_download(home, server, source):
     server.set_mode("*", "slow")
     server.slow_s = 0.005
-    code = "from gpt2cy.hub import download_models; print(download_models(['124M'])[0])"
+    code = "from gpt2cy.hub.models import download_models; print(download_models(['124M'])[0])"
     env = dict(os.environ, GPT2CY_NO_PROGRESS="1")
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
@@ -548,7 +548,7 @@ def test_list_models(home, server, source):
 # --- end to end --------------------------------------------------------------------------------------------------
 
 def test_cli_generate_fetches_verifies_and_generates(home, server, served_root):
-    pytest.importorskip("gpt2cy.cli")
+    pytest.importorskip("gpt2cy.cli.main")
     model_mod = pytest.importorskip("gpt2cy.model")
     env = dict(os.environ, GPT2CY_NO_PROGRESS="1")
     r = subprocess.run([sys.executable, "-m", "gpt2cy", "generate", "-m", "124M", "-p", "Hello", "-n", "5",
@@ -583,7 +583,7 @@ def test_load_downloads_on_demand(home, server, source, capfd):
 
 
 def test_cli_offline_exit_code(home, server):
-    pytest.importorskip("gpt2cy.cli")
+    pytest.importorskip("gpt2cy.cli.main")
     env = dict(os.environ, GPT2CY_OFFLINE="1")
     r = subprocess.run([sys.executable, "-m", "gpt2cy", "generate", "-m", "124M", "-p", "Hello", "-n", "5"],
                        env=env, capture_output=True, text=True, timeout=60)

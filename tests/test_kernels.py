@@ -1,10 +1,10 @@
-"""The non-matmul kernels (gpt2cy._kernels) against float64 numpy."""
+"""The non-matmul kernels (gpt2cy.engine._kernels) against float64 numpy."""
 import math
 
 import numpy as np
 import pytest
 
-from gpt2cy import _kernels as K
+from gpt2cy.engine import _kernels as K
 
 import reference as ref
 

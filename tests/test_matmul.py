@@ -1,8 +1,8 @@
-"""gpt2cy._matmul against float64 numpy: decode, prefill, ragged tiles, epilogues, strides, threads, errors."""
+"""gpt2cy.engine._matmul against float64 numpy: decode, prefill, ragged tiles, epilogues, strides, threads, errors."""
 import numpy as np
 import pytest
 
-from gpt2cy._matmul import isa, matmul_py
+from gpt2cy.engine._matmul import isa, matmul_py
 
 TOL = dict(rtol=1e-5, atol=1e-5)   # fp32 sums of O(1) terms against the float64 answer
 MR, NR = isa()[1], isa()[2]

@@ -343,7 +343,7 @@ def test_124m_shapes_match_reference():
 @pytest.mark.parametrize("fmt", ["tf", "safetensors"])
 def test_load_checkpoint_dir_matches_reference(tmp_path, vocab_dir, fmt):
     from gpt2cy import load
-    from gpt2cy.checkpoint import load_weights
+    from gpt2cy.formats.checkpoint import load_weights
     from gpt2cy.testing import write_random_model
     cfg = Config(n_vocab=50257, n_ctx=96, n_embd=64, n_head=2, n_layer=3)
     path = write_random_model(str(tmp_path / fmt), cfg, seed=2, vocab_dir=vocab_dir, fmt=fmt)

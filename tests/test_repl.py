@@ -181,7 +181,7 @@ def test_history_can_be_turned_off(env, tiny_model_dir, tmp_path):
 
 
 def test_history_path_and_escapes(monkeypatch, tmp_path):
-    from gpt2cy.repl import history_path, unescape
+    from gpt2cy.cli.repl import history_path, unescape
     monkeypatch.delenv("GPT2CY_NOHISTORY", raising=False)
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "s"))
     assert history_path() == str(tmp_path / "s" / "gpt2cy" / "history")

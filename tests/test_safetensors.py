@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from gpt2cy import CheckpointError
-from gpt2cy.checkpoint import expected_shapes, hf_name, load_weights, verify
+from gpt2cy.formats.checkpoint import expected_shapes, hf_name, load_weights, verify
 from gpt2cy.config import Config
-from gpt2cy.safetensors import SafetensorsFile
+from gpt2cy.formats.safetensors import SafetensorsFile
 from gpt2cy.testing import hf_config_json, write_random_model
 
 TINY = Config(n_vocab=50257, n_ctx=64, n_embd=32, n_head=4, n_layer=2)

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from gpt2cy.sampling import Sampler, SamplingParams, apply_repetition_penalty, candidates
+from gpt2cy.generation.sampling import Sampler, SamplingParams, apply_repetition_penalty, candidates
 
 OFF = dict(top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0)
 
@@ -192,7 +192,7 @@ def reference_draw(logits, p, u):
 @pytest.mark.parametrize("k,t,top_p,min_p", [(1, 1.0, 1.0, 0.0), (40, 0.8, 0.95, 0.0), (40, 1.3, 1.0, 0.05),
                                              (7, 0.5, 0.5, 0.2), (2000, 1.0, 0.9, 0.0), (60000, 2.0, 0.99, 0.0)])
 def test_compiled_top_k_path_draws_what_the_reference_draws(rng, k, t, top_p, min_p):
-    from gpt2cy._sampling import sample_top_k
+    from gpt2cy.generation._sampling import sample_top_k
     for trial in range(60):
         logits = (rng.standard_normal(50257 if trial % 3 else 300) * rng.uniform(0.5, 6)).astype(np.float32)
         kk = min(k, len(logits) - 1)                  # k >= V is top-k off: the Sampler takes the nucleus path
@@ -202,7 +202,7 @@ def test_compiled_top_k_path_draws_what_the_reference_draws(rng, k, t, top_p, mi
 
 
 def test_compiled_top_k_selection(rng):
-    from gpt2cy._sampling import top_k
+    from gpt2cy.generation._sampling import top_k
     x = rng.standard_normal(1000).astype(np.float32)
     assert top_k(x, 25).tolist() == np.argsort(-x, kind="stable")[:25].tolist()
     ties = np.array([1, 3, 3, 2, 3, np.nan, 5], np.float32)
@@ -248,8 +248,8 @@ def _nucleus_cases(rng):
 @pytest.mark.parametrize("top_p,min_p", [(0.1, 0.0), (0.5, 0.0), (0.9, 0.0), (0.95, 0.0), (0.999, 0.0),
                                          (0.9, 0.05), (1.0, 0.01)])
 def test_compiled_nucleus_keeps_exactly_the_reference_set(rng, top_p, min_p):
-    from gpt2cy._sampling import nucleus
-    from gpt2cy.sampling import softmax as probs_of
+    from gpt2cy.generation._sampling import nucleus
+    from gpt2cy.generation.sampling import softmax as probs_of
     undecided = 0
     for name, logits in _nucleus_cases(rng):
         for t in (0.8, 1.0):
@@ -263,7 +263,7 @@ def test_compiled_nucleus_keeps_exactly_the_reference_set(rng, top_p, min_p):
 
 
 def test_compiled_nucleus_cut_inside_a_tie_keeps_the_lowest_ids():
-    from gpt2cy._sampling import nucleus
+    from gpt2cy.generation._sampling import nucleus
     probs = np.full(1000, 1e-3, np.float32)
     probs /= probs.sum(dtype=np.float64)
     kept = nucleus(probs.astype(np.float32), 0.5)
@@ -273,7 +273,7 @@ def test_compiled_nucleus_cut_inside_a_tie_keeps_the_lowest_ids():
 
 
 def test_compiled_nucleus_refuses_what_is_not_a_distribution():
-    from gpt2cy._sampling import nucleus, sample_nucleus
+    from gpt2cy.generation._sampling import nucleus, sample_nucleus
     for bad in (np.array([0.5, np.nan, 0.5], np.float32), np.array([0.5, -0.1, 0.6], np.float32),
                 np.array([2.0, 0.0], np.float32), np.full(100, 0.5, np.float32)):
         assert nucleus(bad, 0.9) is None and sample_nucleus(bad, 0.9, 0.0, 0.5) == -1
@@ -282,8 +282,8 @@ def test_compiled_nucleus_refuses_what_is_not_a_distribution():
 
 
 def test_compiled_nucleus_draws_follow_the_kept_distribution():
-    from gpt2cy._sampling import sample_nucleus
-    from gpt2cy.sampling import softmax as probs_of
+    from gpt2cy.generation._sampling import sample_nucleus
+    from gpt2cy.generation.sampling import softmax as probs_of
     logits = np.array([2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -2.0], np.float32)
     full = probs_of(logits, 0.7)
     rng = np.random.default_rng(3)
@@ -298,7 +298,7 @@ def test_compiled_nucleus_draws_follow_the_kept_distribution():
 
 
 def test_top_p_sampler_is_seeded_and_falls_back_when_undecided(rng, monkeypatch):
-    import gpt2cy.sampling as sampling
+    import gpt2cy.generation.sampling as sampling
     logits = rng.standard_normal(50257).astype(np.float32) * 2.5
     p = params(temperature=0.8, top_p=0.9)
     a = [Sampler(p, seed=4)(logits) for _ in range(3)]
@@ -316,8 +316,8 @@ def test_compiled_softmax_is_numpys_float32_softmax(rng):
     """sampling.softmax (two compiled passes around numpy's exp) against numpy's own float32 steps: the
     shift and scale bit for bit, the result within 1 ulp (numpy's pairwise sum, redone in C)."""
     import warnings
-    from gpt2cy._sampling import normalise, shift_scale
-    from gpt2cy.sampling import softmax as probs_of
+    from gpt2cy.generation._sampling import normalise, shift_scale
+    from gpt2cy.generation.sampling import softmax as probs_of
     rows = [rng.standard_normal(V).astype(np.float32) * s for V, s in ((50257, 0.3), (50257, 8.0), (1, 1.0),
                                                                          (7, 2.0), (129, 1.0), (9000, 30.0))]
     masked = rng.standard_normal(1000).astype(np.float32)

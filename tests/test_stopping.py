@@ -2,7 +2,7 @@
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from gpt2cy.stopping import StopMatcher
+from gpt2cy.generation.stopping import StopMatcher
 
 
 def run(pieces, stops):

@@ -12,11 +12,11 @@ from gpt2cy import CheckpointError  # noqa: E402
 
 tf = pytest.importorskip("tensorflow")
 
-from gpt2cy.checkpoint import expected_shapes, load_weights, tf_name, tf_shapes, verify  # noqa: E402
+from gpt2cy.formats.checkpoint import expected_shapes, load_weights, tf_name, tf_shapes, verify  # noqa: E402
 from gpt2cy.config import Config  # noqa: E402
 from gpt2cy.testing import write_random_model  # noqa: E402
-from gpt2cy.tfbundle import TensorBundle, data_filename  # noqa: E402
-from gpt2cy.tfbundle_writer import write_bundle  # noqa: E402
+from gpt2cy.formats.tfbundle import TensorBundle, data_filename  # noqa: E402
+from gpt2cy.formats.tfbundle_writer import write_bundle  # noqa: E402
 
 TINY = Config(n_vocab=50257, n_ctx=64, n_embd=32, n_head=4, n_layer=2)
 SMALL = Config(n_vocab=97, n_ctx=16, n_embd=8, n_head=2, n_layer=2)

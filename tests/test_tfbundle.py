@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from gpt2cy import CheckpointError
-from gpt2cy._crc32c import checksum_f32, crc32c, hardware_accelerated
-from gpt2cy.tfbundle import (TensorBundle, check_data_ranges, data_filename, parse_index, read_index,
+from gpt2cy.formats._crc32c import checksum_f32, crc32c, hardware_accelerated
+from gpt2cy.formats.tfbundle import (TensorBundle, check_data_ranges, data_filename, parse_index, read_index,
                              unmask_crc)
-from gpt2cy.tfbundle_writer import (BundleWriter, _BlockBuilder, _field_bytes, _field_varint, _varint,
+from gpt2cy.formats.tfbundle_writer import (BundleWriter, _BlockBuilder, _field_bytes, _field_varint, _varint,
                                     build_index, encode_entry, encode_header, mask_crc,
                                     write_bundle)
 

@@ -1,4 +1,4 @@
-"""gpt2cy.tokenizer against tiktoken and HF tokenizers (both built offline from the same files): exact ids,
+"""gpt2cy.text.tokenizer against tiktoken and HF tokenizers (both built offline from the same files): exact ids,
 round trips, special tokens, decoding, the stream decoder, and long inputs."""
 import hashlib
 import os
@@ -13,7 +13,7 @@ from hypothesis import strategies as st  # noqa: E402
 import tokenizer_corpus as corpus  # noqa: E402
 import tokenizer_peers  # noqa: E402
 from gpt2cy import TokenizerError  # noqa: E402
-from gpt2cy.tokenizer import Tokenizer, bytes_to_unicode, get_tokenizer  # noqa: E402
+from gpt2cy.text.tokenizer import Tokenizer, bytes_to_unicode, get_tokenizer  # noqa: E402
 
 # sha256 of OpenAI's files (shared/formats/tf-tensor-bundle.md section 3; also pinned by tiktoken).
 CANONICAL_SHA256 = {

@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from gpt2cy import TokenizerError
-from gpt2cy.tokenizer import Tokenizer, load_encoder, load_merges
+from gpt2cy.text.tokenizer import Tokenizer, load_encoder, load_merges
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +164,7 @@ def test_model_directory_with_checkpoint_files(tmp_path, vocab_dir):
 
 def test_constructor_rejects_unchecked_data():
     """Tokenizer(encoder, merges) takes checked data, but still fails cleanly on a bad vocabulary."""
-    from gpt2cy.tokenizer import bytes_to_unicode
+    from gpt2cy.text.tokenizer import bytes_to_unicode
     spell = bytes_to_unicode()
     encoder = {spell[b]: b for b in range(256)}
     encoder["ab"] = 256
@@ -199,8 +199,8 @@ def test_fast_loading_matches_the_checked_constructor(tmp_path, real, vocab_dir)
 
 
 def test_merge_ids_parses_well_formed_lines_only():
-    from gpt2cy._bpe import merge_ids
-    from gpt2cy.tokenizer import _ALPHABET
+    from gpt2cy.text._bpe import merge_ids
+    from gpt2cy.text.tokenizer import _ALPHABET
     token_bytes = [bytes([b]) for b in range(256)] + [b"ab", b"abc", b" \n", b"\xff\xff"]
     assert merge_ids(token_bytes, "a b\nab c", _ALPHABET).tolist() == [[97, 98, 256], [256, 99, 257]]
     assert merge_ids(token_bytes, "\u0120 \u010a\n\xff \xff", _ALPHABET).tolist() == [[32, 10, 258], [255, 255, 259]]

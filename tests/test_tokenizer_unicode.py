@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import tokenizer_peers
-from gpt2cy import _pretokenize
-from gpt2cy.tokenizer import Tokenizer, bytes_to_unicode
+from gpt2cy.text import _pretokenize
+from gpt2cy.text.tokenizer import Tokenizer, bytes_to_unicode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROBES = "a1!"          # a letter, a number, an "other": what follows them shows the next character's class

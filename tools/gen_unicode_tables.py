@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generate gpt2cy/_unicode_tables.h: the character classes GPT-2's split pattern needs, for every code point.
+"""Generate gpt2cy/text/_unicode_tables.h: the character classes GPT-2's split pattern needs, for every code point.
 
 GPT-2's pattern `'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+` sorts each
 code point into one of four classes: letter (general category L*), number (N*), whitespace (\\s) or other.
@@ -14,7 +14,7 @@ tests/test_tokenizer_unicode.py checks the committed table against tiktoken for 
 
 Re-run (from the repository root; needs only the generator's one dependency):
     .venv/bin/pip install unicodedata2==16.0.0
-    .venv/bin/python tools/gen_unicode_tables.py            # rewrites gpt2cy/_unicode_tables.h
+    .venv/bin/python tools/gen_unicode_tables.py            # rewrites gpt2cy/text/_unicode_tables.h
     .venv/bin/python tools/gen_unicode_tables.py --check    # exit 1 when the committed file differs
 
 Layout: a two-stage lookup. STAGE1[cp >> 8] picks a 256-entry block of STAGE2, deduplicated across the
@@ -25,7 +25,7 @@ import os
 import sys
 
 UNICODE_VERSION = "16.0.0"
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "gpt2cy", "_unicode_tables.h")
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "gpt2cy", "text", "_unicode_tables.h")
 
 # White_Space=yes in PropList.txt (Unicode 6.3 .. 16.0).
 WHITE_SPACE = (list(range(0x09, 0x0E)) + [0x20, 0x85, 0xA0, 0x1680] + list(range(0x2000, 0x200B))

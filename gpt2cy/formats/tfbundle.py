@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 
 from ._crc32c import checksum_f32, crc32c
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 TABLE_MAGIC = 0xDB4775248B80FB57
 FOOTER_SIZE = 48                 # two BlockHandles padded to 40 bytes + 8-byte magic

@@ -22,9 +22,9 @@ import json
 import os
 import sys
 
-from .config import PUBLISHED, Config
+from ..config import PUBLISHED, Config
 from .download import FileLock, HttpSettings, PARTIAL_SUFFIX, fetch, offline_env
-from .errors import CheckpointError, DownloadError, ModelNotFound
+from ..errors import CheckpointError, DownloadError, ModelNotFound
 from .progress import FileProgress, format_bytes, note, progress_enabled
 
 SIZES = ("124M", "355M", "774M", "1558M")
@@ -147,7 +147,7 @@ def is_verified(path: str) -> bool:
 
 
 def _write_marker(path: str) -> None:
-    from . import __version__
+    from .. import __version__
     marker = {"format": MARKER_FORMAT, "gpt2cy": __version__, "model": os.path.basename(path),
               "files": _stat_record(path)}
     tmp = os.path.join(path, f"{MARKER}.{os.getpid()}.tmp")
@@ -193,7 +193,7 @@ def verify_model(path: str) -> None:
         raise CheckpointError(f"{path}: missing {', '.join(missing)}")
     for name in ("hparams.json", "encoder.json", "vocab.bpe"):
         _check_small_file(name, os.path.join(path, name))
-    from .checkpoint import verify
+    from ..formats.checkpoint import verify
     verify(path)
     _write_marker(path)
 

@@ -33,7 +33,7 @@ from libcpp.algorithm cimport is_sorted, sort
 from libcpp.queue cimport priority_queue
 from libcpp.vector cimport vector
 
-from gpt2cy._pretokenize cimport piece_end
+from gpt2cy.text._pretokenize cimport piece_end
 
 import operator
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 MAX_HEADER = 100_000_000
 

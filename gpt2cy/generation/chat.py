@@ -20,8 +20,8 @@ from typing import Callable, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
-from .errors import ContextLengthError
-from .generation import GenerationChunk, KVCache, context_size, stderr_notice, stream_generate
+from ..errors import ContextLengthError
+from .loop import GenerationChunk, KVCache, context_size, stderr_notice, stream_generate
 from .sampling import Sampler, SamplingParams
 
 USER, BOT = "Alice", "Bob"

@@ -17,7 +17,7 @@ import operator
 import os
 from typing import AbstractSet, Collection, Iterable, Literal, Mapping, Sequence, Union
 
-from .errors import TokenizerError
+from ..errors import TokenizerError
 
 __all__ = ["Tokenizer", "StreamDecoder", "get_tokenizer", "load_encoder", "load_merges", "bytes_to_unicode",
            "ENDOFTEXT"]
@@ -531,7 +531,7 @@ def get_tokenizer(name_or_path: str = "124M", *, download: bool = True, offline=
     A name is resolved with gpt2cy.hub.resolve_tokenizer, which fetches only the two vocabulary files
     (ModelNotFound when they are not available); a directory needs only those files, not the weights.
     """
-    from . import hub
+    from ..hub import models as hub
     path = hub.resolve_tokenizer(name_or_path, download=download, offline=offline)
     stamp = []
     for fname in (*OPENAI_FILES, *HF_FILES):

@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import ContextLengthError
+from ..errors import ContextLengthError
 from .sampling import Sampler, SamplingParams
 from .stopping import StopMatcher
 

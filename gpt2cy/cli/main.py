@@ -15,8 +15,8 @@ import sys
 import time
 from typing import List, Optional
 
-from . import __version__
-from .errors import CheckpointError, ContextLengthError, DownloadError, GPT2CyError, ModelNotFound
+from .. import __version__
+from ..errors import CheckpointError, ContextLengthError, DownloadError, GPT2CyError, ModelNotFound
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_DOWNLOAD, EXIT_CONTEXT, EXIT_INTERRUPT = 0, 1, 2, 3, 4, 5, 130
 COMMANDS = ("chat", "generate", "tokenize", "download", "list", "verify")
@@ -188,10 +188,10 @@ def _read_stdin() -> str:
 
 
 def _load(args):
-    from .checkpoint import load_weights
-    from .hub import resolve_model
-    from .model import Model
-    from .threads import check_threads
+    from ..formats.checkpoint import load_weights
+    from ..hub.models import resolve_model
+    from ..model import Model
+    from ..threads import check_threads
     t0 = time.perf_counter()
     threads = check_threads(_threads(args))
     path = resolve_model(args.model or DEFAULT_MODEL, offline=True if args.offline else None)
@@ -229,7 +229,7 @@ def _stops(args) -> List[str]:
 
 # -- commands -------------------------------------------------------------------------------------
 def cmd_chat(args) -> int:
-    from .chat import Chat
+    from ..generation.chat import Chat
     from .repl import Repl
     if args.no_history:
         os.environ["GPT2CY_NOHISTORY"] = "1"
@@ -261,8 +261,8 @@ def _prompt_text(args) -> str:
 
 
 def cmd_generate(args) -> int:
-    from .generation import check_prompt, stream_generate
-    from .sampling import Sampler, SamplingParams
+    from ..generation.loop import check_prompt, stream_generate
+    from ..generation.sampling import Sampler, SamplingParams
     stops = _stops(args)
     params, max_tokens = _sampling_kwargs(args, "generate")
     prompt = _prompt_text(args)
@@ -312,7 +312,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_tokenize(args) -> int:
-    from .tokenizer import get_tokenizer
+    from ..text.tokenizer import get_tokenizer
     if args.text is None or args.text == "-":
         if args.text is None and sys.stdin.isatty():
             raise UsageError("gpt2cy tokenize: give TEXT, or - to read stdin (see gpt2cy tokenize --help)")
@@ -332,7 +332,7 @@ def cmd_tokenize(args) -> int:
 
 
 def cmd_download(args) -> int:
-    from .hub import download_models
+    from ..hub.models import download_models
     for path in download_models(list(args.models), force=args.force):
         print(path)
     return EXIT_OK
@@ -340,8 +340,8 @@ def cmd_download(args) -> int:
 
 def cmd_verify(args) -> int:
     """Verify each named model; a failed check is exit 4 (as a failed download is), after checking the rest."""
-    from . import hub
-    from .checkpoint import verify
+    from ..hub import models as hub
+    from ..formats.checkpoint import verify
     status = EXIT_OK
     for name in args.models:
         try:
@@ -357,7 +357,7 @@ def cmd_verify(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from .hub import list_models
+    from ..hub.models import list_models
     models = list_models()
     if args.json:
         print(json.dumps(models))
@@ -376,8 +376,8 @@ def cmd_info() -> int:
     another busy process shares the cores)."""
     import platform
     import numpy
-    from ._omp import openmp_enabled
-    from .threads import default_threads
+    from ..engine._omp import openmp_enabled
+    from ..threads import default_threads
     env = {k: os.environ.get(k) for k in ("GPT2CY_NUM_THREADS", "OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
     try:
         cpus = len(os.sched_getaffinity(0))

@@ -37,7 +37,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
-from .errors import DownloadError
+from ..errors import DownloadError
 from .progress import FileProgress, note
 
 PARTIAL_SUFFIX = ".incomplete"
@@ -181,7 +181,7 @@ _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+)\s*$")
 
 
 def _user_agent() -> str:
-    from . import __version__
+    from .. import __version__
     return f"gpt2cy/{__version__}"
 
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import Config
-from .errors import CheckpointError
+from ..config import Config
+from ..errors import CheckpointError
 
 TF_PREFIX = "model.ckpt"
 HPARAMS = "hparams.json"
@@ -170,7 +170,7 @@ def load_config(model_dir: str, layout: str | None = None) -> Config:
 def _config_from_shapes(path: str, name: str) -> Config:
     """Config of a config.json-less safetensors file: n_vocab, n_ctx, n_embd and n_layer from the shapes; n_head
     (which no shape shows) from the published size with that n_embd, else CheckpointError."""
-    from .config import PUBLISHED
+    from ..config import PUBLISHED
     from .safetensors import SafetensorsFile
     tensors = SafetensorsFile(path).tensors
     prefix = "transformer." if any(n.startswith("transformer.") for n in tensors) else ""

@@ -12,8 +12,8 @@ import sys
 import time
 from typing import Optional, TextIO
 
-from .chat import GREETING, Chat
-from .errors import GPT2CyError
+from ..generation.chat import GREETING, Chat
+from ..errors import GPT2CyError
 
 EXIT_INTERRUPT = 130
 DOUBLE_INTERRUPT_S = 1.0
