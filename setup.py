@@ -2,7 +2,10 @@
 
 Environment switches (all optional):
   GPT2CY_PORTABLE=1   do not tune for the build machine's CPU (no -march=native); use for wheels
-  GPT2CY_DEBUG=1      compile with boundscheck/wraparound on and -O0 -g, for hunting kernel bugs
+  GPT2CY_MARCH=ARCH   tune for ARCH instead of the build machine (-march=ARCH), e.g. "haswell" for an
+                      AVX2+FMA-only build on an AVX-512 machine (CI builds every _gemm.h path this way)
+  GPT2CY_DEBUG=1      compile with boundscheck/wraparound on and -O0 -g, and the C macro GPT2CY_DEBUG
+                      (the kernels' debug-only test hooks), for hunting kernel bugs
   GPT2CY_BUILD_ONLY   comma-separated module names (e.g. "_bpe,_matmul") to rebuild just those in development
 """
 import os
@@ -37,7 +40,12 @@ def _flags():
         return ["/O2", "/openmp"], [], debug
     compile_args = ["-O0", "-g"] if debug else ["-O3", "-fno-math-errno", "-fno-trapping-math"]
     link_args = []
-    if os.environ.get("GPT2CY_PORTABLE") != "1" and _compiler_accepts(["-march=native"]):
+    march = os.environ.get("GPT2CY_MARCH", "").strip()
+    if march:
+        if not _compiler_accepts([f"-march={march}"]):
+            sys.exit(f"gpt2cy: the C compiler does not accept GPT2CY_MARCH={march!r} (-march={march})")
+        compile_args.append(f"-march={march}")
+    elif os.environ.get("GPT2CY_PORTABLE") != "1" and _compiler_accepts(["-march=native"]):
         compile_args.append("-march=native")
     omp_code = "#include <omp.h>\nint main(void){return omp_get_max_threads() > 0 ? 0 : 1;}\n"
     if _compiler_accepts(["-fopenmp"], omp_code):
@@ -62,7 +70,8 @@ def _extensions():
             include_dirs=[numpy.get_include(), os.path.dirname(pyx)],
             extra_compile_args=list(compile_args),
             extra_link_args=list(link_args),
-            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
+                          + ([("GPT2CY_DEBUG", "1")] if debug else []),
         ))
     directives = {"language_level": 3}
     if debug:

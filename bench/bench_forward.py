@@ -51,7 +51,7 @@ def hf(model, model_124m_dir):
                                   layer_norm_epsilon=1e-5, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     m = transformers.GPT2LMHeadModel(cfg)
     state = {}
-    for name, a in gpt2cy.checkpoint.load_weights(model_124m_dir).tensors.items():
+    for name, a in gpt2cy.formats.checkpoint.load_weights(model_124m_dir).tensors.items():
         stem, _, leaf = name.rpartition(".")
         key = (f"transformer.{name}.weight" if name in ("wte", "wpe") else
                f"transformer.{stem.replace('h', 'h.', 1) if stem.startswith('h') else stem}."
@@ -70,14 +70,14 @@ _BEST_BW = [0.0]     # the best read bandwidth seen in this session
 def read_bandwidth(n_threads, nbytes=1 << 30, repeats=5, _cache={}):
     """Streaming read bandwidth (bytes/s) now: the best of `repeats` sums of a 1 GiB array by n_threads
     threads (gpt2cy's own vectorised reduction; numpy's float32 sum is compute-bound below memory speed)."""
-    from gpt2cy.engine._kernels import stream_sum_py
+    from gpt2cy.engine._bandwidth import stream_sum
     a = _cache.get(nbytes)
     if a is None:
         a = _cache[nbytes] = np.ones(nbytes // 4, dtype=np.float32)
     best = 0.0
     for _ in range(repeats):
         t0 = time.perf_counter()
-        total = stream_sum_py(a, n_threads)
+        total = stream_sum(a, n_threads)
         best = max(best, a.nbytes / (time.perf_counter() - t0))
     assert total == a.size
     _BEST_BW[0] = max(_BEST_BW[0], best)
@@ -92,7 +92,8 @@ def bandwidth():
 
 
 def decode_bytes(config, ctx):
-    """Bytes one decode step must read: every weight matrix and vector, one wpe row, and the KV cache."""
+    """Bytes one decode step must read: every weight matrix and vector, one wpe row, and the ctx cached
+    positions of the KV cache (not its allocation, Model.kv_cache_bytes: a step reads only what is cached)."""
     C, L, V = config.n_embd, config.n_layer, config.n_vocab
     weights = 4 * (V * C + C + L * (12 * C * C + 13 * C) + 2 * C)
     kv = 4 * 2 * L * ctx * C
@@ -221,13 +222,12 @@ def test_load(benchmark, model_124m_dir):
         return m.logits([464])
 
     benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
+    kv = gpt2cy.load(model_124m_dir, threads=nt).kv_cache_bytes     # what the engine allocates
     runs = [json.loads(subprocess.run([sys.executable, "-c", LOAD_SCRIPT, model_124m_dir, str(nt)],
                                       check=True, capture_output=True, text=True).stdout)
             for _ in range(3)]
     sub = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
-    cfg = gpt2cy.checkpoint.load_config(model_124m_dir)
     data = os.path.getsize(os.path.join(model_124m_dir, "model.ckpt.data-00000-of-00001"))
-    kv = 4 * 2 * cfg.n_layer * cfg.n_ctx * cfg.n_embd
     budget = (data + kv) / 2 ** 20 + 150
     benchmark.extra_info.update(threads=nt, **{k: round(v, 3) for k, v in sub.items()},
                                 weights_file_MB=round(data / 2 ** 20, 1), kv_cache_MB=round(kv / 2 ** 20, 1),

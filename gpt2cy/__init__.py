@@ -4,6 +4,8 @@
     model = gpt2cy.load("124M")            # or a directory with OpenAI's or HuggingFace's files
     print(model.generate("Hello, my name is", max_new_tokens=20))
 """
+from typing import TYPE_CHECKING
+
 from .errors import (CheckpointError, ContextLengthError, DownloadError, GPT2CyError,
                      InvalidTokenError, ModelNotFound, TokenizerError)
 
@@ -15,11 +17,25 @@ _LAZY = {
     "Model": ("model", "Model"),
     "Config": ("config", "Config"),
     "Tokenizer": ("text.tokenizer", "Tokenizer"),
-    "get_tokenizer": ("text.tokenizer", "get_tokenizer"),
+    "get_tokenizer": ("hub.models", "get_tokenizer"),
     "Chat": ("generation.chat", "Chat"),
     "GenerationChunk": ("generation.loop", "GenerationChunk"),
+    "Response": ("generation.response", "Response"),
+    "complete": ("generation.loop", "complete"),
+    "set_notice_handler": ("notices", "set_notice_handler"),
     "verify": ("formats.checkpoint", "verify"),
 }
+
+if TYPE_CHECKING:                                    # what type checkers and IDEs see
+    from .config import Config
+    from .formats.checkpoint import verify
+    from .generation.chat import Chat
+    from .generation.loop import GenerationChunk, complete
+    from .generation.response import Response
+    from .model import Model, load
+    from .notices import set_notice_handler
+    from .hub.models import get_tokenizer
+    from .text.tokenizer import Tokenizer
 
 __all__ = ["CheckpointError", "ContextLengthError", "DownloadError", "GPT2CyError", "InvalidTokenError",
            "ModelNotFound", "TokenizerError", "__version__", *_LAZY]

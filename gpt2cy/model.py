@@ -7,66 +7,76 @@
     model.truncate(n)            # keep the first n cached positions (reuse a common prefix)
     model.reset()                # empty the cache
 
-Every id and position is checked here, before the compiled engine indexes an array.
+Several sequences at once: `load(..., n_slots=4)` gives four KV-cache slots; every call above takes slot=
+(default 0), and `forward_batch([(slot, ids), ...])` runs a prefill chunk of one sequence and decode tokens
+of others in one pass over the weights, each sequence's logits bit-identical to running it alone.
+
+Every id, slot and position is checked here, before the compiled engine indexes an array.
 """
 from __future__ import annotations
 
-import numbers
 import os
 import sys
 from types import SimpleNamespace
+from typing import List, Sequence, Tuple
 
 import numpy as np
 
 from .hub import models as hub
 from .config import Config
-from .errors import CheckpointError, ContextLengthError, InvalidTokenError, TokenizerError
+from .errors import CheckpointError, ContextLengthError, TokenizerError
+from .ids import check_id, check_ids, is_int
+from .notices import notice
+from .tensors import EMBEDDING, MATMUL, tensor_specs
 from .threads import check_threads
 
 
+def engine_weights(config: Config, weights) -> dict:
+    """The engine's description of `weights` (canonical name -> engine.weights.WeightTensor).
 
-def _is_int(v) -> bool:
-    return isinstance(v, (numbers.Integral, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-
-def _as_ids(ids, n_vocab: int) -> np.ndarray:
-    """Validated token ids as a contiguous intp array (raises InvalidTokenError, ValueError)."""
-    if isinstance(ids, np.ndarray):
-        if ids.ndim != 1:
-            raise InvalidTokenError(f"token ids must be a 1-D sequence, got an array of shape {ids.shape}")
-        if ids.dtype.kind not in "iu":
-            raise InvalidTokenError(f"token ids must be integers, got an array of dtype {ids.dtype}")
-        arr = ids
-    elif isinstance(ids, (list, tuple, range)):
-        for v in ids:
-            if not _is_int(v):
-                raise InvalidTokenError(f"token ids must be integers, got {v!r}")
-        try:
-            arr = np.array(ids, dtype=np.int64)
-        except OverflowError:
-            raise InvalidTokenError(f"a token id is outside the vocabulary [0, {n_vocab})") from None
-    else:
-        raise InvalidTokenError(f"token ids must be a list, tuple or 1-D integer array, "
-                                f"got {type(ids).__name__}")
-    if arr.size == 0:
-        raise ValueError("no token ids given")
-    bad = (arr < 0) | (arr >= n_vocab)
-    if bad.any():
-        raise InvalidTokenError(f"token id {arr[np.argmax(bad)]} (at index {int(np.argmax(bad))}) is "
-                                f"outside the vocabulary [0, {n_vocab})")
-    return np.ascontiguousarray(arr, dtype=np.intp)
+    This is the one place where a tensor stored in a type the engine has no kernels for (f16 or bf16 today,
+    from `weights.dtypes`; a missing entry means f32) is widened to float32, once, with a notice; and where
+    a misaligned f32 view (a tensor at an odd offset of a TF bundle) is copied, since C kernels may not read
+    a float at an unaligned address. Raises ValueError naming the tensor for anything else wrong."""
+    from .engine.weights import DTYPES, describe_all
+    from .formats.dtypes import to_float32
+    tensors = weights.tensors
+    dtypes = getattr(weights, "dtypes", None) or {}
+    arrays, kinds, widened = {}, {}, {}
+    for spec in tensor_specs(config):
+        a = tensors.get(spec.name)
+        if a is None:
+            continue                                   # describe_all names what is missing
+        d = dtypes.get(spec.name, "f32")
+        if d not in DTYPES or (d != "f32" and spec.role not in (MATMUL, EMBEDDING)):
+            try:
+                a = to_float32(a, d)
+            except ValueError as e:
+                raise ValueError(f"tensor '{spec.name}': {e}") from None
+            widened[d] = widened.get(d, 0) + 1
+            d = "f32"
+        elif isinstance(a, np.ndarray) and not a.flags.aligned:
+            a = np.array(a)                            # an aligned copy
+        arrays[spec.name], kinds[spec.name] = a, d
+    if widened:
+        what = ", ".join(f"{n} {d}" for d, n in sorted(widened.items()))
+        notice(f"converted {what} tensor(s) to f32: the engine has kernels for {', '.join(DTYPES)} only, "
+               f"so they take 4 bytes per weight in memory")
+    return describe_all(config, arrays, kinds)
 
 
 class Model:
-    """GPT-2 with a KV cache. Build with `gpt2cy.load(...)`, or `Model(weights)` from
-    `gpt2cy.checkpoint.load_weights(dir)`, or `Model.from_tensors(config, tensors)`.
+    """GPT-2 with KV-cache slots. Build with `gpt2cy.load(...)`, or `Model(weights)` from
+    `gpt2cy.formats.checkpoint.load_weights(dir)`, or `Model.from_tensors(config, tensors)`.
 
-    config: the checkpoint's hparams (Config). n_ctx: the context in use (config.n_ctx unless a smaller
-    one was asked for). path: the model directory (None when built from tensors).
-    threads: threads the kernels use (settable). n_past: positions held in the KV cache.
+    config: the checkpoint's hparams (Config). n_ctx: the context in use per slot (config.n_ctx unless a
+    smaller one was asked for). path: the model directory (None when built from tensors).
+    threads: threads the kernels use (settable). n_slots: sequences the KV cache holds at once; each call
+    takes slot= (default 0). max_rows: rows one pass over the weights carries (longer inputs are split).
+    n_past: positions held in slot 0's cache (past(slot) for any slot).
     """
 
-    def __init__(self, weights, *, threads=None, path=None, n_ctx=None):
+    def __init__(self, weights, *, threads=None, path=None, n_ctx=None, n_slots=1, max_rows=None):
         from .engine._forward import Engine
         self.config: Config = weights.config
         self.path = path if path is not None else getattr(weights, "path", None)
@@ -74,16 +84,25 @@ class Model:
         self._tokenizer = None
         threads = check_threads(threads)
         n_ctx = check_n_ctx(n_ctx, self.config.n_ctx)
+        if not is_int(n_slots) or n_slots < 1:
+            raise ValueError(f"n_slots must be a positive integer, got {n_slots!r}")
+        if max_rows is not None and (not is_int(max_rows) or max_rows < 1):
+            raise ValueError(f"max_rows must be a positive integer, got {max_rows!r}")
+        where = f"{self.path}: " if self.path else ""
         try:
-            self._engine = Engine(self.config, dict(weights.tensors), threads, n_ctx)
+            described = engine_weights(self.config, weights)
+            self._engine = Engine(self.config, described, threads, n_ctx, int(n_slots),
+                                  None if max_rows is None else int(max_rows))
         except ValueError as e:
-            where = f"{self.path}: " if self.path else ""
             raise CheckpointError(f"{where}{e}") from None
 
     @classmethod
-    def from_tensors(cls, config: Config, tensors: dict, threads=None, n_ctx=None) -> "Model":
-        """A model over in-memory float32 tensors in canonical names (tests, conversions)."""
-        return cls(SimpleNamespace(config=config, tensors=tensors), threads=threads, n_ctx=n_ctx)
+    def from_tensors(cls, config: Config, tensors: dict, threads=None, n_ctx=None, *, n_slots=1,
+                     max_rows=None, dtypes=None) -> "Model":
+        """A model over in-memory tensors in canonical names (tests, conversions); dtypes: name -> "f32",
+        "f16" or "bf16" for tensors not stored as float32 (missing: f32)."""
+        return cls(SimpleNamespace(config=config, tensors=tensors, dtypes=dict(dtypes or {})),
+                   threads=threads, n_ctx=n_ctx, n_slots=n_slots, max_rows=max_rows)
 
     # ------------------------------------------------------------------------------------ properties
 
@@ -98,13 +117,37 @@ class Model:
 
     @property
     def n_ctx(self) -> int:
-        """Positions the KV cache holds at most: the context in use (<= config.n_ctx)."""
+        """Positions each slot's KV cache holds at most: the context in use (<= config.n_ctx)."""
         return self._engine.n_ctx
 
     @property
+    def n_slots(self) -> int:
+        """KV-cache slots: sequences held at once."""
+        return self._engine.n_slots
+
+    @property
+    def max_rows(self) -> int:
+        """Rows one pass over the weights carries (activation buffers); longer inputs are split."""
+        return self._engine.max_rows
+
+    @property
     def n_past(self) -> int:
-        """Positions held in the KV cache (0 after reset)."""
-        return self._engine.n_past
+        """Positions held in slot 0's KV cache (0 after reset); past(slot) for the others."""
+        return self._engine.past(0)
+
+    def past(self, slot: int = 0) -> int:
+        """Positions held in `slot`'s KV cache."""
+        return self._engine.past(self._slot(slot))
+
+    def cache_version(self, slot: int = 0) -> int:
+        """A number that changes on every change of `slot`'s cache (prefill, step, truncate, reset, logits,
+        forward_batch), so a caller that remembers it can tell whether someone else used the slot since."""
+        return self._engine.version(self._slot(slot))
+
+    @property
+    def kv_cache_bytes(self) -> int:
+        """Bytes allocated for the KV cache of every slot (pages count in RSS only once written)."""
+        return self._engine.kv_cache_bytes
 
     @property
     def tokenizer(self):
@@ -119,57 +162,124 @@ class Model:
 
     # ------------------------------------------------------------------------------------ forward
 
-    def _check_room(self, n_new: int) -> None:
-        n_ctx = self.n_ctx
-        if self.n_past + n_new > n_ctx:
+    def _slot(self, slot) -> int:
+        if not is_int(slot) or not 0 <= slot < self._engine.n_slots:
+            raise ValueError(f"slot must be an integer in [0, {self._engine.n_slots}), got {slot!r}")
+        return int(slot)
+
+    def _check_room(self, n_new: int, slot: int) -> None:
+        n_ctx, n_past = self.n_ctx, self._engine.past(slot)
+        if n_past + n_new > n_ctx:
+            where = f" in slot {slot}" if self._engine.n_slots > 1 else ""
             raise ContextLengthError(
-                f"{self.n_past} cached + {n_new} new tokens = {self.n_past + n_new} positions, more than "
+                f"{n_past} cached + {n_new} new tokens = {n_past + n_new} positions{where}, more than "
                 f"the context of {n_ctx}; call reset() or use fewer tokens")
 
-    def logits(self, ids) -> np.ndarray:
-        """Logits float32 [len(ids), n_vocab] for ids as a fresh sequence (the KV cache is reset first,
+    def logits(self, ids, slot: int = 0) -> np.ndarray:
+        """Logits float32 [len(ids), n_vocab] for ids as a fresh sequence (the slot's cache is reset first,
         and afterwards holds these ids)."""
-        arr = _as_ids(ids, self.config.n_vocab)
+        slot = self._slot(slot)
+        arr = check_ids(ids, self.config.n_vocab)
         if len(arr) > self.n_ctx:
             raise ContextLengthError(f"{len(arr)} tokens are more than the context of {self.n_ctx}")
-        self._engine.reset()
+        self._engine.reset(slot)
         out = np.empty((len(arr), self.config.n_vocab), dtype=np.float32)
-        self._engine.forward(arr, out, True)
+        step = self._engine.max_rows
+        for i in range(0, len(arr), step):
+            self._engine.forward(arr[i:i + step], out[i:i + step], True, slot)
         return out
 
     __call__ = logits
 
-    def prefill(self, ids) -> np.ndarray:
-        """Append ids to the KV cache; return the last position's logits, float32 [n_vocab]."""
-        arr = _as_ids(ids, self.config.n_vocab)
-        self._check_room(len(arr))
+    def prefill(self, ids, slot: int = 0) -> np.ndarray:
+        """Append ids to `slot`'s KV cache; return the last position's logits, float32 [n_vocab]."""
+        slot = self._slot(slot)
+        arr = check_ids(ids, self.config.n_vocab)
+        self._check_room(len(arr), slot)
+        if len(arr) > self._engine.max_rows:
+            return self._batch([(slot, arr)])[0]
         out = np.empty((1, self.config.n_vocab), dtype=np.float32)
-        self._engine.forward(arr, out, False)
+        self._engine.forward(arr, out, False, slot)
         return out[0]
 
-    def step(self, token) -> np.ndarray:
-        """Append one token to the KV cache; return its logits, float32 [n_vocab]."""
-        if not _is_int(token):
-            raise InvalidTokenError(f"a token id must be an integer, got {token!r}")
-        if not 0 <= token < self.config.n_vocab:
-            raise InvalidTokenError(f"token id {token} is outside the vocabulary [0, {self.config.n_vocab})")
-        self._check_room(1)
+    def step(self, token, slot: int = 0) -> np.ndarray:
+        """Append one token to `slot`'s KV cache; return its logits, float32 [n_vocab]."""
+        slot = self._slot(slot)
+        token = check_id(token, self.config.n_vocab)
+        self._check_room(1, slot)
         out = np.empty(self.config.n_vocab, dtype=np.float32)
-        self._engine.step(token, out)
+        self._engine.step(token, out, slot)
         return out
 
-    def truncate(self, n) -> None:
-        """Keep the first n cached positions (0 <= n <= n_past) and forget the rest, so a sequence that
-        shares those n tokens prefills only what follows them."""
-        if not _is_int(n):
-            raise ValueError(f"truncate takes an integer, got {n!r}")
-        if not 0 <= n <= self.n_past:
-            raise ValueError(f"cannot truncate to {n} positions: the cache holds {self.n_past}")
-        self._engine.truncate(int(n))
+    def forward_batch(self, requests: Sequence[Tuple[int, object]]) -> List[np.ndarray]:
+        """Append ids to several slots in one pass over the weights; return each one's last-position logits.
 
-    def reset(self) -> None:
-        """Empty the KV cache (n_past becomes 0)."""
-        self._engine.reset()
+        requests: [(slot, ids), ...], each slot at most once; ids as for prefill (a prompt chunk, or one
+        token to decode: [token]). Returns a list of float32 [n_vocab] arrays in the order of requests.
+        Each sequence's logits are bit-identical to running it alone (prefill or step), whatever else is
+        in the batch and at any thread count. Rows beyond max_rows go in further passes. Everything is
+        checked before anything runs: a bad slot, id or a request that does not fit its slot's context
+        raises (ValueError, InvalidTokenError, ContextLengthError) and changes no cache.
+        """
+        checked, seen = [], set()
+        for item in requests:
+            if not isinstance(item, (tuple, list)) or len(item) != 2:
+                raise ValueError(f"forward_batch takes (slot, ids) pairs, got {item!r}")
+            slot = self._slot(item[0])
+            if slot in seen:
+                raise ValueError(f"slot {slot} appears twice in one batch; concatenate its ids instead")
+            seen.add(slot)
+            arr = check_ids(item[1], self.config.n_vocab)
+            self._check_room(len(arr), slot)
+            checked.append((slot, arr))
+        return self._batch(checked)
+
+    def _batch(self, requests) -> List[np.ndarray]:
+        # pack the rows of validated (slot, ids) into engine calls of at most max_rows rows, in order; a
+        # request's logits are taken (row by row) in the call that holds its last row
+        eng, V, R = self._engine, self.config.n_vocab, self._engine.max_rows
+        results: List[np.ndarray] = [None] * len(requests)
+        calls, cur = [], []                           # cur: [(request index, slot, ids piece, pos0, last)]
+        n_cur = 0
+        for i, (slot, arr) in enumerate(requests):
+            start, base = 0, eng.past(slot)
+            while start < len(arr):
+                if n_cur == R:
+                    calls.append(cur)
+                    cur, n_cur = [], 0
+                take = min(R - n_cur, len(arr) - start)
+                cur.append((i, slot, arr[start:start + take], base + start, start + take == len(arr)))
+                n_cur += take
+                start += take
+        if cur:
+            calls.append(cur)
+        for pieces in calls:
+            ids = np.concatenate([p[2] for p in pieces]).astype(np.intp, copy=False)
+            slots = np.concatenate([np.full(len(p[2]), p[1], np.intp) for p in pieces])
+            pos = np.concatenate([np.arange(p[3], p[3] + len(p[2]), dtype=np.intp) for p in pieces])
+            ends = np.cumsum([len(p[2]) for p in pieces]) - 1
+            want = [k for k, p in enumerate(pieces) if p[4]]
+            rows = np.ascontiguousarray(ends[want], dtype=np.intp)
+            out = np.empty((len(rows), V), dtype=np.float32)
+            eng.forward_batch(ids, slots, pos, rows, out)
+            for j, k in enumerate(want):
+                results[pieces[k][0]] = out[j]
+        return results
+
+    def truncate(self, n, slot: int = 0) -> None:
+        """Keep the first n cached positions of `slot` (0 <= n <= its n_past) and forget the rest, so a
+        sequence that shares those n tokens prefills only what follows them."""
+        slot = self._slot(slot)
+        if not is_int(n):
+            raise ValueError(f"truncate takes an integer, got {n!r}")
+        n_past = self._engine.past(slot)
+        if not 0 <= n <= n_past:
+            raise ValueError(f"cannot truncate to {n} positions: the cache holds {n_past}")
+        self._engine.truncate(int(n), slot)
+
+    def reset(self, slot: int = 0) -> None:
+        """Empty `slot`'s KV cache (its n_past becomes 0)."""
+        self._engine.reset(self._slot(slot))
 
     def generate(self, *args, **kwargs):
         """Generate text or tokens; see gpt2cy.generation.generate for the arguments."""
@@ -179,32 +289,36 @@ class Model:
     def __repr__(self) -> str:
         c = self.config
         name = c.name or (os.path.basename(self.path) if self.path else "GPT-2")
+        slots = f" n_slots={self.n_slots}" if self.n_slots > 1 else ""
         return (f"<gpt2cy.Model {name}: n_layer={c.n_layer} n_embd={c.n_embd} n_head={c.n_head} "
-                f"n_ctx={self.n_ctx} threads={self.threads} n_past={self.n_past}>")
+                f"n_ctx={self.n_ctx} threads={self.threads} n_past={self.n_past}{slots}>")
 
 
 def check_n_ctx(n_ctx, limit: int) -> int:
     """A valid context size: None means `limit` (the checkpoint's n_ctx); else an integer in [1, limit]."""
     if n_ctx is None:
         return limit
-    if not _is_int(n_ctx):
+    if not is_int(n_ctx):
         raise ValueError(f"n_ctx must be an integer, got {n_ctx!r}")
     if not 1 <= n_ctx <= limit:
         raise ValueError(f"n_ctx must be between 1 and the model's {limit}, got {n_ctx}")
     return int(n_ctx)
 
 
-def load(path_or_name, threads=None, download=True, offline=None, n_ctx=None) -> Model:
+def load(path_or_name, threads=None, download=True, offline=None, n_ctx=None, n_slots=1) -> Model:
     """Load GPT-2 from a model directory (OpenAI's or HuggingFace's files) or a name ("124M", "gpt2-xl", ...).
 
-    threads: kernel threads (default: OMP_NUM_THREADS, else the CPUs available). download/offline: passed to
-    gpt2cy.hub.resolve_model. n_ctx: the context to allocate the KV cache for (default and maximum: the
-    checkpoint's, 1024; smaller bounds memory: 1558M's KV cache is 600 MiB at 1024, 150 MiB at 256).
+    threads: kernel threads (default: GPT2CY_NUM_THREADS, else OMP_NUM_THREADS, else the CPUs available).
+    download/offline: passed to gpt2cy.hub.resolve_model. n_ctx: the context to allocate the KV cache for (default and maximum: the
+    checkpoint's, 1024; smaller bounds memory: 1558M's KV cache is 600 MiB at 1024, 150 MiB at 256), per slot.
+    n_slots: sequences the KV cache holds at once (Model.forward_batch runs them in one pass).
     Raises CheckpointError for bad files, ModelNotFound for unknown names, ValueError for a bad n_ctx.
     """
     from .formats.checkpoint import load_weights
     threads = check_threads(threads)
     if n_ctx is not None:
         check_n_ctx(n_ctx, sys.maxsize)             # a bad type or sign fails before any download
+    if not is_int(n_slots) or n_slots < 1:
+        raise ValueError(f"n_slots must be a positive integer, got {n_slots!r}")
     path = hub.resolve_model(path_or_name, download=download, offline=offline)
-    return Model(load_weights(path), threads=threads, path=path, n_ctx=n_ctx)
+    return Model(load_weights(path), threads=threads, path=path, n_ctx=n_ctx, n_slots=n_slots)

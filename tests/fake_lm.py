@@ -3,8 +3,8 @@ and chat without a checkpoint. Test code only: the package never imports this.
 
 FakeTokenizer: each id is one piece of bytes; `encode` takes the longest matching piece (pieces for
 every single byte exist, so any text encodes). The last id is <|endoftext|>.
-FakeModel: the Model contract (prefill/step/reset/truncate/n_past/n_ctx/config/tokenizer/logits) with logits from a
-fixed function of the tokens so far, and counters of the work done.
+FakeModel: the Model contract (prefill/step/reset/truncate/n_past/n_ctx/cache_version/config/tokenizer) with
+logits from a fixed function of the tokens so far, and counters of the work done.
 """
 import numpy as np
 
@@ -90,6 +90,7 @@ class FakeModel:
         self.prefilled = 0     # tokens run through prefill, over the model's life
         self.steps = 0
         self.resets = 0
+        self._version = 0      # bumped by every change to the cache, as Model.cache_version
 
     @property
     def n_past(self):
@@ -99,14 +100,19 @@ class FakeModel:
     def n_ctx(self):
         return self.config.n_ctx
 
+    def cache_version(self, slot=0):
+        return self._version
+
     def reset(self):
         self.ids = []
         self.resets += 1
+        self._version += 1
 
     def truncate(self, n):
         if not 0 <= n <= len(self.ids):
             raise ValueError("cannot truncate")
         self.ids = self.ids[:n]
+        self._version += 1
 
     def _add(self, ids):
         ids = [int(i) for i in ids]
@@ -117,6 +123,7 @@ class FakeModel:
         if len(self.ids) + len(ids) > self.config.n_ctx:
             raise ContextLengthError("past n_ctx")
         self.ids += ids
+        self._version += 1
         return np.asarray(self.logits_fn(self.ids), dtype=np.float32)
 
     def prefill(self, ids):

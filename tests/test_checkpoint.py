@@ -9,8 +9,9 @@ import pytest
 
 import gpt2cy
 from gpt2cy import CheckpointError
-from gpt2cy.formats.checkpoint import (LAYER_PARAMS, expected_shapes, find_layout, hf_name, load_config, load_weights,
-                               match_tf_entries, tf_name, tf_shapes, verify)
+from gpt2cy.formats.checkpoint import find_layout, load_config, load_weights, match_tf_entries, verify
+from gpt2cy.formats.names import hf_name, tf_name, tf_shapes
+from gpt2cy.tensors import LAYER_PARAMS, expected_shapes
 from gpt2cy.config import PUBLISHED, Config
 from gpt2cy.testing import random_tensors, write_random_model
 from gpt2cy.formats.tfbundle import check_data_ranges, data_filename, parse_index, read_index
@@ -159,8 +160,108 @@ def test_load_accepts_pathlike_and_other_prefixes(tiny_dir, tmp_path):
     shutil.copy(os.path.join(tiny_dir, "model.ckpt.data-00000-of-00001"), d / "model-1000.data-00000-of-00001")
     (d / "model-500.index").write_bytes(b"")        # an older, broken save the checkpoint file no longer names
     (d / "checkpoint").write_text('model_checkpoint_path: "model-1000"\nall_model_checkpoint_paths: "model-1000"\n')
-    assert find_layout(str(d)) == ("tf", str(d / "model-1000"))
+    layout = find_layout(str(d))
+    assert (layout.kind, layout.weights) == ("tf", str(d / "model-1000"))
     assert load_weights(str(d)).tensors["wte"].shape == (50257, 32)
+
+
+def _gpt2_simple_dir(tiny_dir, d):
+    """tiny_dir's files saved as gpt-2-simple does: prefix model-1000, named by the `checkpoint` file."""
+    d.mkdir()
+    for f in ("hparams.json", "encoder.json", "vocab.bpe"):
+        shutil.copy(os.path.join(tiny_dir, f), d)
+    shutil.copy(os.path.join(tiny_dir, "model.ckpt.index"), d / "model-1000.index")
+    shutil.copy(os.path.join(tiny_dir, "model.ckpt.data-00000-of-00001"), d / "model-1000.data-00000-of-00001")
+    (d / "model-500.index").write_bytes(b"")        # an older, broken save the checkpoint file no longer names
+    (d / "checkpoint").write_text('model_checkpoint_path: "model-1000"\nall_model_checkpoint_paths: "model-1000"\n')
+    return str(d)
+
+
+def test_checkpoint_file_prefix_loads_through_gpt2cy_load(tiny_dir, tmp_path):
+    """One layout detector: what load_weights reads, gpt2cy.load (through the hub's path rules) reads too."""
+    from gpt2cy.hub import models as hub
+    from gpt2cy.model import load
+    d = _gpt2_simple_dir(tiny_dir, tmp_path / "run1")
+    assert hub.model_layout(d) == "openai" and hub.resolve_model(d) == d
+    model = load(d, threads=1)
+    assert model.path == d and model.config.n_layer == 2
+    ref = load(tiny_dir, threads=1)
+    ids = model.tokenizer.encode("Hello world")
+    assert np.array_equal(model.logits(ids), ref.logits(ids))
+
+
+def test_layout_detector_rules(tiny_dir, tmp_path, vocab_dir):
+    from gpt2cy.hub import models as hub
+    layout = find_layout(tiny_dir)
+    assert (layout.kind, layout.weights, layout.config) == ("tf", os.path.join(tiny_dir, "model.ckpt"),
+                                                           os.path.join(tiny_dir, "hparams.json"))
+    assert layout.weight_files == (os.path.join(tiny_dir, "model.ckpt.index"),
+                                   os.path.join(tiny_dir, "model.ckpt.data-00000-of-00001"))
+    assert layout.vocab == (os.path.join(tiny_dir, "encoder.json"), os.path.join(tiny_dir, "vocab.bpe"))
+    assert layout.complete and layout.missing() == []
+    hf = write_random_model(str(tmp_path / "hf"), SMALL_VOCAB, fmt="safetensors", vocab_dir=vocab_dir)
+    layout = find_layout(hf)
+    assert (layout.kind, layout.config, layout.vocab[0]) == ("safetensors", os.path.join(hf, "config.json"),
+                                                             os.path.join(hf, "vocab.json"))
+    os.remove(os.path.join(hf, "merges.txt"))              # weights without a vocabulary: loadable, not a model
+    assert find_layout(hf).vocab is None and not find_layout(hf).complete
+    assert find_layout(hf).missing() == ["merges.txt"] and hub.model_layout(hf) is None
+    load_weights(hf)
+    shutil.copy(os.path.join(vocab_dir, "vocab.bpe"), os.path.join(hf, "merges.txt"))
+    os.remove(os.path.join(hf, "config.json"))             # optional for HF: the shapes give the config
+    assert find_layout(hf).config is None and find_layout(hf).complete and hub.model_layout(hf) == "hf"
+    half = tmp_path / "half"                                # a bundle without its data file
+    half.mkdir()
+    for f in ("hparams.json", "model.ckpt.index", "encoder.json", "vocab.bpe"):
+        shutil.copy(os.path.join(tiny_dir, f), half)
+    assert find_layout(str(half)).missing() == ["model.ckpt.data-00000-of-00001"]
+    assert hub.model_layout(str(half)) is None
+    with pytest.raises(CheckpointError, match="no GPT-2 checkpoint here"):
+        find_layout(str(tmp_path))
+
+
+def test_float16_bundle_keeps_its_type(tmp_path):
+    d = write_random_model(str(tmp_path / "f16"), SMALL_VOCAB, seed=1, dtype="f16")
+    w = load_weights(d)
+    assert set(w.dtypes) == set(w.tensors) and set(w.dtypes.values()) == {"f16"}
+    want = _tensors(SMALL_VOCAB, 1)
+    for c, a in w.tensors.items():
+        assert a.dtype == np.float16 and a.shape == want[c].shape and not a.flags.writeable
+        np.testing.assert_array_equal(a, want[c].astype(np.float16))
+    assert verify(d).n_bytes == 2 * SMALL_VOCAB.n_params
+
+
+def test_f32_weights_at_unaligned_offsets_are_copied_and_run(tmp_path):
+    """TF packs tensor bytes densely, so one 2-byte tensor sorted first puts every weight at offset 2 mod 4:
+    the loader must hand the engine aligned copies, and the model must compute the same logits."""
+    from gpt2cy.model import Model
+    t = {tf_name(k): v.reshape((1, *v.shape)) if k.endswith(".w") else v
+         for k, v in _tensors(SMALL_VOCAB, 0).items()}
+    for name, extra in (("aligned", {}), ("odd", {"a_note": np.array([1.0], np.float16)})):
+        d = tmp_path / name
+        d.mkdir()
+        write_bundle(str(d / "model.ckpt"), {**t, **extra})
+        (d / "hparams.json").write_text(json.dumps(SMALL_VOCAB.to_json()))
+    idx = read_index(str(tmp_path / "odd" / "model.ckpt.index"))
+    assert all(e.offset % 4 == 2 for n, e in idx.entries.items() if n.startswith("model/"))
+    odd, aligned = load_weights(str(tmp_path / "odd")), load_weights(str(tmp_path / "aligned"))
+    for c, a in odd.tensors.items():
+        assert a.flags.aligned and a.flags.c_contiguous and a.dtype == np.float32 and not a.flags.writeable
+        np.testing.assert_array_equal(a, aligned.tensors[c])
+    ids = [1, 5, 9, 96, 0]
+    assert np.array_equal(Model(odd, threads=1).logits(ids), Model(aligned, threads=1).logits(ids))
+
+
+@pytest.mark.parametrize("dtype,name", [(np.int32, "int32"), (np.float64, "float64"), (np.int64, "int64")])
+def test_unsupported_weight_type_is_one_clear_error(tmp_path, dtype, name):
+    t = {tf_name(k): v.reshape((1, *v.shape)) if k.endswith(".w") else v
+         for k, v in _tensors(SMALL_VOCAB, 0).items()}
+    t["model/h1/attn/c_proj/b"] = t["model/h1/attn/c_proj/b"].astype(dtype)
+    write_bundle(str(tmp_path / "model.ckpt"), t)
+    (tmp_path / "hparams.json").write_text(json.dumps(SMALL_VOCAB.to_json()))
+    msg = _err(str(tmp_path), rf"tensor 'model/h1/attn/c_proj/b' is stored as {name}; supported weight types "
+                              rf"are f32, f16, bf16$")
+    assert msg.startswith(str(tmp_path / "model.ckpt.index"))
 
 
 def test_optimizer_slots_and_global_step_ignored(tmp_path):
@@ -245,7 +346,7 @@ def test_wrong_dtype(tmp_path):
     t["model/ln_f/g"] = t["model/ln_f/g"].astype(np.float64)
     write_bundle(str(tmp_path / "model.ckpt"), t)
     (tmp_path / "hparams.json").write_text(json.dumps(SMALL_VOCAB.to_json()))
-    _err(str(tmp_path), "'model/ln_f/g' is float64, expected float32")
+    _err(str(tmp_path), r"'model/ln_f/g' is stored as float64; supported weight types are f32, f16, bf16")
 
 
 @pytest.mark.parametrize("content,match", [
@@ -345,3 +446,16 @@ def test_a_named_pipe_safetensors_is_refused(tmp_path):
 def test_load_config(tiny_dir):
     assert load_config(tiny_dir).n_embd == 32
     assert read_index(os.path.join(tiny_dir, "model.ckpt.index")).header.num_shards == 1
+
+
+def test_formats_and_text_never_import_the_hub(tiny_dir):
+    """The hub turns names into paths, then calls the readers and the tokenizer; they never reach back."""
+    import subprocess
+    import sys
+    code = ("import sys, gpt2cy.formats.checkpoint as c, gpt2cy.formats.layout, gpt2cy.formats.tfbundle, "
+            "gpt2cy.formats.safetensors, gpt2cy.text.tokenizer as t\n"
+            f"c.load_weights({tiny_dir!r}); c.verify({tiny_dir!r}); t.Tokenizer.from_dir({tiny_dir!r})\n"
+            "print(sorted(m for m in sys.modules if m.startswith('gpt2cy.hub') or m == 'urllib.request'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -1,4 +1,4 @@
-"""gpt2cy.download.fetch against a real loopback HTTP server: every fault ends in the whole file or no file."""
+"""gpt2cy.hub.download.fetch against a real loopback HTTP server: every fault ends in the whole file or no file."""
 import hashlib
 import io
 import os
@@ -12,6 +12,7 @@ import pytest
 
 from gpt2cy.hub.download import FileLock, HttpSettings, PARTIAL_SUFFIX, fetch
 from gpt2cy.errors import DownloadError
+from gpt2cy.notices import captured
 from gpt2cy.hub.progress import FileProgress, format_bytes, format_duration
 
 from httpserver import ModelServer
@@ -123,6 +124,53 @@ def test_error_keeps_existing_file(server, blob, dest):
         fetch(url(server), dest, settings=FAST, progress=quiet())
     assert open(dest, "rb").read() == b"old"
     assert leftovers(dest) == ["blob.bin"]
+
+
+class _Interrupt(FileProgress):
+    def advance(self, n):
+        super().advance(n)
+        raise KeyboardInterrupt
+
+
+def _reject(path):
+    raise DownloadError("rejected by the caller's check")
+
+
+# Each way a download can fail after the server answered, most after the whole body arrived: the file already
+# under the final name must come out of it byte for byte, and nothing else may be left beside it.
+AFTER_THE_BODY = {
+    "sha256 mismatch": (set(), dict(sha256="0" * 64), DownloadError, r"sha256 .* does not match"),
+    "size mismatch": ({"cl_bigger"}, {}, DownloadError, r"connection closed after 300001 of 301001 bytes"),
+    "server MD5 mismatch": ({"md5_bad"}, {}, DownloadError, r"MD5 .* does not match the server's"),
+    "caller's check": (set(), dict(check=_reject), DownloadError, r"rejected by the caller's check"),
+    "truncated body": ({"truncate"}, {}, DownloadError, r"connection closed after 150000"),
+    "rename fails": (set(), {}, DownloadError, r"cannot move .*blob\.bin\.incomplete to .*blob\.bin: "),
+    "Ctrl-C in the body": ({"slow"}, dict(progress=_Interrupt("blob.bin", enabled=False)), KeyboardInterrupt, None),
+}
+
+
+@pytest.mark.parametrize("case", list(AFTER_THE_BODY))
+def test_failure_after_the_body_keeps_existing_file(server, blob, dest, monkeypatch, case):
+    import errno
+    import gpt2cy.hub.download as download
+    modes, kwargs, exc, match = AFTER_THE_BODY[case]
+    with open(dest, "wb") as f:
+        f.write(b"the good old file")
+    server.set_mode("blob.bin", *modes)
+
+    def no_rename(src, dst):
+        raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), src)
+    with monkeypatch.context() as m:
+        if case == "rename fails":
+            m.setattr(download.os, "replace", no_rename)
+        with pytest.raises(exc, match=match):
+            fetch(url(server), dest, settings=FAST, **{"progress": quiet(), **kwargs})
+    assert open(dest, "rb").read() == b"the good old file"
+    assert leftovers(dest) == ["blob.bin"]
+    assert server.served("blob.bin")[0]["sent"] > 0          # the failure came after bytes arrived
+    server.set_mode("blob.bin")                              # and the next fetch replaces it whole
+    fetch(url(server), dest, settings=FAST, progress=quiet())
+    assert open(dest, "rb").read() == blob
 
 
 def test_truncated_body_fails(server, dest):
@@ -270,10 +318,11 @@ def test_many_drops_each_resume_where_the_last_stopped(server, blob, dest):
 def test_retries_are_reported(server, blob, dest):
     out = io.StringIO()
     server.set_mode("blob.bin", "drop_once")
-    fetch(url(server), dest, settings=FAST, progress=FileProgress("124M/blob.bin", stream=out))
+    with captured() as said:                   # a retry is a notice (gpt2cy.notices), the bar only counts bytes
+        fetch(url(server), dest, settings=FAST, progress=FileProgress("124M/blob.bin", stream=out))
+    assert said == ["124M/blob.bin: connection closed after 150000 of 300001 bytes; retrying in 0.0 s"]
     lines = out.getvalue().splitlines()
-    assert lines[0] == "gpt2cy: 124M/blob.bin: connection closed after 150000 of 300001 bytes; retrying in 0.0 s"
-    assert lines[1].startswith("gpt2cy: 124M/blob.bin  293.0 KiB in ") and len(lines) == 2
+    assert lines[0].startswith("gpt2cy: 124M/blob.bin  293.0 KiB in ") and len(lines) == 1
 
 
 def test_server_ignoring_range_restarts_from_zero(server, blob, dest):

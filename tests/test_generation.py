@@ -247,3 +247,106 @@ def test_real_context_limit(tiny_model):
     chunks = list(tiny_model.generate(list(range(n_ctx - 3)), max_new_tokens=50, seed=0, ignore_eos=True,
                                       stream=True, on_notice=None))
     assert len(chunks) == 4 and chunks[-1].finish_reason == "length" and tiny_model.n_past == n_ctx
+
+
+class Unversioned(FakeModel):
+    """A model without cache_version: the record falls back to comparing n_past."""
+    def __getattribute__(self, name):
+        if name == "cache_version":
+            raise AttributeError(name)
+        return super().__getattribute__(name)
+
+
+def history_model(cls=FakeModel, n_ctx=64):
+    """Logits that depend on the whole history (its length and last token), so continuing from the
+    wrong KV cache gives other tokens."""
+    tok = FakeTokenizer()
+    table = np.random.default_rng(7).standard_normal((tok.n_vocab, tok.n_vocab)).astype(np.float32) * 3
+    return cls(tok, n_ctx=n_ctx, logits_fn=lambda ids: table[(ids[-1] + 31 * len(ids)) % tok.n_vocab])
+
+
+@pytest.mark.parametrize("cls,other_prompt", [
+    (FakeModel, [7, 8]),             # the other call leaves n_past as the stream left it: only the version tells
+    (Unversioned, [7, 8, 9, 10]),    # no version: a different n_past tells
+])
+def test_a_stream_resumed_after_another_generate_rebuilds_its_cache(cls, other_prompt):
+    """Issue 12: take 3 chunks of a stream, run another generate on the same model, resume the stream: the
+    text must be what an uninterrupted run gives, never a continuation of the other call's cache."""
+    model = history_model(cls)
+    kw = dict(max_new_tokens=12, seed=3, top_k=0, top_p=1.0, temperature=1.0, ignore_eos=True)
+    want = [c.token for c in generate(model, [1, 2, 3], stream=True, **kw)]
+    first = generate(model, [1, 2, 3], stream=True, **kw)
+    got = [next(first).token for _ in range(3)]
+    held = model.n_past
+    generate(model, other_prompt, max_new_tokens=4, seed=1, ignore_eos=True)
+    assert model.ids[:len(other_prompt)] == other_prompt
+    if cls is FakeModel:
+        assert model.n_past == held
+    got += [c.token for c in first]
+    assert got == want
+    assert model.ids == [1, 2, 3] + want[:-1]               # the rebuilt cache holds the stream's own tokens
+
+
+def test_interleaved_streams_on_one_model_each_give_their_own_text():
+    model = history_model()
+    kw = dict(max_new_tokens=10, seed=5, ignore_eos=True, top_k=0, top_p=1.0, temperature=1.0)
+    want_a = generate(model, [1, 2, 3], **kw)
+    want_b = generate(model, [4, 5], **kw)
+    a, b = generate(model, [1, 2, 3], stream=True, **kw), generate(model, [4, 5], stream=True, **kw)
+    got_a, got_b = [], []
+    for ca, cb in zip(a, b):
+        got_a.append(ca.text)
+        got_b.append(cb.text)
+    assert "".join(got_a) == want_a and "".join(got_b) == want_b
+
+
+def test_the_issue_repro_on_the_real_engine(tiny_model):
+    kw = dict(max_new_tokens=10, seed=4, temperature=1.5, top_k=0, top_p=1.0, ignore_eos=True)
+    want = tiny_model.generate("Once upon a time", **kw)       # (greedy repeats one token on random weights)
+    first = tiny_model.generate("Once upon a time", stream=True, **kw)
+    parts = [next(first).text for _ in range(3)]
+    tiny_model.generate("The weather today is", max_new_tokens=5, seed=1)
+    parts += [c.text for c in first]
+    assert "".join(parts) == want
+
+
+def test_check_prompt_uses_the_one_id_validator():
+    from gpt2cy.errors import InvalidTokenError
+    from gpt2cy.generation.loop import check_prompt
+    for bad in ([1, -1], [1, 50], [1, 2.0], [True], np.array([[1, 2]]), np.array([1.0])):
+        with pytest.raises(InvalidTokenError):
+            check_prompt(bad, n_ctx=16, n_vocab=50)
+    assert check_prompt(np.array([3, 4], dtype=np.uint8), 16, 50) == [3, 4]
+    assert check_prompt(iter([1, 2]), 16, 50) == [1, 2]
+
+
+def test_prepare_prompt_is_what_generate_runs():
+    from gpt2cy.generation.loop import prepare_prompt
+    model = FakeModel(n_ctx=16)
+    assert prepare_prompt(model, "") == [model.tokenizer.eot_token]
+    assert prepare_prompt(model, "ab") == model.tokenizer.encode("ab")
+    notes = []
+    ids = prepare_prompt(model, list(range(40)), max_new_tokens=4, truncate=True, on_notice=notes.append)
+    assert ids == list(range(28, 40)) and "kept the last 12" in notes[0]
+    with pytest.raises(ContextLengthError):
+        prepare_prompt(model, list(range(17)))
+
+
+def test_streams_in_different_slots_never_rebuild(tiny_model_dir):
+    import gpt2cy
+    model = gpt2cy.load(tiny_model_dir, threads=1, n_slots=2)
+    if not hasattr(model, "cache_version"):
+        pytest.skip("the model has no KV-cache slots")
+    kw = dict(max_new_tokens=8, seed=2, temperature=1.5, top_k=0, top_p=1.0, ignore_eos=True)
+    want_a, want_b = model.generate("Once upon a time", **kw), model.generate("The weather", **kw)
+    calls = []
+    real = model.prefill
+    model.prefill = lambda ids, slot=0: calls.append(slot) or real(ids, slot=slot)
+    try:
+        a = model.generate("Once upon a time", stream=True, **kw)
+        b = model.generate("The weather", stream=True, slot=1, **kw)
+        got_a, got_b = zip(*[(x.text, y.text) for x, y in zip(a, b)])
+    finally:
+        del model.prefill
+    assert "".join(got_a) == want_a and "".join(got_b) == want_b
+    assert sorted(calls) == [0, 1]                          # one prefill each: no rebuilds

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 
+from gpt2cy import notices
 from gpt2cy.hub import models as hub
 from gpt2cy.config import Config
 from gpt2cy.errors import CheckpointError, DownloadError, ModelNotFound
@@ -43,6 +44,15 @@ def source(served_root):
 def server(served_root):
     with ModelServer(served_root) as srv:
         yield srv
+
+
+@pytest.fixture(autouse=True)
+def notices_on_stderr():
+    """Print notices as the command line does ("gpt2cy: ..." on stderr), so the tests can read them in order
+    with the progress lines; test_library_notices_are_silent_by_default checks the library's own default."""
+    old = notices.set_notice_handler(notices.stderr_line)
+    yield
+    notices.set_notice_handler(old)
 
 
 @pytest.fixture
@@ -224,6 +234,20 @@ def test_resolve_downloads_on_demand(home, server, source, capfd):
     assert "downloading model 124M" in capfd.readouterr().err
 
 
+def test_library_notices_are_silent_by_default(home, server, source, capfd, monkeypatch, caplog):
+    """Without a handler the announcements go to the "gpt2cy" logger only; stderr stays the caller's."""
+    monkeypatch.setenv("GPT2CY_NO_PROGRESS", "1")
+    notices.set_notice_handler(None)
+    with caplog.at_level("WARNING", logger="gpt2cy"):
+        hub.download_models(["124M"])
+    assert capfd.readouterr().err == ""
+    assert [r.getMessage() for r in caplog.records if r.name == "gpt2cy"][0].startswith("downloading model 124M")
+    os.remove(os.path.join(cache_dir(home), hub.MARKER))
+    with notices.captured() as got:
+        hub.resolve_model("124M")
+    assert got == [f"verifying model 124M in {cache_dir(home)} (once; this reads every byte)"]
+
+
 def test_download_false_names_the_command(home, server):
     with pytest.raises(ModelNotFound) as e:
         hub.resolve_model("124M", download=False)
@@ -327,6 +351,81 @@ def test_force_fetches_everything_again(home, server, source):
     path = hub.download_models(["124M"], force=True)[0]
     assert len(server.served()) == 2 * len(hub.FILES)
     assert_usable(path, source)
+
+
+# A forced or repeated download that fails must leave what was cached exactly as it was.
+FORCED_FAILING = [
+    ("404", DATA, r"HTTP 404"),
+    ("cl_smaller", DATA, r"failed verification.*the cached files were kept"),
+    ("html_octet", "model.ckpt.index", r"failed verification.*the cached files were kept"),
+    ("html_octet", "hparams.json", r"hparams\.json.*not valid JSON"),
+    ("cl_bigger", "encoder.json", r"gave up"),
+    ("md5_bad", "vocab.bpe", r"MD5"),
+]
+
+
+@pytest.mark.parametrize("mode,name,message", FORCED_FAILING, ids=[f"{m}-{n}" for m, n, _ in FORCED_FAILING])
+def test_failed_forced_download_keeps_the_cached_model(home, server, source, mode, name, message):
+    path = hub.download_models(["124M"])[0]
+    before = {f: os.stat(os.path.join(path, f)).st_mtime_ns for f in hub.FILES}
+    server.set_mode(name, mode)
+    with pytest.raises(DownloadError, match=message):
+        hub.download_models(["124M"], force=True)
+    assert_usable(path, source)                               # whole, unchanged, and still verified
+    assert {f: os.stat(os.path.join(path, f)).st_mtime_ns for f in hub.FILES} == before
+    assert not os.path.exists(os.path.join(path, hub.STAGING_DIR))
+    server.set_mode(name)
+    assert hub.download_models(["124M"], force=True) == [path]
+    assert_usable(path, source)
+
+
+def test_failed_move_into_the_cache_leaves_whole_files(home, server, source, monkeypatch):
+    path = hub.download_models(["124M"])[0]
+    real, moved = os.replace, []
+
+    def replace(src, dst):
+        if os.path.dirname(src).endswith(hub.STAGING_DIR) and not src.endswith(".incomplete"):
+            if len(moved) == 2:                              # the third file's move into the cache fails
+                raise OSError(28, "No space left on device")
+            moved.append(dst)
+        real(src, dst)
+    with monkeypatch.context() as m:
+        m.setattr(hub.os, "replace", replace)
+        with pytest.raises(DownloadError, match=r"cannot move the downloaded files of model 124M into .*No space"):
+            hub.download_models(["124M"], force=True)
+    assert_no_garbage(path, source)                           # every file whole: old or new, never neither
+    assert hub.missing_files(path) == [] and not os.path.exists(os.path.join(path, hub.STAGING_DIR))
+    assert hub.resolve_model("124M", download=False) == path  # verified again once, and usable
+    assert hub.is_verified(path)
+
+
+def test_failed_verification_keeps_files_that_were_cached(home, server, source):
+    path = hub.resolve_tokenizer("124M")                      # encoder.json + vocab.bpe cached first
+    server.set_mode(DATA, "cl_smaller")
+    with pytest.raises(DownloadError, match=r"failed verification.*files were removed; encoder\.json, vocab\.bpe, "
+                                            r"already cached, were kept"):
+        hub.download_models(["124M"])
+    assert sorted(f for f in hub.FILES if os.path.exists(os.path.join(path, f))) == ["encoder.json", "vocab.bpe"]
+    assert_not_usable(path, source)
+    server.set_mode(DATA)
+    n = len(server.served())
+    assert_usable(hub.download_models(["124M"])[0], source)
+    assert sorted(r["name"] for r in server.served()[n:]) == sorted(["hparams.json", "model.ckpt.index", DATA])
+
+
+def test_damaged_cache_whose_refetch_fails_is_kept_as_it_was(home, server, source):
+    path = hub.download_models(["124M"])[0]
+    with open(os.path.join(path, DATA), "r+b") as f:
+        f.write(b"\xff\xff\xff\x7f")
+    os.remove(os.path.join(path, hub.MARKER))
+    damaged = open(os.path.join(path, DATA), "rb").read()
+    server.set_mode(DATA, "404")
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        hub.download_models(["124M"])
+    assert hub.missing_files(path) == [] and not hub.is_verified(path)
+    assert open(os.path.join(path, DATA), "rb").read() == damaged
+    for f in hub.FILES[:-1]:
+        assert open(os.path.join(path, f), "rb").read() == source[f]
 
 
 def test_unknown_name_in_download(home, server):

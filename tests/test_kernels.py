@@ -1,6 +1,4 @@
 """The non-matmul kernels (gpt2cy.engine._kernels) against float64 numpy."""
-import math
-
 import numpy as np
 import pytest
 
@@ -39,39 +37,6 @@ def test_layernorm_eps_matters(rng):
 def test_layernorm_rejects_mismatched_shapes(rng):
     with pytest.raises(ValueError):
         K.layernorm_py(rand(rng, (2, 8)), rand(rng, 7), rand(rng, 8))
-
-
-@pytest.mark.parametrize("threads", [1, 2])
-def test_gelu_matches_tanh_form(rng, threads):
-    x = np.concatenate([rand(rng, 10000, 3.0), np.float32([0, -0.0, 1, -1, 20, -20, 1e-3, -8])])
-    want = ref.gelu(x.astype(np.float64))
-    got = K.gelu_py(x, n_threads=threads)
-    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
-    # the tanh form, not erf: at x = 3 they differ by 4e-4
-    got3 = float(K.gelu_py(np.float32([3.0]))[0])
-    assert abs(got3 - 2.9963626079) < 1e-6
-    assert abs(got3 - 0.5 * 3 * (1 + math.erf(3 / math.sqrt(2)))) > 3e-4
-
-
-@pytest.mark.parametrize("n", [1, 5, 16, 17, 1024, 50257])
-def test_softmax_matches_numpy(rng, n):
-    x = rand(rng, (3, n), 4.0)
-    x[1] += 1000.0             # stable: max-subtracted, no overflow
-    x[2] -= 1000.0             # and no underflow to 0/0
-    got = K.softmax_py(x)
-    assert np.isfinite(got).all()
-    np.testing.assert_allclose(got, ref.softmax(x.astype(np.float64)), rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-5)
-
-
-def test_add_rows(rng):
-    x, out, bias = rand(rng, (4, 33)), rand(rng, (4, 33)), rand(rng, 33)
-    want = out.astype(np.float64) + x + bias
-    K.add_rows_py(x, bias, out)
-    np.testing.assert_allclose(out, want, atol=1e-6)
-    want = out.astype(np.float64) + x
-    K.add_rows_py(x, None, out)
-    np.testing.assert_allclose(out, want, atol=1e-6)
 
 
 def test_embed(rng):
@@ -128,16 +93,14 @@ def test_attention_peaky_scores_are_stable(rng):
 @pytest.mark.parametrize("n", [0, 1, 63, 64, 1000, (1 << 16) * 3 + 5])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_stream_sum(rng, n, threads):
+    # the benchmarks' read-bandwidth probe (gpt2cy.engine._bandwidth): its sum must be right to count
+    from gpt2cy.engine._bandwidth import stream_sum
     x = rand(rng, n)
-    assert K.stream_sum_py(x, threads) == pytest.approx(x.astype(np.float64).sum(), rel=1e-5, abs=1e-3)
+    assert stream_sum(x, threads) == pytest.approx(x.astype(np.float64).sum(), rel=1e-5, abs=1e-3)
 
 
 def test_nan_propagates(rng):
     # a NaN from corrupt weights must show in the output, never be silently masked
-    x = rand(rng, (2, 40))
-    x[0, 7] = np.nan
-    s = K.softmax_py(x)
-    assert np.isnan(s[0]).all() and np.isfinite(s[1]).all()
     qkv = rand(rng, (6, 3 * 16))
     qkv[2, 16 + 3] = np.nan                      # one key of position 2
     out = K.attention_py(qkv, 2, 0, 6)

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from gpt2cy.engine._matmul import isa, matmul_py
+from gpt2cy.engine._matmul import debug_hooks, isa, matmul_py, set_debug_late
 
 TOL = dict(rtol=1e-5, atol=1e-5)   # fp32 sums of O(1) terms against the float64 answer
 MR, NR = isa()[1], isa()[2]
@@ -58,14 +58,15 @@ def test_prefill_large_once(rng):
 
 
 @pytest.mark.parametrize("m,k,n", [(1, 768, 768), (1, 3072, 768), (19, 300, 70), (64, 3072, 96)], ids=str)
-@pytest.mark.parametrize("act", [0, 1], ids=["none", "gelu"])
-def test_accumulate_is_a_fused_residual_add(rng, m, k, n, act):
+def test_accumulate_is_a_fused_residual_add(rng, m, k, n):
     x, w, b = rand_problem(rng, m, k, n)
     r = rng.standard_normal((m, n)).astype(np.float32)
     out = r.copy()
-    matmul_py(x, w, b, act=act, n_threads=2, out=out, accumulate=True)
-    y = ref(x, w, b)
-    np.testing.assert_allclose(out, r + (gelu64(y) if act else y), **TOL)
+    matmul_py(x, w, b, n_threads=2, out=out, accumulate=True)
+    np.testing.assert_allclose(out, r + ref(x, w, b), **TOL)
+    # an activation with accumulate is outside the contract (GPT-2 never adds an activation's output)
+    with pytest.raises(ValueError, match="accumulate"):
+        matmul_py(x, w, b, act=1, out=out, accumulate=True)
 
 
 @pytest.mark.parametrize("m,k,n", [(1, 64, 100), (5, 40, 33), (37, 300, 130)], ids=str)
@@ -130,6 +131,31 @@ def test_repeated_parallel_decode_is_stable(rng):
         assert np.array_equal(matmul_py(x[i:i + 1], w, b, n_threads=t), want[i]), f"{t} threads, run {rep}"
 
 
+@pytest.mark.skipif(not debug_hooks(), reason="needs a GPT2CY_DEBUG=1 build with OpenMP (the debug hooks)")
+@pytest.mark.parametrize("late", [0, 1], ids=["thread0-late", "thread1-late"])
+def test_ksplit_waits_for_a_late_thread(rng, late):
+    # the K-split decode path combines every K block's partial sums after a barrier; a debug build can make
+    # one thread late before it writes its blocks, so a missing barrier gives sums from the previous call's
+    # scratch (inputs alternate, so those are wrong) instead of passing by luck
+    x, w, b = rand_problem(rng, 2, 3072, 768)      # 16 K blocks: the K split at 2 threads
+    want = [matmul_py(x[i:i + 1], w, b, n_threads=1) for i in range(2)]
+    set_debug_late(late, 20000)                    # 20 ms: far longer than the other thread's share
+    try:
+        for rep in range(6):
+            i = rep % 2
+            assert np.array_equal(matmul_py(x[i:i + 1], w, b, n_threads=2), want[i]), f"run {rep}"
+    finally:
+        set_debug_late(-1, 0)
+
+
+def test_debug_hooks_are_debug_only():
+    if debug_hooks():
+        set_debug_late(-1, 0)
+    else:
+        with pytest.raises(RuntimeError, match="debug"):
+            set_debug_late(0, 10)
+
+
 @pytest.mark.parametrize("k,n", [(768, 2304), (3072, 768)], ids=str)   # column split; K split (tall w)
 def test_decode_rows_have_the_same_bits_as_prefill_rows(rng, k, n):
     # the streaming path (decode, and prompts of a few rows) and the tile path perform the same operations
@@ -180,6 +206,7 @@ def _bad_calls():
         ("overlap", lambda: matmul_py(wide[:, :3], np.ones((3, 4), np.float32), out=wide[:, 4:])),
         ("read-only", lambda: matmul_py(x, w, out=np.broadcast_to(np.float32(0), (2, 4)))),
         ("needs out", lambda: matmul_py(x, w, accumulate=True)),
+        ("takes no act", lambda: matmul_py(x, w, act=1, out=np.zeros((2, 4), np.float32), accumulate=True)),
     ]
 
 

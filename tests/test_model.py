@@ -377,7 +377,32 @@ def test_load_errors(tmp_path, monkeypatch, vocab_dir):
 
 
 def test_threads_default_honours_omp_num_threads(tiny_tensors, monkeypatch):
+    monkeypatch.delenv("GPT2CY_NUM_THREADS", raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert Model.from_tensors(TINY, tiny_tensors).threads == 1
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert Model.from_tensors(TINY, tiny_tensors).threads == 3
+
+
+def test_threads_default_honours_gpt2cy_num_threads_first(tiny_tensors, monkeypatch):
+    from gpt2cy.threads import cpu_count, thread_setting
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    monkeypatch.setenv("GPT2CY_NUM_THREADS", "2")
+    assert Model.from_tensors(TINY, tiny_tensors).threads == 2
+    assert thread_setting() == (2, "GPT2CY_NUM_THREADS", None)
+    # an invalid value does not count as set: the next source decides, and the reason is kept for --info
+    for bad in ("0", "-1", "two", "2.5", "1,2"):
+        monkeypatch.setenv("GPT2CY_NUM_THREADS", bad)
+        n, source, problem = thread_setting()
+        assert (n, source) == (3, "OMP_NUM_THREADS") and "GPT2CY_NUM_THREADS" in problem and bad in problem
+        assert Model.from_tensors(TINY, tiny_tensors).threads == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "4,2")                # nested team sizes: the first is ours
+    assert thread_setting()[:2] == (4, "OMP_NUM_THREADS")
+    monkeypatch.setenv("OMP_NUM_THREADS", "lots")
+    n, source, problem = thread_setting()
+    assert (n, source) == (cpu_count(), "cpus") and "OMP_NUM_THREADS" in problem
+    monkeypatch.delenv("GPT2CY_NUM_THREADS")
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert thread_setting() == (cpu_count(), "cpus", None)
+    assert thread_setting({"GPT2CY_NUM_THREADS": "5"}) == (5, "GPT2CY_NUM_THREADS", None)
+    assert thread_setting({"GPT2CY_NUM_THREADS": "100000"})[0] == 256    # capped like check_threads

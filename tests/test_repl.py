@@ -6,6 +6,7 @@ written there and never in the user's home.
 import os
 import re
 import sys
+import time
 
 import pytest
 
@@ -93,6 +94,7 @@ def test_conversation_commands_and_ctrl_d(env, tiny_model_dir):
     child.expect(r"\[prompt: \d+ tokens \(\d+ cached\), [\d.]+ t/s \| reply: \d+ tokens, [\d.]+ t/s\]")
     child.expect_exact(PROMPT)
     command(child, "/set quiet", r"Stats off")
+    command(child, "/show stats", r"\[prompt: \d+ tokens \(\d+ cached\).*\] finish (stop|length|eos), seed 3")
     child.sendline('"""')                                    # multi-line message
     child.sendline("line one")
     child.sendline('line two"""')
@@ -147,6 +149,53 @@ def test_ctrl_c_twice_at_the_prompt_exits_130(env, tiny_model_dir):
     finish(child, 130)
 
 
+def start_a_long_reply_and_interrupt_it(env, slow_model_dir):
+    child = spawn(env, slow_model_dir, "-n", "-1", "--multiline", "-s", "1")
+    child.sendline("Tell me a very long story.")
+    child.expect(r"AI: \S.{20}")                            # the reply is streaming
+    child.sendintr()
+    child.expect_exact("[interrupted]")
+    child.expect_exact(PROMPT)
+    return child
+
+
+def test_ctrl_c_at_the_prompt_within_a_second_of_stopping_a_reply_exits_130(env, slow_model_dir):
+    """The "twice within a second" rule alone: the first Ctrl-C stopped a reply, not at the prompt."""
+    child = start_a_long_reply_and_interrupt_it(env, slow_model_dir)
+    child.sendintr()
+    finish(child, 130)
+
+
+def test_ctrl_c_twice_at_the_prompt_exits_however_far_apart(env, slow_model_dir):
+    """The "twice at the prompt" rule alone: seconds apart, and only when nothing was typed in between."""
+    child = start_a_long_reply_and_interrupt_it(env, slow_model_dir)
+    time.sleep(1.3)
+    child.sendintr()                                        # a reply's Ctrl-C, then one at the prompt: a hint
+    child.expect_exact("Use Ctrl + d or /bye to exit.")
+    child.expect_exact(PROMPT)
+    command(child, "/set max_tokens 3", r"Set max_tokens to 3\.")    # a line typed: the count starts again
+    time.sleep(1.3)
+    child.sendintr()
+    child.expect_exact("Use Ctrl + d or /bye to exit.")
+    child.expect_exact(PROMPT)
+    time.sleep(1.3)
+    child.sendintr()                                        # the second at the prompt, more than a second later
+    finish(child, 130)
+
+
+def test_context_full_notice_follows_the_text_on_its_own_line(env, tiny_model_dir):
+    """On a terminal stdout and stderr share the screen: the notice comes after the text's line ends."""
+    child = pexpect.spawn(sys.executable, ["-m", "gpt2cy", "generate", "-m", tiny_model_dir, "-t", "1", "-c", "40",
+                                           "-p", "Hello", "-n", "-1", "--ignore-eos", "-s", "2"], env=env,
+                          cwd=os.path.join(env["HOME"], "cwd"), encoding="utf-8", codec_errors="replace",
+                          timeout=30)
+    finish(child, 0)
+    screen = child.before
+    assert screen.count("context full") == 1
+    assert screen.endswith("\r\ngpt2cy: context full (40 tokens): stopped\r\n"), screen[-200:]
+    assert screen[:-len("\r\ngpt2cy: context full (40 tokens): stopped\r\n")].strip()
+
+
 def test_ctrl_c_stops_a_long_reply_and_keeps_it(env, slow_model_dir):
     child = spawn(env, slow_model_dir, "-n", "-1", "--multiline", "-s", "1")
     child.sendline("Tell me a very long story.")
@@ -174,6 +223,15 @@ def test_ctrl_c_in_generate_exits_130_keeping_the_text(env, slow_model_dir):
 def test_history_can_be_turned_off(env, tiny_model_dir, tmp_path):
     e = dict(env, XDG_STATE_HOME=str(tmp_path / "state"), GPT2CY_NOHISTORY="1")
     child = spawn(e, tiny_model_dir, "-n", "2")
+    say(child, "hi")
+    child.sendline("/exit")
+    finish(child, 0)
+    assert not (tmp_path / "state").exists()
+
+
+def test_no_history_flag(env, tiny_model_dir, tmp_path):
+    e = dict(env, XDG_STATE_HOME=str(tmp_path / "state"))
+    child = spawn(e, tiny_model_dir, "-n", "2", "--no-history")
     say(child, "hi")
     child.sendline("/exit")
     finish(child, 0)

@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 
 from gpt2cy import CheckpointError
-from gpt2cy.formats.checkpoint import expected_shapes, hf_name, load_weights, verify
+from gpt2cy.formats.checkpoint import load_weights, verify
+from gpt2cy.formats.names import hf_name
+from gpt2cy.tensors import expected_shapes
 from gpt2cy.config import Config
+from gpt2cy.formats.dtypes import to_float32
 from gpt2cy.formats.safetensors import SafetensorsFile
 from gpt2cy.testing import hf_config_json, write_random_model
 
@@ -113,27 +116,62 @@ def test_transformers_save_pretrained(tmp_path):
         np.testing.assert_array_equal(a, sd[hf_name(c)].numpy())
 
 
-def test_float16_and_bfloat16_are_converted(tmp_path):
+def test_float16_and_bfloat16_keep_their_stored_type(tmp_path):
     def to_half(t):
         t["wte.weight"] = t["wte.weight"].astype(np.float16)
     d, tensors = _small_model(tmp_path, to_half)
     w = load_weights(d)
-    assert w.tensors["wte"].dtype == np.float32 and not w.tensors["wte"].flags.writeable
-    np.testing.assert_array_equal(w.tensors["wte"], tensors["wte.weight"].astype(np.float32))
-    # bfloat16 = the top half of a float32
+    assert w.dtypes["wte"] == "f16" and w.dtypes["wpe"] == "f32" and set(w.dtypes) == set(w.tensors)
+    assert w.tensors["wte"].dtype == np.float16 and not w.tensors["wte"].flags.writeable
+    assert not w.tensors["wte"].flags.owndata                   # a view of the file, not a widened copy
+    np.testing.assert_array_equal(w.tensors["wte"], tensors["wte.weight"])
+    wide = to_float32(w.tensors["wte"], w.dtypes["wte"])
+    assert wide.dtype == np.float32 and not wide.flags.writeable
+    np.testing.assert_array_equal(wide, tensors["wte.weight"].astype(np.float32))
+    assert to_float32(w.tensors["wpe"], "f32") is w.tensors["wpe"]       # f32 is never copied
+    # bfloat16 = the top half of a float32, exposed as its uint16 bit patterns
     f32 = np.array([1.0, -2.5, 3.140625], np.float32)
     bf = (f32.view(np.uint32) >> 16).astype(np.uint16)
     raw = json.dumps({"x": {"dtype": "BF16", "shape": [3], "data_offsets": [0, 6]}}).encode()
     (tmp_path / "bf.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + bf.tobytes())
-    np.testing.assert_array_equal(SafetensorsFile(str(tmp_path / "bf.safetensors")).float32("x"), f32)
+    st = SafetensorsFile(str(tmp_path / "bf.safetensors"))
+    assert st.stored_type("x") == "bf16"
+    np.testing.assert_array_equal(st.tensor("x"), bf)
+    np.testing.assert_array_equal(to_float32(st.tensor("x"), "bf16"), f32)
+
+
+@pytest.mark.parametrize("dtype", ["f16", "bf16"])
+def test_whole_model_in_16_bits(tmp_path, dtype):
+    d = write_random_model(str(tmp_path / dtype), SMALL, seed=2, fmt="safetensors", dtype=dtype)
+    w = load_weights(d)
+    assert set(w.dtypes.values()) == {dtype}
+    assert w.nbytes == 2 * SMALL.n_params
+    f32 = load_weights(write_random_model(str(tmp_path / "f32"), SMALL, seed=2, fmt="safetensors")).tensors
+    for c, a in w.tensors.items():                      # the same draws, rounded to 16 bits
+        np.testing.assert_allclose(to_float32(a, dtype), f32[c], rtol=1e-2, atol=1e-3)
+    assert verify(d).n_bytes == 2 * SMALL.n_params
+
+
+def test_verify_finds_nan_in_16_bit_weights(tmp_path):
+    def poison(t):
+        t["h.0.mlp.c_fc.weight"] = t["h.0.mlp.c_fc.weight"].astype(np.float16)
+        t["h.0.mlp.c_fc.weight"][1, 2] = np.nan
+    d, _ = _small_model(tmp_path, poison)
+    load_weights(d)                                     # loading never reads the data
+    with pytest.raises(CheckpointError, match="'h.0.mlp.c_fc.weight' holds 1 NaN/inf"):
+        verify(d)
+    assert verify(d, check_finite=False).n_tensors == 4 + 12 * SMALL.n_layer
 
 
 def test_unaligned_data_is_copied_aligned(tmp_path):
     a = np.arange(6, dtype=np.float32)
-    _write(tmp_path / "u.safetensors", {"x": a}, raw_header=json.dumps(
-        {"x": {"dtype": "F32", "shape": [6], "data_offsets": [0, 24]}}).encode() + b"  ", pad=False)
-    got = SafetensorsFile(str(tmp_path / "u.safetensors")).float32("x")
-    assert got.flags.aligned and got.flags.c_contiguous
+    raw = json.dumps({"x": {"dtype": "F32", "shape": [6], "data_offsets": [0, 24]}}).encode()
+    raw += b" " * ((1 - 8 - len(raw)) % 4)          # the data starts 1 byte past a multiple of 4
+    _write(tmp_path / "u.safetensors", {"x": a}, raw_header=raw, pad=False)
+    st = SafetensorsFile(str(tmp_path / "u.safetensors"))
+    assert st.data_start % 4 == 1
+    got = st.tensor("x")
+    assert got.flags.aligned and got.flags.c_contiguous and not got.flags.writeable
     np.testing.assert_array_equal(got, a)
 
 
@@ -252,7 +290,8 @@ def test_non_float_weight(tmp_path):
     def as_int(t):
         t["ln_f.bias"] = np.zeros(8, np.int64)
     d, _ = _small_model(tmp_path, as_int)
-    with pytest.raises(CheckpointError, match="'ln_f.bias' is I64, expected a float type"):
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: tensor 'ln_f.bias' is stored as I64; supported "
+                                              r"weight types are f32, f16, bf16$"):
         load_weights(d)
 
 
@@ -315,3 +354,18 @@ def test_hparams_json_serves_an_hf_directory_without_config_json(tmp_path):
     with open(os.path.join(d, "hparams.json"), "w") as f:
         json.dump(SMALL.to_json(), f)
     assert load_weights(d).config.to_json() == SMALL.to_json()
+
+
+@pytest.mark.parametrize("dtype", ["f16", "bf16"])
+def test_16_bit_model_loads_through_gpt2cy_load(tmp_path, vocab_dir, dtype):
+    """The reader hands out the stored type; the model widens what the engine has no kernels for, so the
+    logits are those of the same weights widened to float32 by hand."""
+    from types import SimpleNamespace
+    from gpt2cy.model import Model, load
+    d = write_random_model(str(tmp_path / dtype), TINY, seed=4, fmt="safetensors", dtype=dtype,
+                           vocab_dir=vocab_dir)
+    model = load(d, threads=1)
+    w = load_weights(d)
+    wide = SimpleNamespace(config=w.config, tensors={c: to_float32(a, w.dtypes[c]) for c, a in w.tensors.items()})
+    ids = model.tokenizer.encode("Hello world")
+    assert np.array_equal(model.logits(ids), Model(wide, threads=1).logits(ids))

@@ -12,7 +12,9 @@ from gpt2cy import CheckpointError  # noqa: E402
 
 tf = pytest.importorskip("tensorflow")
 
-from gpt2cy.formats.checkpoint import expected_shapes, load_weights, tf_name, tf_shapes, verify  # noqa: E402
+from gpt2cy.formats.checkpoint import load_weights, verify  # noqa: E402
+from gpt2cy.formats.names import tf_name, tf_shapes  # noqa: E402
+from gpt2cy.tensors import expected_shapes  # noqa: E402
 from gpt2cy.config import Config  # noqa: E402
 from gpt2cy.testing import write_random_model  # noqa: E402
 from gpt2cy.formats.tfbundle import TensorBundle, data_filename  # noqa: E402

@@ -12,7 +12,7 @@ from gpt2cy.formats._crc32c import checksum_f32, crc32c, hardware_accelerated
 from gpt2cy.formats.tfbundle import (TensorBundle, check_data_ranges, data_filename, parse_index, read_index,
                              unmask_crc)
 from gpt2cy.formats.tfbundle_writer import (BundleWriter, _BlockBuilder, _field_bytes, _field_varint, _varint,
-                                    build_index, encode_entry, encode_header, mask_crc,
+                                    build_index, build_table, encode_entry, encode_header, mask_crc,
                                     write_bundle)
 
 
@@ -278,7 +278,7 @@ def test_random_block_mutations_with_valid_crc_never_crash(mutations):
         pass
 
 
-# --- corruption: specific rules of spec section 1.10 ----------------------------------------------
+# --- corruption: the rules tensor_bundle.proto and LevelDB's table format imply -------------------
 
 def _table(items, restart_interval=16) -> bytes:
     """A table with one data block holding `items` exactly as given (no ordering checks)."""
@@ -515,6 +515,43 @@ def test_verify_reports_nonfinite(tmp_path):
     with pytest.raises(CheckpointError, match="1 NaN/inf"):
         b.verify()
     assert b.verify(check_finite=False) == 40
+
+
+def test_verify_reports_nonfinite_16_bit_floats(tmp_path):
+    half = np.array([1, np.inf, 2, np.nan], np.float16)
+    bf16 = (np.array([1, -np.inf, 3], np.float32).view(np.uint32) >> 16).astype(np.uint16)
+    write_bundle(str(tmp_path / "h"), {"h": half})
+    with pytest.raises(CheckpointError, match="'h' holds 2 NaN/inf"):
+        TensorBundle(str(tmp_path / "h")).verify()
+    # bfloat16 (DataType 14): the writer has no numpy dtype for it, so write the entry by hand
+    data = bf16.tobytes()
+    (tmp_path / "b.data-00000-of-00001").write_bytes(data)
+    (tmp_path / "b.index").write_bytes(build_table([(b"", encode_header()),
+                                                    (b"b", encode_entry(14, (3,), 0, len(data), crc32c(data)))]))
+    b = TensorBundle(str(tmp_path / "b"))
+    assert b.entries["b"].dtype_name == "bfloat16"
+    np.testing.assert_array_equal(b.tensor("b"), bf16)
+    with pytest.raises(CheckpointError, match="'b' holds 1 NaN/inf"):
+        b.verify()
+    assert b.verify(check_finite=False) == 6
+
+
+def test_unaligned_tensors_are_copied_aligned(tmp_path, rng):
+    """TF writes tensor bytes densely: after a 3-element float16 every offset is 6 mod 8, so the float32 data
+    (and everything after it) is misaligned for a float*; the reader hands out aligned copies of those."""
+    tensors = {"a/half": np.array([1, 2, 3], np.float16), "b/f32": rng.standard_normal((3, 5)).astype(np.float32),
+               "c/f64": rng.standard_normal(3), "d/f32": np.arange(7, dtype=np.float32)}
+    write_bundle(str(tmp_path / "m"), tensors)
+    b = TensorBundle(str(tmp_path / "m"))
+    assert [b.entries[n].offset % 4 for n in sorted(tensors)] == [0, 2, 2, 2]
+    for name, want in tensors.items():
+        got = b.tensor(name)
+        assert got.flags.aligned and got.flags.c_contiguous and not got.flags.writeable
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+    assert not b.tensor("a/half").flags.owndata          # an aligned tensor stays a view of the mapped file
+    assert b.tensor("b/f32").flags.owndata
+    assert b.verify() == sum(t.nbytes for t in tensors.values())
 
 
 def test_overlapping_tensors_rejected(tmp_path):

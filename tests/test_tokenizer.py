@@ -12,10 +12,11 @@ from hypothesis import strategies as st  # noqa: E402
 
 import tokenizer_corpus as corpus  # noqa: E402
 import tokenizer_peers  # noqa: E402
-from gpt2cy import TokenizerError  # noqa: E402
-from gpt2cy.text.tokenizer import Tokenizer, bytes_to_unicode, get_tokenizer  # noqa: E402
+from gpt2cy import InvalidTokenError, TokenizerError  # noqa: E402
+from gpt2cy.hub.models import get_tokenizer  # noqa: E402
+from gpt2cy.text.tokenizer import Tokenizer, bytes_to_unicode  # noqa: E402
 
-# sha256 of OpenAI's files (shared/formats/tf-tensor-bundle.md section 3; also pinned by tiktoken).
+# sha256 of OpenAI's files (as tiktoken pins them in tiktoken_ext/openai_public.py).
 CANONICAL_SHA256 = {
     "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
     "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
@@ -203,26 +204,38 @@ def test_str_subclass_is_text(tok):
 
 @pytest.mark.parametrize("ids", [[50257], [-1], [0, 10**30], [2**63], np.array([50257]), np.array([-5])])
 def test_decode_out_of_range_is_tokenizer_error(tok, ids):
-    with pytest.raises(TokenizerError, match="outside the vocabulary"):
+    with pytest.raises(InvalidTokenError, match=r"outside the vocabulary \[0, 50257\)$"):
         tok.decode(ids)
-    with pytest.raises(TokenizerError):
+    with pytest.raises(InvalidTokenError):
         tok.decode_bytes(ids)
+    assert issubclass(InvalidTokenError, TokenizerError)
 
 
 def test_decode_error_names_the_real_id(tok):
     # uint64 ids past 2**63 must not be reported as the negative number they wrap to in int64
-    with pytest.raises(TokenizerError, match=r"token id 18446744073709551615 at position 1 is outside"):
+    with pytest.raises(InvalidTokenError, match=r"token id 18446744073709551615 \(at index 1\) is outside"):
         tok.decode(np.array([5, 2**64 - 1], dtype=np.uint64))
-    with pytest.raises(TokenizerError, match=r"token id 60000 at position 2 is outside"):
+    with pytest.raises(InvalidTokenError, match=r"^token id 60000 \(at index 2\) is outside the vocabulary "
+                                                r"\[0, 50257\)$"):
         tok.decode(np.array([5, 6, 60000], dtype=np.uint64))
     assert tok.decode(np.array([15496, 995], dtype=np.uint64)) == "Hello world"
+    from gpt2cy.ids import check_ids                   # the same words as the package's one id validator
+    for bad in ([5, 6, 60000], [-3], np.array([1, 2**40]), np.array([7, 2**64 - 1], dtype=np.uint64)):
+        with pytest.raises(InvalidTokenError) as got:
+            tok.decode(bad)
+        with pytest.raises(InvalidTokenError) as want:
+            check_ids(bad, tok.n_vocab)
+        assert str(got.value) == str(want.value)
 
 
 def test_decode_single_token_errors(tok):
-    with pytest.raises(TokenizerError):
-        tok.decode_single_token_bytes(50257)
-    with pytest.raises(TokenizerError):
-        tok.decode_single_token_bytes(-1)
+    from gpt2cy.ids import check_id
+    for bad in (50257, -1, 2**70):
+        with pytest.raises(InvalidTokenError) as got:
+            tok.decode_single_token_bytes(bad)
+        with pytest.raises(InvalidTokenError) as want:                 # the package's one id validator
+            check_id(bad, tok.n_vocab)
+        assert str(got.value) == str(want.value)
     with pytest.raises(TypeError):
         tok.decode_single_token_bytes("1")
     assert tok.decode_single_token_bytes(50256) == EOT.encode()
@@ -381,3 +394,23 @@ def test_package_exports(vocab_dir):
     import gpt2cy
     assert gpt2cy.Tokenizer is Tokenizer
     assert gpt2cy.get_tokenizer is get_tokenizer
+    import gpt2cy.text.tokenizer as text_tokenizer
+    assert not hasattr(text_tokenizer, "get_tokenizer")           # names are the hub's business
+
+
+def test_cython_directives_come_before_the_docstring():
+    """Cython reads `# cython:` (and `# distutils:`) lines only in the comments that open a module; one after
+    the docstring is silently ignored (and bounds checks come back into the BPE's loops)."""
+    import pathlib
+    import re
+    root = pathlib.Path(__file__).resolve().parents[1] / "gpt2cy"
+    for path in sorted(root.rglob("*.pyx")):
+        lines = path.read_text(encoding="utf-8").splitlines()
+        opening = 0
+        while opening < len(lines) and (lines[opening].startswith("#") or not lines[opening].strip()):
+            opening += 1
+        late = [i + 1 for i, line in enumerate(lines[opening:], opening)
+                if re.match(r"#\s*(cython|distutils)\s*:", line)]
+        assert late == [], f"{path.relative_to(root)}: directive comment(s) at line(s) {late} are ignored"
+    bpe = (root / "text" / "_bpe.pyx").read_text(encoding="utf-8").splitlines()
+    assert bpe[0] == "# distutils: language = c++" and bpe[1].startswith("# cython: boundscheck=False")

@@ -1,4 +1,4 @@
-"""The scanner's character classes (gpt2cy/_unicode_tables.h, Unicode 16) against tiktoken and HF tokenizers,
+"""The scanner's character classes (gpt2cy/text/_unicode_tables.h, Unicode 16) against tiktoken and HF tokenizers,
 for every Unicode scalar value, and the pattern's splitting rules on their own."""
 import os
 import subprocess

@@ -12,8 +12,9 @@ import sys
 import time
 from typing import Optional, TextIO
 
-from ..generation.chat import GREETING, Chat
 from ..errors import GPT2CyError
+from ..generation.chat import GREETING, Chat
+from ..notices import deferred
 
 EXIT_INTERRUPT = 130
 DOUBLE_INTERRUPT_S = 1.0
@@ -30,7 +31,7 @@ Commands:
                             max_tokens (-1 = no limit), stop (no value clears), multiline on|off,
                             threads (1 on a machine busy with other work)
   /set verbose | quiet      stats after each reply on | off
-  /show [params|model|context]
+  /show [params|model|context|stats]   (stats: the last reply's tokens, speed, finish, seed)
   /save FILE | /load FILE   write | restore the conversation as a JSON transcript
   \"\"\"                       begin and end a multi-line message
 Ctrl-C stops a reply; at the prompt, Ctrl-C twice (or twice within a second) leaves with status 130."""
@@ -45,7 +46,8 @@ _PARAMS = {
 
 
 def history_path() -> Optional[str]:
-    """$XDG_STATE_HOME/gpt2cy/history (or ~/.local/state/...); None when GPT2CY_NOHISTORY is set."""
+    """The default history file, $XDG_STATE_HOME/gpt2cy/history (or ~/.local/state/...); None when
+    GPT2CY_NOHISTORY is set (the command line passes the result to Repl(history=...))."""
     if os.environ.get("GPT2CY_NOHISTORY", "") not in ("", "0"):
         return None
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
@@ -67,20 +69,24 @@ def unescape(text: str) -> str:
     return "".join(out)
 
 
-def stats_line(chunk) -> str:
-    """One terse line: prompt tokens and speed, generated tokens and speed."""
-    new = chunk.prompt_tokens - chunk.cached_tokens
-    return (f"[prompt: {new} tokens ({chunk.cached_tokens} cached), {chunk.prompt_tps:.1f} t/s | "
-            f"reply: {chunk.completion_tokens} tokens, {chunk.generation_tps:.1f} t/s]")
+def stats_line(response) -> str:
+    """One terse line from a reply's Response: prompt tokens run and speed, reply tokens and speed."""
+    u, t = response.usage, response.timings
+    return (f"[prompt: {u.prompt_tokens - u.cached_tokens} tokens ({u.cached_tokens} cached), "
+            f"{t.prompt_tps:.1f} t/s | reply: {u.completion_tokens} tokens, {t.gen_tps:.1f} t/s]")
 
 
 class Repl:
-    """Runs the chat loop over a Chat; `run()` returns the exit status."""
+    """Runs the chat loop over a Chat; `run()` returns the exit status.
+
+    history: the readline history file to read at start and write at exit (None: none kept).
+    """
 
     def __init__(self, chat: Chat, *, verbose: bool = False, model_name: str = "", banner: str = "",
-                 stdin: TextIO = None, stdout: TextIO = None, stderr: TextIO = None,
-                 interactive: Optional[bool] = None):
+                 history: Optional[str] = None, stdin: TextIO = None, stdout: TextIO = None,
+                 stderr: TextIO = None, interactive: Optional[bool] = None):
         self.chat = chat
+        self.history = history
         self.verbose = verbose
         self.model_name = model_name
         self.banner = banner
@@ -89,6 +95,7 @@ class Repl:
         self.stderr = stderr or sys.stderr
         self.interactive = self.stdin.isatty() if interactive is None else interactive
         self._last_interrupt = float("-inf")
+        self.last_response = None                   # the Response of the last reply that finished
         self._readline = None
 
     # -- output ----------------------------------------------------------------------------------
@@ -193,6 +200,11 @@ class Repl:
         if self.interactive:
             out.write("AI: ")
             out.flush()
+        with deferred():                            # a notice while the reply streams follows its line
+            return self._stream(chunks)
+
+    def _stream(self, chunks) -> Optional[int]:
+        out = self.stdout
         started = False
         last = None
         try:
@@ -221,8 +233,10 @@ class Repl:
             return None
         out.write("\n")
         out.flush()
-        if self.verbose and last is not None:
-            self._info(stats_line(last))
+        if last is not None and last.response is not None:
+            self.last_response = last.response
+            if self.verbose:
+                self._info(stats_line(last.response))
         return None
 
     # -- commands --------------------------------------------------------------------------------
@@ -342,8 +356,12 @@ class Repl:
                        f"threads {getattr(m, 'threads', '?')}; path {getattr(m, 'path', '?')}")
         if what in ("", "context"):
             self._info(f"context {chat.context_used}/{chat.n_ctx} tokens, {len(chat.turns)} turns")
-        if what not in ("", "params", "parameters", "model", "context"):
-            self._info("Usage: /show [params|model|context]")
+        if what == "stats":
+            r = self.last_response
+            self._info("No reply yet." if r is None else
+                       f"{stats_line(r)} finish {r.finish_reason}, seed {r.seed}")
+        if what not in ("", "params", "parameters", "model", "context", "stats"):
+            self._info("Usage: /show [params|model|context|stats]")
 
     # -- readline --------------------------------------------------------------------------------
     def _setup_readline(self) -> None:
@@ -354,7 +372,7 @@ class Repl:
         except ImportError:                          # e.g. Windows without pyreadline
             return
         self._readline = readline
-        path = history_path()
+        path = self.history
         if path and os.path.exists(path):
             try:
                 readline.read_history_file(path)
@@ -363,7 +381,7 @@ class Repl:
         readline.set_history_length(1000)
 
     def _save_history(self) -> None:
-        path = history_path()
+        path = self.history
         if self._readline is None or path is None:
             return
         try:

@@ -1,4 +1,4 @@
-/* gpt2cy/_gemm.h: register-blocked micro-kernels for gpt2cy/_matmul.pyx (our own code, no BLAS).
+/* gpt2cy/engine/_gemm.h: register-blocked micro-kernels for gpt2cy/engine/_matmul.pyx (our own code, no BLAS).
  *
  * Three builds of the same arithmetic, picked by the compiler's ISA macros:
  *   AVX-512F  8x32 tile, 16 zmm accumulators, FMA        (what -march=native gives on Zen 4/5, Skylake-X)
@@ -23,15 +23,11 @@
 #include <immintrin.h>
 #endif
 
-/* madd(a, b, c) = a*b + c: one fused rounding where the CPU has FMA, else two roundings (never a libm
- * software fmaf, which would be slow). Used by the portable paths; the SIMD paths use FMA intrinsics. */
-#if defined(__FMA__) || defined(__aarch64__) || defined(__ARM_FEATURE_FMA)
-#define GEMM_MADD(a, b, c) __builtin_fmaf((a), (b), (c))
-#define GEMM_FUSED 1
-#else
-#define GEMM_MADD(a, b, c) ((a) * (b) + (c))
-#define GEMM_FUSED 0
-#endif
+/* madd(a, b, c) = a*b + c, fused where the CPU has FMA (see _madd.h, shared with the attention kernels).
+ * Used by the portable paths; the SIMD paths use FMA intrinsics. */
+#include "_madd.h"
+#define GEMM_MADD(a, b, c) GPT2CY_MADD(a, b, c)
+#define GEMM_FUSED GPT2CY_FUSED
 
 #define GEMM_KC 192          /* K block: 8 rows of x (6 KiB) stay in L1 while a packed w block streams from L2 */
 #define GEMM_NC_MAX 512      /* widest packed w block per thread: KC x 512 floats = 384 KiB, in Zen 5's 1 MiB L2 */
@@ -434,6 +430,40 @@ static inline void gemm_barrier(void)
 #pragma omp barrier
 #endif
 }
+
+/* Threads in the team of the enclosing parallel region (1 outside one, and without OpenMP). */
+#ifdef _OPENMP
+#include <omp.h>
+static inline int gemm_team_size(void) { return omp_get_num_threads(); }
+#else
+static inline int gemm_team_size(void) { return 1; }
+#endif
+
+/* Debug builds only (the C macro GPT2CY_DEBUG, set by GPT2CY_DEBUG=1 builds): a hook that makes one thread
+ * of the K-split decode path late, so a missing or misplaced barrier shows as wrong sums in a test instead
+ * of passing by luck.  gemm_debug_set_late(thread, us): thread `thread` of the team busy-waits `us`
+ * microseconds before it writes its partial sums (us = 0: off).  Release builds compile it to nothing. */
+#if defined(GPT2CY_DEBUG) && defined(_OPENMP)
+#define GEMM_DEBUG_HOOKS 1
+static volatile int gemm_debug_late_thread = -1;
+static volatile int gemm_debug_late_us = 0;
+static void gemm_debug_set_late(int thread, int us)
+{
+    gemm_debug_late_thread = thread;
+    gemm_debug_late_us = us;
+}
+static inline void gemm_debug_maybe_late(void)
+{
+    if (gemm_debug_late_us > 0 && omp_get_thread_num() == gemm_debug_late_thread) {
+        double t_end = omp_get_wtime() + gemm_debug_late_us * 1e-6;
+        while (omp_get_wtime() < t_end) { }
+    }
+}
+#else
+#define GEMM_DEBUG_HOOKS 0
+static void gemm_debug_set_late(int thread, int us) { (void)thread; (void)us; }
+static inline void gemm_debug_maybe_late(void) { }
+#endif
 
 /* The tile kernel's epilogue for one row segment: out = [out +] (blk [+ bias]) in the first K block,
  * out = out + blk afterwards.   blk, bias (or NULL), out: [n] */

@@ -1,18 +1,36 @@
 # The non-matmul kernels of the forward pass (float32, row-major, raw pointers; callers validate shapes).
 #
-# KV cache layout, per layer (both allocated once and written in place):
+# KV cache layout, per slot and layer (allocated once and written in place):
 #   k_cache: [H, D, cap]  keys stored transposed, so q . k over all cached positions is an axpy over
 #                         contiguous positions (vectorises without -ffast-math)
 #   v_cache: [H, cap, D]  values by position, so sum_j p[j] v[j] is an axpy over contiguous D
-# cap = kv_capacity(n_ctx): n_ctx rounded up to KV_ALIGN, so score blocks may read (never use) the padding
+# Slot s of a layer starts slot_stride floats after slot 0 (the engine's layout is [slots, layers, ...]).
+# cap = kv_capacity(n_ctx): n_ctx rounded up to KV_ALIGN, so score blocks may read (never use) the padding;
+# _kernels.pyx asserts at compile time that KV_ALIGN is a multiple of every score block width.
 # (H = n_head, D = head_dim, C = n_embd = H * D)
+
+cdef extern from *:
+    """
+    #ifndef GPT2CY_KV_ALIGN
+    #define GPT2CY_KV_ALIGN 64  /* cache rows are padded to a multiple of this (>= every score block) */
+    #endif
+    """
+    enum: GPT2CY_KV_ALIGN
 
 cdef enum:
     QB = 4              # query rows per attention block (the scratch holds QB score rows per thread)
-    KV_ALIGN = 64       # cache rows are padded to a multiple of this (>= every score block width)
 
 cdef inline Py_ssize_t kv_capacity(Py_ssize_t n_ctx) noexcept nogil:
-    return (n_ctx + KV_ALIGN - 1) // KV_ALIGN * KV_ALIGN
+    return (n_ctx + GPT2CY_KV_ALIGN - 1) // GPT2CY_KV_ALIGN * GPT2CY_KV_ALIGN
+
+# A segment of a batch: `count` consecutive rows (from row `row0`) of one sequence, held in KV-cache slot
+# `slot`, at positions pos0 .. pos0 + count - 1 (pos0 = the slot's n_past before this forward).
+# The engine checks that segments do not overlap, that each slot has at most one, and that they fit n_ctx.
+ctypedef struct Segment:
+    Py_ssize_t slot
+    Py_ssize_t row0
+    Py_ssize_t count
+    Py_ssize_t pos0
 
 # y[t] = (x[t] - mean) / sqrt(var + eps) * g + b for each of T rows
 #   x: [T, C] row stride ldx;  g, b: [C];  y: [T, C] row stride ldy (may equal x)
@@ -20,34 +38,26 @@ cdef void layernorm(const float* x, Py_ssize_t ldx, const float* g, const float*
                     float* y, Py_ssize_t ldy, Py_ssize_t T, Py_ssize_t C, float eps,
                     int n_threads) noexcept nogil
 
-# x[i] = gelu(x[i]) (GPT-2's tanh form) for i < n
-cdef void gelu_inplace(float* x, Py_ssize_t n, int n_threads) noexcept nogil
+# x[row0 + t] += wpe[pos0 + t] for every segment and t < count (the token rows are already in x)
+#   x: [rows, C] row stride ldx;  wpe: [n_ctx, C], pos0 + count <= n_ctx
+cdef void add_positions(float* x, Py_ssize_t ldx, const Segment* segs, Py_ssize_t n_seg, const float* wpe,
+                        Py_ssize_t C) noexcept nogil
 
-# x[:n] = softmax(x[:n]), max-subtracted; returns nothing, one row, serial
-cdef void softmax_inplace(float* x, Py_ssize_t n) noexcept nogil
-
-# out[t] += x[t] (+ bias when not NULL) for T rows of C   (bias/residual add, when not fused into matmul)
-#   x: [T, C] stride ldx;  bias: [C] or NULL;  out: [T, C] stride ldo
-cdef void add_rows(const float* x, Py_ssize_t ldx, const float* bias, float* out, Py_ssize_t ldo,
-                   Py_ssize_t T, Py_ssize_t C) noexcept nogil
-
-# out[t] = wte[ids[t]] + wpe[pos0 + t]
-#   ids: [T] each in [0, n_vocab);  wte: [n_vocab, C];  wpe: [n_ctx, C], pos0 + T <= n_ctx;  out: [T, C] contiguous
-cdef void embed(const Py_ssize_t* ids, Py_ssize_t T, Py_ssize_t pos0, const float* wte,
-                const float* wpe, float* out, Py_ssize_t C) noexcept nogil
-
-# Copy the new tokens' keys and values from qkv into the cache at positions n_past .. n_past+T-1.
-#   qkv: [T, 3C] stride ldq, columns [q | k | v], head h at h*D within each;  n_past + T <= n_ctx <= cap
-cdef void kv_store(const float* qkv, Py_ssize_t ldq, float* k_cache, float* v_cache,
-                   Py_ssize_t T, Py_ssize_t n_past, Py_ssize_t H, Py_ssize_t D,
+# Copy each segment's new keys and values from qkv into its slot's cache at positions pos0 .. pos0+count-1.
+#   qkv: [rows, 3C] stride ldq, columns [q | k | v], head h at h*D within each;  pos0 + count <= cap
+cdef void kv_store(const float* qkv, Py_ssize_t ldq, float* k_cache, float* v_cache, Py_ssize_t slot_stride,
+                   const Segment* segs, Py_ssize_t n_seg, Py_ssize_t H, Py_ssize_t D,
                    Py_ssize_t cap) noexcept nogil
 
-# Causal multi-head attention of T new queries over the cache (which already holds them):
-# query t (position n_past + t) attends to positions 0 .. n_past + t.
-#   qkv:     [T, 3C] stride ldq (only the q columns are read)
-#   k_cache: [H, D, cap];  v_cache: [H, cap, D]  (cap = kv_capacity(n_ctx), n_past + T <= n_ctx)
-#   out:     [T, C] stride ldo, head h written to columns h*D .. h*D+D-1
+# Causal multi-head attention of each segment's rows over its slot's cache (which already holds them):
+# row row0 + t (position pos0 + t) attends to positions 0 .. pos0 + t of its own slot.
+#   qkv:     [rows, 3C] stride ldq (only the q columns are read)
+#   k_cache: [H, D, cap] per slot;  v_cache: [H, cap, D] per slot, slots slot_stride floats apart
+#   out:     [rows, C] stride ldo, head h written to columns h*D .. h*D+D-1
 #   scratch: [n_threads, QB * cap] (QB score rows per thread)
+#   task0:   SCRATCH [n_seg + 1]
+# Blocks of QB rows never cross a segment, so a sequence gets the same bits whatever else is in the batch.
 cdef void attention(const float* qkv, Py_ssize_t ldq, const float* k_cache, const float* v_cache,
-                    float* out, Py_ssize_t ldo, float* scratch, Py_ssize_t T, Py_ssize_t n_past,
+                    Py_ssize_t slot_stride, float* out, Py_ssize_t ldo, float* scratch,
+                    const Segment* segs, Py_ssize_t n_seg, Py_ssize_t* task0,
                     Py_ssize_t H, Py_ssize_t D, Py_ssize_t cap, int n_threads) noexcept nogil

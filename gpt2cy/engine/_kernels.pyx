@@ -1,38 +1,50 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 # (the engine validates ids, positions and shapes in Python first; the loops index raw pointers)
-"""Layer norm, GELU, softmax, residual adds, embedding lookup and causal attention over the KV cache.
+"""Layer norm, position embeddings and causal attention over the KV cache, for segments of a batch.
 
 Reductions accumulate into a small array of lanes (acc[k] += x[i + k]) so the compiler vectorises them
 without -ffast-math; the attention keeps keys transposed in the cache for the same reason (see _kernels.pxd).
+The attention's multiply-add chains use GPT2CY_MADD (_madd.h): fused where the CPU has FMA, spelled out so
+that a decode row and a prefill row run the same rounding steps whatever the compiler contracts.
+
+A batch is a list of segments (_kernels.pxd): consecutive rows of one sequence, in one KV-cache slot, at
+consecutive positions. Attention blocks never span two segments, so each sequence's rows are computed exactly
+as if it ran alone.
 """
 from cython.parallel cimport prange, threadid
 from libc.math cimport sqrt, sqrtf
 from libc.string cimport memcpy
 import numpy as np
-from ._math cimport gelu
+
+cdef extern from "_madd.h" nogil:
+    float madd "GPT2CY_MADD"(float a, float b, float c)   # a*b + c, fused where the CPU has FMA
 
 cdef extern from *:
     """
     /* Attention block widths: QB rows x width floats of accumulators must fit the vector registers
-       (AVX-512: 32 x 16 floats; AVX2 and others: 16 x 8). */
+       (AVX-512: 32 x 16 floats; AVX2 and others: 16 x 8).  WIDTH1: the one-row (decode) kernels. */
     #if defined(__AVX512F__)
     #define GPT2CY_ATT_WIDTH 64
     #else
     #define GPT2CY_ATT_WIDTH 16
     #endif
+    #define GPT2CY_ATT_WIDTH1 64
+    /* The score kernels compute whole blocks of keys, so the last block of a row reads (and never uses) up
+       to width - 1 keys past n: the cache rows are padded to a multiple of KV_ALIGN, which must therefore
+       be a multiple of both score block widths. (The value kernels block over head_dim, never past n.) */
+    GPT2CY_STATIC_ASSERT(GPT2CY_KV_ALIGN % GPT2CY_ATT_WIDTH == 0, kv_align_covers_score_block);
+    GPT2CY_STATIC_ASSERT(GPT2CY_KV_ALIGN % GPT2CY_ATT_WIDTH1 == 0, kv_align_covers_decode_score_block);
     """
     enum: GPT2CY_ATT_WIDTH
+    enum: GPT2CY_ATT_WIDTH1
 
 cdef enum:
     LANES = 16          # partial sums per reduction: one AVX-512 register, two AVX2 ones
     JB = GPT2CY_ATT_WIDTH    # keys per score block of _scores4 (QB rows of accumulators)
     DB = GPT2CY_ATT_WIDTH    # value columns per block of _pv4
-    JB1 = 64            # keys per score block of _scores1 (one row: 4 AVX-512 / 8 AVX2 registers)
+    JB1 = GPT2CY_ATT_WIDTH1  # keys per score block of _scores1 (one row: 4 AVX-512 / 8 AVX2 registers)
     DB1 = 64            # value columns per block of _pv1
-    STREAM_CHUNK = 1 << 18   # floats per task of stream_sum (1 MiB)
-    STREAMS = 4              # sub-ranges each stream_sum task reads side by side
     MIN_PAR_ATTN = 1 << 15   # multiply-adds below which attention stays on one thread (tiny models)
-    GELU_CHUNK = 4096   # elements per parallel task of gelu_inplace
 
 
 # ---------------------------------------------------------------------------------------- reductions
@@ -112,15 +124,6 @@ cdef void layernorm(const float* x, Py_ssize_t ldx, const float* g, const float*
         _layernorm_row(x + t * ldx, g, b, y + t * ldy, C, eps)
 
 
-cdef void gelu_inplace(float* x, Py_ssize_t n, int n_threads) noexcept nogil:
-    cdef Py_ssize_t c, i, i1
-    cdef Py_ssize_t n_chunks = (n + GELU_CHUNK - 1) // GELU_CHUNK
-    for c in prange(n_chunks, num_threads=n_threads, schedule="static", use_threads_if=n_chunks > 1):
-        i1 = min((c + 1) * GELU_CHUNK, n)
-        for i in range(c * GELU_CHUNK, i1):
-            x[i] = gelu(x[i])
-
-
 cdef inline void _exp_shifted(float* x, Py_ssize_t n, float m) noexcept nogil:
     # x[:n] = exp(x[:n] - m) for m >= max(x): arguments <= 0. Cephes' expf (within 2 ulp), written so the
     # loop vectorises: round with the 1.5 * 2^23 trick, 2^k from the exponent bits (memcpy = bit cast).
@@ -146,50 +149,34 @@ cdef inline void _exp_shifted(float* x, Py_ssize_t n, float m) noexcept nogil:
         x[i] = p * two_k
 
 
-cdef void softmax_inplace(float* x, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef float inv
-    _exp_shifted(x, n, _max(x, n))
-    inv = <float>(1.0 / _sum(x, n))
-    for i in range(n):
-        x[i] = x[i] * inv
-
-
-cdef void add_rows(const float* x, Py_ssize_t ldx, const float* bias, float* out, Py_ssize_t ldo,
-                   Py_ssize_t T, Py_ssize_t C) noexcept nogil:
-    cdef Py_ssize_t t, i
-    cdef const float* xr
-    cdef float* o
-    for t in range(T):
-        xr = x + t * ldx
-        o = out + t * ldo
-        if bias != NULL:
-            for i in range(C):
-                o[i] = o[i] + (xr[i] + bias[i])
-        else:
-            for i in range(C):
-                o[i] = o[i] + xr[i]
-
-
-cdef void embed(const Py_ssize_t* ids, Py_ssize_t T, Py_ssize_t pos0, const float* wte,
-                const float* wpe, float* out, Py_ssize_t C) noexcept nogil:
-    cdef Py_ssize_t t, i
-    cdef const float* e
+cdef void add_positions(float* x, Py_ssize_t ldx, const Segment* segs, Py_ssize_t n_seg, const float* wpe,
+                        Py_ssize_t C) noexcept nogil:
+    cdef Py_ssize_t s, t, i
     cdef const float* p
     cdef float* o
-    for t in range(T):
-        e = wte + ids[t] * C
-        p = wpe + (pos0 + t) * C
-        o = out + t * C
-        for i in range(C):
-            o[i] = e[i] + p[i]
+    for s in range(n_seg):
+        for t in range(segs[s].count):
+            o = x + (segs[s].row0 + t) * ldx
+            p = wpe + (segs[s].pos0 + t) * C
+            for i in range(C):
+                o[i] = o[i] + p[i]
 
 
 # ---------------------------------------------------------------------------------------- attention
 
-cdef void kv_store(const float* qkv, Py_ssize_t ldq, float* k_cache, float* v_cache,
-                   Py_ssize_t T, Py_ssize_t n_past, Py_ssize_t H, Py_ssize_t D,
+cdef void kv_store(const float* qkv, Py_ssize_t ldq, float* k_cache, float* v_cache, Py_ssize_t slot_stride,
+                   const Segment* segs, Py_ssize_t n_seg, Py_ssize_t H, Py_ssize_t D,
                    Py_ssize_t cap) noexcept nogil:
+    cdef Py_ssize_t s
+    for s in range(n_seg):
+        _kv_store1(qkv + segs[s].row0 * ldq, ldq, k_cache + segs[s].slot * slot_stride,
+                   v_cache + segs[s].slot * slot_stride, segs[s].count, segs[s].pos0, H, D, cap)
+
+
+cdef void _kv_store1(const float* qkv, Py_ssize_t ldq, float* k_cache, float* v_cache,
+                     Py_ssize_t T, Py_ssize_t n_past, Py_ssize_t H, Py_ssize_t D,
+                     Py_ssize_t cap) noexcept nogil:
+    # one segment: T rows of qkv -> positions n_past.. of one slot's cache
     cdef Py_ssize_t t, i, h, C = H * D
     cdef const float* src
     cdef float* dst
@@ -243,10 +230,10 @@ cdef inline void _scores4(const float* q,    # IN  [4, D] row stride ldq: 4 quer
             kr = kt + d * cap + j0
             for k in range(JB):
                 kv = kr[k]
-                a0[k] = a0[k] + q0 * kv
-                a1[k] = a1[k] + q1 * kv
-                a2[k] = a2[k] + q2 * kv
-                a3[k] = a3[k] + q3 * kv
+                a0[k] = madd(q0, kv, a0[k])
+                a1[k] = madd(q1, kv, a1[k])
+                a2[k] = madd(q2, kv, a2[k])
+                a3[k] = madd(q3, kv, a3[k])
         for k in range(JB):
             s[j0 + k] = a0[k] * scale
             s[cap + j0 + k] = a1[k] * scale
@@ -273,7 +260,7 @@ cdef inline void _scores1(const float* q,    # IN  [D] one query of one head
             qd = q[d]
             kr = kt + d * cap + j0
             for k in range(JB1):
-                a[k] = a[k] + qd * kr[k]
+                a[k] = madd(qd, kr[k], a[k])
         for k in range(JB1):
             s[j0 + k] = a[k] * scale
 
@@ -294,7 +281,7 @@ cdef void _pv_columns(const float* p, const float* v, Py_ssize_t D, Py_ssize_t d
     for d in range(d0, D):
         acc = 0.0
         for j in range(n):
-            acc = acc + p[j] * v[j * D + d]
+            acc = madd(p[j], v[j * D + d], acc)
         o[d] = acc * inv
 
 
@@ -327,10 +314,10 @@ cdef inline void _pv4(const float* p,    # IN  [4, cap] unnormalised weights, ze
             vr = v + j * D + d0
             for k in range(DB):
                 vv = vr[k]
-                a0[k] = a0[k] + p0 * vv
-                a1[k] = a1[k] + p1 * vv
-                a2[k] = a2[k] + p2 * vv
-                a3[k] = a3[k] + p3 * vv
+                a0[k] = madd(p0, vv, a0[k])
+                a1[k] = madd(p1, vv, a1[k])
+                a2[k] = madd(p2, vv, a2[k])
+                a3[k] = madd(p3, vv, a3[k])
         for k in range(DB):
             o[d0 + k] = a0[k] * inv[0]
             o[ldo + d0 + k] = a1[k] * inv[1]
@@ -357,7 +344,7 @@ cdef inline void _pv1(const float* p,    # IN  [n] unnormalised weights
             pj = p[j]
             vr = v + j * D + d0
             for k in range(DB1):
-                a[k] = a[k] + pj * vr[k]
+                a[k] = madd(pj, vr[k], a[k])
         for k in range(DB1):
             o[d0 + k] = a[k] * inv
     _pv_columns(p, v, D, d_main, n, inv, o)
@@ -390,59 +377,50 @@ cdef inline void _attend_block(const float* q,   # IN  [R, D] row stride ldq: qu
         _pv4(s, cap, v, D, n, inv, o, ldo)
 
 
+cdef inline Py_ssize_t _n_blocks(Py_ssize_t T) noexcept nogil:
+    # QB-row blocks, then the leftover rows one by one
+    return T // QB + T % QB
+
+
 cdef void attention(const float* qkv, Py_ssize_t ldq, const float* k_cache, const float* v_cache,
-                    float* out, Py_ssize_t ldo, float* scratch, Py_ssize_t T, Py_ssize_t n_past,
+                    Py_ssize_t slot_stride, float* out, Py_ssize_t ldo, float* scratch,
+                    const Segment* segs, Py_ssize_t n_seg, Py_ssize_t* task0,
                     Py_ssize_t H, Py_ssize_t D, Py_ssize_t cap, int n_threads) noexcept nogil:
-    cdef Py_ssize_t n_full = T // QB, n_blocks = n_full + T % QB
-    cdef Py_ssize_t task, h, blk, t0, R
+    cdef Py_ssize_t s, task, local, h, blk, n_full, t0, R, lo, hi, mid, work = 0
+    cdef const Segment* g
     cdef float scale = 1.0 / sqrtf(<float>D)
-    # one task per (head, block): QB-row blocks, then the leftover rows one by one. Dynamic: later rows
-    # attend over more keys.
-    for task in prange(H * n_blocks, num_threads=n_threads, schedule="dynamic",
-                       use_threads_if=H * T * (n_past + T) * D >= MIN_PAR_ATTN):
-        h = task // n_blocks
-        blk = task % n_blocks
+    # task0[s]: the first task of segment s; one task per (segment, head, block)
+    task0[0] = 0
+    for s in range(n_seg):
+        task0[s + 1] = task0[s] + H * _n_blocks(segs[s].count)
+        work += H * segs[s].count * (segs[s].pos0 + segs[s].count) * D
+    # dynamic: later rows attend over more keys, and segments differ in length
+    for task in prange(task0[n_seg], num_threads=n_threads, schedule="dynamic",
+                       use_threads_if=work >= MIN_PAR_ATTN):
+        lo = 0                                  # the segment holding this task: task0[lo] <= task < task0[lo+1]
+        hi = n_seg - 1
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if task0[mid] <= task:
+                lo = mid
+            else:
+                hi = mid - 1
+        g = &segs[lo]
+        local = task - task0[lo]
+        h = local // _n_blocks(g.count)
+        blk = local % _n_blocks(g.count)
+        n_full = g.count // QB
         if blk < n_full:
             t0 = blk * QB
             R = QB
         else:
             t0 = n_full * QB + (blk - n_full)
             R = 1
-        _attend_block(qkv + t0 * ldq + h * D, ldq, k_cache + h * D * cap, v_cache + h * cap * D,
-                      out + t0 * ldo + h * D, ldo, scratch + threadid() * (QB * cap),
-                      R, n_past + t0 + 1, D, cap, scale)
-
-
-# ---------------------------------------------------------------------------------------- memory
-
-cdef double stream_sum(const float* x, Py_ssize_t n, int n_threads) noexcept nogil:
-    # sum of x[:n], read once from memory by n_threads threads: the benchmarks' read-bandwidth probe.
-    # Each task reads STREAMS interleaved sub-ranges at once, as a matrix-vector kernel walks several rows of
-    # a weight matrix: one sequential stream per core leaves memory bandwidth unused
-    cdef Py_ssize_t c, n_chunks = (n + STREAM_CHUNK - 1) // STREAM_CHUNK
-    cdef double total = 0.0
-    for c in prange(n_chunks, num_threads=n_threads, schedule="static"):
-        total += _sum_streams(x + c * STREAM_CHUNK, min(STREAM_CHUNK, n - c * STREAM_CHUNK))
-    return total
-
-
-cdef inline double _sum_streams(const float* x, Py_ssize_t n) noexcept nogil:
-    # as _sum, over STREAMS equal parts of x[:n] read side by side (LANES partial sums each)
-    cdef float acc[STREAMS * LANES]
-    cdef Py_ssize_t part = n // (STREAMS * LANES) * LANES       # floats per part, a multiple of LANES
-    cdef Py_ssize_t i, k, p
-    cdef double s = 0.0
-    for k in range(STREAMS * LANES):
-        acc[k] = 0.0
-    for i in range(part // LANES):
-        for p in range(STREAMS):
-            for k in range(LANES):
-                acc[p * LANES + k] = acc[p * LANES + k] + x[p * part + i * LANES + k]
-    for k in range(STREAMS * LANES):
-        s = s + acc[k]
-    for i in range(STREAMS * part, n):
-        s = s + x[i]
-    return s
+        _attend_block(qkv + (g.row0 + t0) * ldq + h * D, ldq,
+                      k_cache + g.slot * slot_stride + h * D * cap,
+                      v_cache + g.slot * slot_stride + h * cap * D,
+                      out + (g.row0 + t0) * ldo + h * D, ldo, scratch + threadid() * (QB * cap),
+                      R, g.pos0 + t0 + 1, D, cap, scale)
 
 
 # ---------------------------------------------------------------------------------------- def wrappers
@@ -464,46 +442,12 @@ def layernorm_py(const float[:, ::1] x not None, const float[::1] g not None, co
     return out
 
 
-def gelu_py(x, int n_threads=1):
-    """Return GPT-2's tanh GELU of a float32 array, as a new array."""
-    out = np.array(x, dtype=np.float32, order="C", copy=True)
-    cdef float[::1] o = out.reshape(-1)
-    if o.shape[0]:
-        with nogil:
-            gelu_inplace(&o[0], o.shape[0], n_threads)
-    return out
-
-
-def softmax_py(const float[:, ::1] x not None):
-    """Return the softmax of each row of a [R, n] float32 array, as a new array."""
-    out = np.array(x, dtype=np.float32, copy=True)
-    cdef float[:, ::1] o = out
-    cdef Py_ssize_t r
-    if o.shape[1]:
-        for r in range(o.shape[0]):
-            softmax_inplace(&o[r, 0], o.shape[1])
-    return out
-
-
-def add_rows_py(const float[:, ::1] x not None, bias, float[:, ::1] out not None):
-    """out += x (+ bias), in place, for [T, C] float32 arrays."""
-    cdef const float[::1] bv
-    cdef const float* bp = NULL
-    if x.shape[0] != out.shape[0] or x.shape[1] != out.shape[1]:
-        raise ValueError("x and out must have the same shape")
-    if bias is not None:
-        bv = np.ascontiguousarray(bias, dtype=np.float32)
-        if bv.shape[0] != x.shape[1]:
-            raise ValueError(f"bias must have {x.shape[1]} entries")
-        bp = &bv[0]
-    if x.shape[0] and x.shape[1]:
-        add_rows(&x[0, 0], x.shape[1], bp, &out[0, 0], out.shape[1], x.shape[0], x.shape[1])
-
-
 def embed_py(const Py_ssize_t[::1] ids not None, Py_ssize_t pos0, const float[:, ::1] wte not None,
              const float[:, ::1] wpe not None):
-    """Return wte[ids] + wpe[pos0:pos0 + len(ids)] (checked here, unlike the kernel)."""
+    """Return wte[ids] + wpe[pos0:pos0 + len(ids)] (checked here, unlike the kernels): the f32 row lookup,
+    then add_positions over one segment, as the engine does."""
     cdef Py_ssize_t T = ids.shape[0], C = wte.shape[1], i
+    cdef Segment seg
     if wpe.shape[1] != C:
         raise ValueError("wte and wpe widths differ")
     if pos0 < 0 or pos0 + T > wpe.shape[0]:
@@ -513,8 +457,11 @@ def embed_py(const Py_ssize_t[::1] ids not None, Py_ssize_t pos0, const float[:,
             raise ValueError(f"id {ids[i]} out of range")
     out = np.empty((T, C), dtype=np.float32)
     cdef float[:, ::1] o = out
+    seg.slot, seg.row0, seg.count, seg.pos0 = 0, 0, T, pos0
     if T and C:
-        embed(&ids[0], T, pos0, &wte[0, 0], &wpe[0, 0], &o[0, 0], C)
+        for i in range(T):
+            memcpy(&o[i, 0], &wte[ids[i], 0], C * sizeof(float))
+        add_positions(&o[0, 0], C, &seg, 1, &wpe[0, 0], C)
     return out
 
 
@@ -540,21 +487,13 @@ def attention_py(const float[:, ::1] qkv not None, int n_head, Py_ssize_t n_past
     out = np.empty((T, C), dtype=np.float32)
     cdef float[:, :, ::1] k = kc, v = vc
     cdef float[:, ::1] s = scr, o = out
+    cdef Segment seg
+    cdef Py_ssize_t task0[2]
     with nogil:
         if n_past:
-            kv_store(&qkv[0, 0], 3 * C, &k[0, 0, 0], &v[0, 0, 0], n_past, 0, n_head, D, cap)
-        kv_store(&qkv[n_past, 0], 3 * C, &k[0, 0, 0], &v[0, 0, 0], T, n_past, n_head, D, cap)
-        attention(&qkv[n_past, 0], 3 * C, &k[0, 0, 0], &v[0, 0, 0], &o[0, 0], C, &s[0, 0],
-                  T, n_past, n_head, D, cap, n_threads)
+            _kv_store1(&qkv[0, 0], 3 * C, &k[0, 0, 0], &v[0, 0, 0], n_past, 0, n_head, D, cap)
+        seg.slot, seg.row0, seg.count, seg.pos0 = 0, 0, T, n_past
+        kv_store(&qkv[n_past, 0], 3 * C, &k[0, 0, 0], &v[0, 0, 0], 0, &seg, 1, n_head, D, cap)
+        attention(&qkv[n_past, 0], 3 * C, &k[0, 0, 0], &v[0, 0, 0], 0, &o[0, 0], C, &s[0, 0],
+                  &seg, 1, task0, n_head, D, cap, n_threads)
     return out
-
-
-def stream_sum_py(const float[::1] x not None, int n_threads=1):
-    """Sum of a float32 array, read once by n_threads threads (for measuring read bandwidth)."""
-    if n_threads < 1:
-        raise ValueError("n_threads must be >= 1")
-    cdef double total = 0.0
-    if x.shape[0]:
-        with nogil:
-            total = stream_sum(&x[0], x.shape[0], n_threads)
-    return total

@@ -5,7 +5,8 @@ cdef enum:
     ACT_GELU = 1
 
 # out[m, n] = act(sum_k x[m, k] * w[k, n] + bias[n])        (accumulate=0)
-# out[m, n] += act(sum_k x[m, k] * w[k, n] + bias[n])       (accumulate=1: fused residual add)
+# out[m, n] += sum_k x[m, k] * w[k, n] + bias[n]            (accumulate=1: fused residual add, act must be
+#                                                           ACT_NONE: GPT-2 never adds an activation's output)
 #   x:    [M, K], row stride ldx >= K
 #   w:    [K, N], contiguous
 #   bias: [N] or NULL
@@ -14,7 +15,7 @@ cdef enum:
 # (and row blocks when N is small) with n_threads; never reads outside the [M, K], [K, N], [N] extents.
 # Determinism: each out[m, n] is summed in one fixed order (a multiply-add chain over k in blocks of 192, blocks
 # combined in order, bias added with the first block), independent of n_threads and of M: a row gives the
-# same bits in decode as inside a prefill.  act == ACT_GELU with accumulate uses a temporary (heap).
+# same bits in decode as inside a prefill.
 cdef void matmul(const float* x, Py_ssize_t ldx, const float* w, const float* bias,
                  float* out, Py_ssize_t ldo, Py_ssize_t M, Py_ssize_t K, Py_ssize_t N,
                  int act, bint accumulate, int n_threads) noexcept nogil

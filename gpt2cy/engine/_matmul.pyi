@@ -4,6 +4,12 @@ from typing import Optional
 import numpy as np
 import numpy.typing as npt
 
+def debug_hooks() -> bool:
+    """True when this build has the debug-only test hooks."""
+
+def set_debug_late(thread: int, microseconds: int) -> None:
+    """Debug builds: delay one thread of the K-split decode path before it writes its partial sums."""
+
 def isa() -> tuple[str, int, int]:
     """The instruction set the tile kernels were compiled for and the tile shape (MR, NR)."""
 

@@ -17,7 +17,7 @@ Notes on speed (AMD Zen 5 figures in bench/bench_matmul.py; kernels in _gemm.h):
   blocks combined in order, bias added with the first; tiles and column ranges sit at multiples of MR/NR.
   So neither the thread count nor M changes a bit (a decode row equals the same row of a prefill).
 """
-from cython.parallel cimport prange, parallel
+from cython.parallel cimport prange, parallel, threadid
 import numpy as np
 
 cdef extern from "_gemm.h" nogil:
@@ -46,10 +46,10 @@ cdef extern from "_gemm.h" nogil:
     void gemm_gelu_row(float* v, Py_ssize_t n)
     float* gemm_tls_scratch(size_t n)
     void gemm_barrier()
-
-cdef extern from "<stdlib.h>" nogil:
-    void* malloc(size_t n)
-    void free(void* p)
+    int gemm_team_size()
+    const int GEMM_DEBUG_HOOKS
+    void gemm_debug_set_late(int thread, int us)
+    void gemm_debug_maybe_late()
 
 cdef enum:
     MIN_PAR_FLOPS = 1 << 18    # below this many multiply-adds a second thread costs more than it saves
@@ -240,12 +240,21 @@ cdef void _matvec_ksplit(const float* x, Py_ssize_t ldx, const float* w, const f
                          bint accumulate, int nt,
                          float* part) noexcept nogil:   # SCRATCH [n_kb, M, N] partial sums per K block
     cdef Py_ssize_t n_kb = _cdiv(K, GEMM_KC), kb, per = _cdiv(_cdiv(N, GEMM_NR), nt) * GEMM_NR, t
+    cdef Py_ssize_t n_tasks = _cdiv(N, per)
+    cdef int team = 1
+    t = 0
     with parallel(num_threads=nt):
         for kb in prange(n_kb, schedule="static"):
             _ksplit_block(x, ldx, w, M, K, N, kb, part + kb * M * N)
         gemm_barrier()   # every block's partial sums are in place before any column is combined
-        for t in prange(_cdiv(N, per), schedule="static"):
+        # The combine is dealt out by thread number, not by a second prange: GCC opens every prange with a
+        # barrier of its own (its loop variable is firstprivate and lastprivate), which would hide a missing
+        # gemm_barrier() from the tests; this way the barrier above is the only one, and debug builds test it.
+        team = gemm_team_size()
+        t = threadid()
+        while t < n_tasks:
             _ksplit_combine(part, bias, out, ldo, M, N, n_kb, t * per, _min((t + 1) * per, N), act, accumulate)
+            t = t + team
 
 
 cdef void _ksplit_block(const float* x, Py_ssize_t ldx, const float* w, Py_ssize_t M, Py_ssize_t K,
@@ -253,6 +262,7 @@ cdef void _ksplit_block(const float* x, Py_ssize_t ldx, const float* w, Py_ssize
                         float* part) noexcept nogil:   # OUT [M, N] block kb's partial sums
     cdef Py_ssize_t pc = kb * GEMM_KC, kc = _min(GEMM_KC, K - pc), c0, c0_i
     cdef Py_ssize_t chunk = (GEMM_MV_CHUNK // M) // GEMM_NR * GEMM_NR
+    gemm_debug_maybe_late()   # debug builds: one thread may be made late here (tests of the barrier)
     for c0_i in range(_cdiv(N, chunk)):
         c0 = c0_i * chunk
         gemm_mv_block(M, kc, x + pc, ldx, w + pc * N + c0, N, _min(chunk, N - c0), part + c0, N)
@@ -290,40 +300,13 @@ cdef void _dot_rows(const float* x, const float* wt, float* out, Py_ssize_t K, P
 cdef void matmul(const float* x, Py_ssize_t ldx, const float* w, const float* bias,
                  float* out, Py_ssize_t ldo, Py_ssize_t M, Py_ssize_t K, Py_ssize_t N,
                  int act, bint accumulate, int n_threads) noexcept nogil:
-    cdef float* tmp
-    cdef Py_ssize_t m, j
+    # (accumulate with act != ACT_NONE is outside the contract, see _matmul.pxd; matmul_py rejects it)
     if M <= 0 or N <= 0:
-        return
-    if accumulate and act != ACT_NONE:
-        # out += act(x @ w + b): the activation needs the finished sum, so go through a temporary
-        tmp = <float*> malloc(M * N * sizeof(float))
-        if tmp != NULL:
-            matmul(x, ldx, w, bias, tmp, N, M, K, N, act, False, n_threads)
-            for m in range(M):
-                for j in range(N):
-                    out[m * ldo + j] = out[m * ldo + j] + tmp[m * N + j]
-            free(tmp)
-        else:
-            for m in range(M):   # out of memory: row by row through the stack
-                _matvec_rows_gelu_acc(x + m * ldx, w, bias, out + m * ldo, K, N, act)
         return
     if M <= GEMM_MV_MAXM:
         _matvec(x, ldx, w, bias, out, ldo, M, K, N, act, accumulate, n_threads)
     else:
         _gemm(x, ldx, w, False, bias, out, ldo, M, K, N, act, accumulate, n_threads)
-
-
-cdef void _matvec_rows_gelu_acc(const float* x, const float* w, const float* bias, float* out,
-                                Py_ssize_t K, Py_ssize_t N, int act) noexcept nogil:
-    # out[:N] += act(x @ w + b), serial, in NR-column pieces through a stack buffer
-    cdef float piece[GEMM_NR]
-    cdef Py_ssize_t j0, j, nr, j0_i
-    for j0_i in range(_cdiv(N, GEMM_NR)):
-        j0 = j0_i * GEMM_NR
-        nr = _min(GEMM_NR, N - j0)
-        _matvec_task(x, K, w, bias, piece - j0, N, 1, K, N, j0, j0 + nr, act, False)
-        for j in range(nr):
-            out[j0 + j] = out[j0 + j] + piece[j]
 
 
 cdef void matmul_nt(const float* x, Py_ssize_t ldx, const float* wt,
@@ -339,6 +322,21 @@ cdef void matmul_nt(const float* x, Py_ssize_t ldx, const float* wt,
 
 # ---------------------------------------------------------------------------------------------------------
 # Python entry points (tests, benchmarks)
+
+def debug_hooks():
+    """True when this build has the debug-only test hooks (a GPT2CY_DEBUG=1 build with OpenMP)."""
+    return bool(GEMM_DEBUG_HOOKS)
+
+
+def set_debug_late(int thread, int microseconds):
+    """Debug builds: make thread `thread` of the K-split decode path busy-wait `microseconds` before it
+    writes its partial sums (0: off), so a missing barrier gives wrong sums.  RuntimeError elsewhere."""
+    if not GEMM_DEBUG_HOOKS:
+        raise RuntimeError("this build has no debug hooks (build with GPT2CY_DEBUG=1 and OpenMP)")
+    if microseconds < 0:
+        raise ValueError("microseconds must be >= 0")
+    gemm_debug_set_late(thread, microseconds)
+
 
 def isa():
     """The instruction set the tile kernels were compiled for, and the tile shape: e.g. ('avx512f', 8, 32)."""
@@ -384,6 +382,8 @@ def matmul_py(x, w, bias=None, int act=0, bint transposed=False, int n_threads=1
         raise ValueError(f"act must be 0 (none) or 1 (gelu), got {act}")
     if transposed and (bias is not None or act != ACT_NONE or accumulate):
         raise ValueError("transposed=True supports neither bias, act nor accumulate")
+    if accumulate and act != ACT_NONE:
+        raise ValueError("accumulate=True takes no act: the fused residual add is out += x @ w + bias")
     if bias is not None:
         if not isinstance(bias, np.ndarray) or bias.dtype != np.float32 or bias.ndim != 1:
             raise ValueError("bias must be a 1-D float32 numpy array")

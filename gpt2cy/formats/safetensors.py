@@ -1,21 +1,23 @@
 """Read HuggingFace .safetensors files (u64le header length, JSON header, raw tensor bytes) without the library.
 
-Every rule of shared/formats/tf-tensor-bundle.md section 2 is checked before a byte is trusted: header size
-and encoding, one JSON object without duplicate keys, known dtypes, shapes, offsets contiguous from 0 and
-covering the data exactly. Tensors are numpy views of a read-only mmap; `match_hf_names` maps GPT-2's HF
-names to gpt2cy's canonical ones.
+The format is the one specified in huggingface/safetensors (README.md, "Format"; docs/source/index.mdx). Every
+rule is checked before a byte is trusted: header size and encoding, one JSON object without duplicate keys,
+known dtypes, shapes, offsets contiguous from 0 and covering the data exactly. Tensors are numpy views of a
+read-only mmap in their stored type (`stored_type`); `match_hf_names` maps GPT-2's HF names to gpt2cy's
+canonical ones (formats/names.py) and rejects weights of a type gpt2cy cannot use.
 """
 from __future__ import annotations
 
 import json
 import mmap
 import os
-import re
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import CheckpointError
+from . import dtypes as st_types
+from .names import HF_IGNORED, HF_PREFIX, hf_name
 
 MAX_HEADER = 100_000_000
 
@@ -23,6 +25,9 @@ DTYPES = {"F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2")
           "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
           "U64": np.dtype("<u8"), "U32": np.dtype("<u4"), "U16": np.dtype("<u2"), "U8": np.dtype("u1"),
           "BOOL": np.dtype("?"), "F8_E4M3": np.dtype("u1"), "F8_E5M2": np.dtype("u1")}
+
+# Safetensors dtype -> gpt2cy's stored type, for the types a weight may have (formats/dtypes.py).
+STORED = {"F32": st_types.F32, "F16": st_types.F16, "BF16": st_types.BF16}
 
 
 @dataclass(frozen=True)
@@ -122,35 +127,23 @@ class SafetensorsFile:
             raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
 
     def tensor(self, name: str) -> np.ndarray:
-        """The tensor as a read-only view in its stored dtype (BF16 appears as uint16)."""
+        """The tensor as a read-only numpy array in its stored dtype (BF16 appears as uint16): a view of the
+        mapped file, or an aligned copy when its bytes are not aligned for the dtype (an odd header length)."""
         t = self.tensors[name]
         dtype = DTYPES[t.dtype]
         a = np.frombuffer(self._map, dtype=dtype, count=(t.end - t.begin) // dtype.itemsize,
                           offset=self.data_start + t.begin)
-        return a.reshape(t.shape)
+        return st_types.aligned(a.reshape(t.shape))
 
-    def float32(self, name: str) -> np.ndarray:
-        """The tensor as read-only C-contiguous native float32: a view for aligned F32, else a converted copy."""
-        t = self.tensors[name]
-        a = self.tensor(name)
-        if t.dtype == "BF16":
-            a = (a.astype(np.uint32) << 16).view(np.float32)
-        elif t.dtype != "F32" or not a.flags.aligned or not a.dtype.isnative:
-            a = a.astype(np.float32)
-        if a.flags.writeable:
-            a.flags.writeable = False
-        return a
-
-
-# HF names: "h.3.attn.c_attn.weight"; some files prefix "transformer."; lm_head.weight is tied to wte.
-_IGNORED = re.compile(r"^(?:h\.\d+\.attn\.(?:bias|masked_bias)|lm_head\.weight)$")
+    def stored_type(self, name: str) -> str | None:
+        """'f32', 'f16' or 'bf16' for a tensor of a weight type gpt2cy supports, else None."""
+        return STORED.get(self.tensors[name].dtype)
 
 
 def match_hf_names(st: SafetensorsFile, shapes: dict[str, tuple[int, ...]], config_path: str,
                    described: str) -> dict[str, str]:
     """Check a GPT-2 safetensors file against the expected shapes: canonical name -> name in the file."""
-    from .checkpoint import hf_name
-    prefix = "transformer." if any(n.startswith("transformer.") for n in st.tensors) else ""
+    prefix = HF_PREFIX if any(n.startswith(HF_PREFIX) for n in st.tensors) else ""
     wanted = {prefix + hf_name(c): c for c in shapes}
     missing = [n for n in wanted if n not in st.tensors]
     if missing:
@@ -158,13 +151,13 @@ def match_hf_names(st: SafetensorsFile, shapes: dict[str, tuple[int, ...]], conf
         raise CheckpointError(f"{st.path}: missing tensor(s) {', '.join(missing[:3])}{more} "
                               f"that {config_path} ({described}) requires")
     for name in st.tensors:
-        if name not in wanted and not _IGNORED.match(name[len(prefix):] if name.startswith(prefix) else name):
+        if name not in wanted and not HF_IGNORED.match(name[len(prefix):] if name.startswith(prefix) else name):
             raise CheckpointError(f"{st.path}: unexpected tensor '{name}' for {config_path} ({described})")
     out = {}
     for name, canonical in wanted.items():
         t = st.tensors[name]
-        if t.dtype not in ("F32", "F16", "BF16"):
-            raise CheckpointError(f"{st.path}: tensor '{name}' is {t.dtype}, expected a float type")
+        if t.dtype not in STORED:
+            raise st_types.unsupported(st.path, name, t.dtype)
         if t.shape != shapes[canonical]:
             raise CheckpointError(f"{st.path}: tensor '{name}' has shape {list(t.shape)}, but "
                                   f"{config_path} ({described}) implies {list(shapes[canonical])}")

@@ -3,8 +3,12 @@
 The .index file is a LevelDB-style table: data blocks of prefix-compressed (key, value) entries, a
 metaindex block, an index block mapping separator keys to data blocks, and a 48-byte footer. Key "" holds a
 BundleHeaderProto; every other key is a tensor name whose value is a BundleEntryProto (dtype, shape, shard,
-offset, size, masked CRC-32C). Everything in shared/formats/tf-tensor-bundle.md section 1.10 is checked
-before a byte is trusted; every violation raises CheckpointError("<file>: <what is wrong>").
+offset, size, masked CRC-32C). The format is TensorFlow's: tensorflow/core/protobuf/tensor_bundle.proto
+(BundleHeaderProto, BundleEntryProto), tensorflow/core/util/tensor_bundle/tensor_bundle.cc (the reader and
+writer) and the LevelDB table format (leveldb doc/table_format.md; TF's copy in tensorflow/tsl/lib/io/table.cc
+and block.cc). Every structural rule those imply is checked before a byte is trusted; every violation raises
+CheckpointError("<file>: <what is wrong>"). Tensor bytes are dense in the data file (TF writes them with
+alignment 1), so a tensor at an offset that is not a multiple of its item size is copied into an aligned array.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from typing import Iterator
 import numpy as np
 
 from ._crc32c import checksum_f32, crc32c
+from . import dtypes as st_types
 from ..errors import CheckpointError
 
 TABLE_MAGIC = 0xDB4775248B80FB57
@@ -33,6 +38,9 @@ DTYPES = {1: np.dtype("<f4"), 2: np.dtype("<f8"), 3: np.dtype("<i4"), 4: np.dtyp
           18: np.dtype("<c16"), 19: np.dtype("<f2"), 22: np.dtype("<u4"), 23: np.dtype("<u8")}
 BFLOAT16 = 14                    # no numpy dtype; sized as 2 bytes, exposed as raw uint16
 STRING = 7                       # variable-length (lengths, masked CRC, bytes): checksummed, never viewed
+# DataType -> gpt2cy's stored type (formats/dtypes.py), for the types a weight may have.
+STORED = {1: st_types.F32, 19: st_types.F16, BFLOAT16: st_types.BF16}
+_HALF = {19: st_types.F16, BFLOAT16: st_types.BF16}   # 16-bit float types verify() checks for NaN/inf
 DTYPE_NAMES = {1: "float32", 2: "float64", 3: "int32", 4: "uint8", 5: "int16", 6: "int8", 7: "string",
                8: "complex64", 9: "int64", 10: "bool", 14: "bfloat16", 17: "uint16", 18: "complex128",
                19: "float16", 22: "uint32", 23: "uint64"}
@@ -197,6 +205,11 @@ class Entry:
     @property
     def dtype_name(self) -> str:
         return DTYPE_NAMES.get(self.dtype, f"DataType {self.dtype}")
+
+    @property
+    def stored_type(self) -> str | None:
+        """'f32', 'f16' or 'bf16' for a tensor of a weight type gpt2cy supports, else None."""
+        return STORED.get(self.dtype)
 
 
 def _parse_shape(buf, what: str) -> tuple[int, ...]:
@@ -469,18 +482,20 @@ class TensorBundle:
         return memoryview(self._map)[e.offset:e.offset + e.size]
 
     def tensor(self, name: str) -> np.ndarray:
-        """The tensor as a read-only numpy view (bfloat16 appears as uint16)."""
+        """The tensor as a read-only numpy array in its stored dtype (bfloat16 appears as uint16): a view of the
+        mapped file, or an aligned copy when its offset is not a multiple of the item size (C code reads a
+        float32 tensor through a float*, which must be aligned)."""
         e = self.index.entries[name]
         if e.dtype == STRING:
             raise CheckpointError(f"{self.index.path}: tensor '{name}' holds strings, which cannot be viewed")
         dtype = DTYPES.get(e.dtype, np.dtype("<u2"))
-        a = np.frombuffer(self.raw(name), dtype=dtype).reshape(e.shape)
-        return a if dtype.isnative else a.astype(dtype.newbyteorder("="))
+        return st_types.aligned(np.frombuffer(self.raw(name), dtype=dtype).reshape(e.shape))
 
     def verify(self, names=None, check_finite: bool = True) -> int:
         """Check the CRC-32C of every tensor (or of `names`); return the number of bytes checked.
 
-        With `check_finite`, float32 tensors must also hold no NaN or infinity (counted in the same pass).
+        With `check_finite`, float32, float16 and bfloat16 tensors must also hold no NaN or infinity (float32's
+        counted in the CRC pass, the 16-bit types' in a second pass over the tensor).
         """
         total = 0
         for name in (self.index.entries if names is None else names):
@@ -492,6 +507,8 @@ class TensorBundle:
                 crc, nonfinite = checksum_f32(raw)
             else:
                 crc, nonfinite = crc32c(raw), 0
+                if check_finite and e.dtype in _HALF:
+                    nonfinite = st_types.count_nonfinite(self.tensor(name), _HALF[e.dtype])
             if crc != e.crc32c:
                 raise CheckpointError(f"{self.data_path}: checksum mismatch in tensor '{name}' "
                                       f"(bytes [{e.offset}, {e.offset + e.size}) are corrupt)")

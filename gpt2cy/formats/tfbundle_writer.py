@@ -3,8 +3,9 @@
 Byte-compatible with TF's BundleWriter (tensorflow/core/util/tensor_bundle): the index is a LevelDB-style
 table with no compression, 16-entry restarts in data blocks, 256 KiB target block size, shortest separators
 in the index block, and a 48-byte footer; tensor bytes are dense (alignment 1) in the order they are added.
-Used by tests and benchmarks to make random-weight checkpoints of any size; see
-shared/formats/tf-tensor-bundle.md for the format.
+Used by tests and benchmarks to make random-weight checkpoints of any size. The format is TensorFlow's
+tensorflow/core/protobuf/tensor_bundle.proto and tensorflow/core/util/tensor_bundle/tensor_bundle.cc, over the
+LevelDB table format (leveldb doc/table_format.md).
 """
 from __future__ import annotations
 

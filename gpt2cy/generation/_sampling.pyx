@@ -1,12 +1,12 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 # (every index below comes from these loops over validated lengths; the def entry points check their inputs)
-"""The per-token hot paths of gpt2cy.sampling: select, soften, cut and draw in C.
+"""The per-token hot paths of gpt2cy.generation.sampling: select, soften, cut and draw in C.
 
 With top-k on: numpy's argpartition plus a dozen small array calls cost ~70 us a token, close to 1% of a
 124M decode step; one pass with a k-entry min-heap and scalar loops over the k survivors costs a fraction.
 Top-p alone: a radix select finds the nucleus without sorting the vocabulary (see below); shift_scale and
-normalise are the compiled halves of gpt2cy.sampling.softmax around numpy's exp (the same bits, fewer passes).
-gpt2cy.sampling.candidates is the readable reference; tests check this module keeps the same sets and
+normalise are the compiled halves of gpt2cy.generation.sampling.softmax around numpy's exp (the same bits, fewer passes).
+gpt2cy.generation.sampling.candidates is the readable reference; tests check this module keeps the same sets and
 (top-k) draws the same tokens.
 """
 import numpy as np
@@ -121,7 +121,7 @@ def sample_top_k(const float[::1] logits not None, Py_ssize_t k, double temperat
     """Draw one token: top-k, then softmax(v / temperature) over the k, then top-p and min-p cuts,
     then the first survivor whose cumulative probability exceeds u (in [0, 1)) times the kept mass.
 
-    Same rules and arithmetic order as gpt2cy.sampling.candidates + Sampler (float64 over the k).
+    Same rules and arithmetic order as gpt2cy.generation.sampling.candidates + Sampler (float64 over the k).
     """
     cdef Py_ssize_t V = logits.shape[0]
     if k <= 0 or V == 0:
@@ -179,10 +179,10 @@ def sample_top_k(const float[::1] logits not None, Py_ssize_t k, double temperat
 # ------------------------------------------------------------------------------------------------
 # Top-p without top-k: the nucleus of a full-vocabulary distribution without sorting it.
 #
-# The reference (gpt2cy.sampling.candidates) sorts the probabilities, best first (ties: lower id first),
+# The reference (gpt2cy.generation.sampling.candidates) sorts the probabilities, best first (ties: lower id first),
 # and keeps the shortest prefix whose float64 running sum reaches top_p. Here: one vectorised pass sums
 # the mass at or above each of NT power-of-4 steps below the max (in 2^-60 fixed point: integer sums
-# vectorise; the input must be a normalised distribution, as gpt2cy.sampling.softmax makes it),
+# vectorise; the input must be a normalised distribution, as gpt2cy.generation.sampling.softmax makes it),
 # which names the band the cut falls in; only that band's members are gathered, then narrowed by a radix
 # select on their float32 bit patterns (monotone in the value for non-negative floats: 12-bit digits of
 # the offset into the band, two levels for a 2-octave band), and only the last few are sorted. Summing
@@ -505,7 +505,7 @@ cdef inline bint _kept(float v, int status, float vb, Py_ssize_t n_ties, Py_ssiz
 
 def nucleus(const float[::1] probs not None, double top_p, double min_p=0.0):
     """The ids (ascending) the reference keeps for top-p then min-p on a full distribution `probs` [V]
-    (float32, as gpt2cy.sampling.softmax makes it), or None when the cut is too close to call or
+    (float32, as gpt2cy.generation.sampling.softmax makes it), or None when the cut is too close to call or
     `probs` is not a distribution."""
     cdef Py_ssize_t V = probs.shape[0], i, n = 0, seen = 0, n_ties = 0
     if V and not 0.999 < np.sum(np.asarray(probs), dtype=np.float64) < 1.001:
@@ -537,7 +537,7 @@ def nucleus(const float[::1] probs not None, double top_p, double min_p=0.0):
 
 def sample_nucleus(const float[::1] probs not None, double top_p, double min_p, double u):
     """Draw one token from the top-p / min-p cut of `probs` [V] (float32 summing to 1, as
-    gpt2cy.sampling.softmax makes it: a row that does not is refused when seen, but not always seen;
+    gpt2cy.generation.sampling.softmax makes it: a row that does not is refused when seen, but not always seen;
     the same kept set as nucleus()), walking the kept tokens in id
     order: the first whose running mass exceeds u (in [0, 1)) times the kept total. Returns -1 when the
     cut is too close to call or the input is not a distribution (use the reference instead)."""

@@ -21,7 +21,8 @@ from typing import Callable, Iterable, Iterator, List, Optional, Tuple, Union
 import numpy as np
 
 from ..errors import ContextLengthError
-from .loop import GenerationChunk, KVCache, context_size, stderr_notice, stream_generate
+from ..notices import notice
+from .loop import GenerationChunk, KVCache, context_size, stream_generate
 from .sampling import Sampler, SamplingParams
 
 USER, BOT = "Alice", "Bob"
@@ -67,7 +68,9 @@ class Chat:
     `chat.max_new_tokens` caps each reply, `chat.stop` adds stop strings to the built-in ones, and
     `chat.multiline = True` lets a reply run over several lines (it then ends only at "\nAlice:", eos,
     a stop string or the token limit).
-    `on_notice` receives one-line notices (context overflow); by default they go to stderr.
+    `on_notice` receives one-line notices (context overflow); by default gpt2cy.notices.notice (the "gpt2cy"
+    logger, or the handler the program set; None drops them).
+    The last chunk of a streamed reply carries its Response (`chunk.response`), as generate's does.
     `chat.save(path)` / `chat.load(path)` write and restore the conversation as a JSON transcript.
     """
 
@@ -75,7 +78,7 @@ class Chat:
                  max_new_tokens: Optional[int] = 128, temperature: float = 0.8, top_k: int = 40,
                  top_p: float = 0.95, min_p: float = 0.0, repetition_penalty: float = 1.1,
                  repeat_last_n: int = 64, seed: Optional[int] = None, stop: Iterable[str] = (),
-                 multiline: bool = False, on_notice: Optional[Callable[[str], None]] = stderr_notice):
+                 multiline: bool = False, on_notice: Optional[Callable[[str], None]] = notice):
         if template not in TEMPLATES:
             raise ValueError(f"unknown chat template {template!r} (known: {', '.join(TEMPLATES)})")
         self.model = model
@@ -295,16 +298,17 @@ class Chat:
         gen: List[int] = []
         parts: List[str] = []
         stops = [f"\n{USER}:", *self.stop] if self.multiline else ["\n", f"\n{USER}:", *self.stop]
+        chunks = stream_generate(self.model, prompt, pick, max_new_tokens=self.max_new_tokens, stop=stops,
+                                 cache=self._cache, seed=self.seed, on_notice=self.on_notice)
         try:
-            for chunk in stream_generate(self.model, prompt, pick, max_new_tokens=self.max_new_tokens,
-                                         stop=stops, cache=self._cache,
-                                         on_notice=self.on_notice):
+            for chunk in chunks:
                 if chunk.token is not None:
                     gen.append(chunk.token)
                 parts.append(chunk.text)
                 turn.finish_reason = chunk.finish_reason
                 yield chunk
         finally:
+            chunks.close()
             turn.reply = "".join(parts)
             turn.reply_ids = self._reply_ids(gen, turn.reply)
             self.turns.append(turn)

@@ -1,27 +1,38 @@
-"""Text generation: the token loop over a Model, streamed as GenerationChunk objects.
+"""Text generation: the token loop over a Model, streamed as GenerationChunk objects, ending in a Response.
 
     generate(model, "Hello", max_new_tokens=20)                  # -> str
-    for chunk in generate(model, "Hello", stream=True): ...      # -> GenerationChunk per token
+    complete(model, "Hello", max_new_tokens=20)                  # -> Response (text, usage, timings, seed, ...)
+    for chunk in generate(model, "Hello", stream=True): ...      # -> GenerationChunk per token; the last one
+                                                                 #    has a finish_reason and .response
 
 The loop goes back to Python between tokens, so Ctrl-C (KeyboardInterrupt) is seen after at most one
-decode step. GPT-2's positions are absolute, so the KV cache cannot be shifted: a prompt longer than the
-context is an error unless truncation is asked for, and reaching n_ctx ends the text with
-finish_reason "length" and a notice (or, with context_shift, re-prefills the last half and goes on).
+decode step; `Stream.interrupt()` then gives the Response of what was released (finish_reason
+"interrupted"). GPT-2's positions are absolute, so the KV cache cannot be shifted: a prompt longer than the
+context is an error unless truncation is asked for, and reaching n_ctx ends the text with finish_reason
+"length" and a notice (or, with context_shift, re-prefills the last half and goes on).
+
+Notices (prompt truncated, context full) go to `on_notice`, by default gpt2cy.notices.notice: the "gpt2cy"
+logger, or the handler a program installed. The library never prints them itself.
 """
 from __future__ import annotations
 
-import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from ..errors import ContextLengthError
+from ..ids import check_ids
+from ..notices import notice
+from .response import FINISH_REASONS, Response, Timings, Usage, model_name
 from .sampling import Sampler, SamplingParams
 from .stopping import StopMatcher
 
-FINISH_REASONS = ("stop", "length", "eos")
+NoticeFn = Optional[Callable[[str], None]]
+
+__all__ = ["FINISH_REASONS", "GenerationChunk", "KVCache", "Stream", "check_prompt", "complete",
+           "context_size", "generate", "prepare_prompt", "stream_generate"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +46,7 @@ class GenerationChunk:
     prompt_tps / generation_tps: prompt tokens prefilled per second; tokens generated per second so far.
     prompt_tokens: length of the prompt; cached_tokens: how many of them were already in the KV cache;
     completion_tokens: tokens generated so far (this one included).
+    response: on the last chunk only, the Response of the whole generation (else None).
     """
     text: str
     token: Optional[int]
@@ -44,11 +56,7 @@ class GenerationChunk:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
-
-
-def stderr_notice(message: str) -> None:
-    """The default notice sink: one line on stderr."""
-    print(f"gpt2cy: {message}", file=sys.stderr, flush=True)
+    response: Optional[Response] = field(default=None, repr=False, compare=False)
 
 
 def context_size(model) -> int:
@@ -59,36 +67,55 @@ def context_size(model) -> int:
 
 
 class KVCache:
-    """Which tokens the model's KV cache holds, so a new prompt prefills only what follows the longest
-    prefix it shares with them (the model is truncated to that prefix first; GPT-2's positions are
-    absolute, so the cached positions before it stay exact).
+    """Which tokens the model's KV cache (one slot of it) holds, so a new prompt prefills only what follows
+    the longest prefix it shares with them (the model is truncated to that prefix first; GPT-2's positions
+    are absolute, so the cached positions before it stay exact).
 
     A follow-up turn extends the cache; /regen, /undo, dropped turns or a reply that re-encodes
     differently diverge somewhere inside it and reuse everything before that point.
 
-    Anything that might leave the model in an unknown state (an exception mid-call, another user of the
-    model) makes the next prefill start from a reset: the record is trusted only when it agrees with
-    model.n_past.
+    The record is trusted only while nothing else changed the model's cache: the model's
+    `cache_version(slot)` (a number that changes on every mutation of the slot) must still be the one seen
+    after this record's last call, and model.n_past must match. Anything else (another generation on the
+    same model, an exception mid-call) makes the next call rebuild the cache by prefilling, never continue
+    from someone else's tokens.
     """
 
-    def __init__(self, model):
+    def __init__(self, model, slot: int = 0):
         self.model = model
+        self.slot = slot
+        self._kw = {} if slot == 0 else {"slot": slot}
         self.ids: Optional[List[int]] = []
         self._last_logits: Optional[np.ndarray] = None
         # the logits after the last prefilled prompt, and its length: a /regen asks for them again
         self._prompt_logits: Optional[Tuple[int, np.ndarray]] = None
+        self._version = self._model_version()
 
     @property
     def n_past(self) -> int:
-        return len(self.ids) if self.ids is not None else self.model.n_past
+        return len(self.ids) if self.ids is not None else self._model_past()
+
+    def _model_past(self) -> int:
+        past = getattr(self.model, "past", None)       # past(slot) on a model with slots, else n_past
+        return past(self.slot) if past is not None else self.model.n_past
+
+    def _model_version(self):
+        version = getattr(self.model, "cache_version", None)
+        return None if version is None else version(self.slot)
 
     def _trusted(self) -> bool:
-        return self.ids is not None and self.model.n_past == len(self.ids)
+        return (self.ids is not None and self._model_version() == self._version
+                and self._model_past() == len(self.ids))
+
+    def _seen(self) -> None:
+        """Record the model's cache version after a call of ours."""
+        self._version = self._model_version()
 
     def reset(self) -> None:
         self.ids = None
-        self.model.reset()
+        self.model.reset(**self._kw)
         self.ids, self._last_logits, self._prompt_logits = [], None, None
+        self._seen()
 
     def prefill(self, ids: Sequence[int]):
         """Make the cache hold exactly `ids`; return (last position's logits [V], tokens reused)."""
@@ -116,23 +143,34 @@ class KVCache:
     def step(self, token: int) -> np.ndarray:
         """Append one token; return the logits [V] for the next position."""
         ids, self.ids, self._last_logits = self.ids, None, None
-        logits = self.model.step(token)
+        logits = self.model.step(token, **self._kw)
         if ids is not None:                           # else the record stays unknown: next prefill resets
             ids.append(token)
             self.ids = ids
         self._last_logits = logits
+        self._seen()
         return logits
+
+    def extend(self, ids: Sequence[int]) -> np.ndarray:
+        """Make the cache hold `ids`, one token more than it held after our last call: a decode step when
+        the cache is as we left it, else (another generation used the model in between) a rebuild through
+        prefill. Returns the logits [V] for the next position."""
+        if self._trusted() and len(self.ids) + 1 == len(ids) and self.ids == ids[:-1]:
+            return self.step(ids[-1])
+        return self.prefill(ids)[0]
 
     def _truncate(self, n: int) -> None:
         if n < len(self.ids):
             ids, self.ids, self._last_logits = self.ids, None, None
-            self.model.truncate(n)
+            self.model.truncate(n, **self._kw)
             self.ids = ids[:n]
+            self._seen()
 
     def _run(self, new, all_ids):
         self.ids, self._last_logits = None, None      # unknown until the call returns
-        logits = self.model.prefill(new)
+        logits = self.model.prefill(new, **self._kw)
         self.ids, self._last_logits = all_ids, logits
+        self._seen()
         return logits
 
 
@@ -151,14 +189,15 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return lo
 
 
-def check_prompt(ids: Sequence[int], n_ctx: int, n_vocab: int, truncate: bool = False,
-                 room: int = 1, on_notice: Optional[Callable[[str], None]] = None) -> List[int]:
-    """Validate prompt ids against the vocabulary and the context; cut the oldest ones if `truncate`."""
-    out = []
-    for t in ids:
-        if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= t < n_vocab:
-            raise ValueError(f"token ids must be integers in [0, {n_vocab}), got {t!r}")
-        out.append(int(t))
+# -- the prompt ----------------------------------------------------------------------------------------
+def check_prompt(ids, n_ctx: int, n_vocab: int, truncate: bool = False, room: int = 1,
+                 on_notice: NoticeFn = notice) -> List[int]:
+    """Validate prompt ids (gpt2cy.ids.check_ids: InvalidTokenError for a bad one) against the vocabulary
+    and the context; cut the oldest ones if `truncate`, keeping room for `room` new tokens (at most half
+    the context), with a notice."""
+    if not isinstance(ids, (list, tuple, range, np.ndarray)):
+        ids = list(ids)
+    out = check_ids(ids, n_vocab, allow_empty=True).tolist()
     if len(out) > n_ctx:
         if not truncate:
             raise ContextLengthError(
@@ -172,37 +211,146 @@ def check_prompt(ids: Sequence[int], n_ctx: int, n_vocab: int, truncate: bool = 
     return out
 
 
-def stream_generate(model, prompt_ids: Sequence[int], sampler: Sampler, *,
-                    max_new_tokens: Optional[int] = 128, stop: Iterable[str] = (),
-                    ignore_eos: bool = False, cache: Optional[KVCache] = None,
-                    context_shift: bool = False,
-                    on_notice: Optional[Callable[[str], None]] = stderr_notice) -> Iterator[GenerationChunk]:
-    """The token loop: yields one GenerationChunk per sampled token; the last one has a finish_reason.
+def prepare_prompt(model, prompt_or_ids: Union[str, Sequence[int]], *, max_new_tokens: Optional[int] = 128,
+                   truncate: bool = False, allowed_special=frozenset(),
+                   on_notice: NoticeFn = notice) -> List[int]:
+    """The prompt as token ids that fit the model's context (what generate and the command line run).
 
-    prompt_ids must already fit the context (see check_prompt). `cache` lets a caller (Chat) keep the
-    KV cache between calls so a prompt that extends the cached tokens prefills only the new ones.
-    max_new_tokens None or negative: until a stop, eos or the end of the context.
+    Text is encoded ("<|endoftext|>" stays text unless allowed_special names it); ids (a sequence or a 1-D
+    integer array) are validated; an empty prompt becomes [<|endoftext|>]. A prompt longer than the context
+    raises ContextLengthError, or with truncate keeps the newest tokens, leaving room for max_new_tokens
+    (None or negative: half the context).
     """
     tok = model.tokenizer
+    if isinstance(prompt_or_ids, str):
+        ids = tok.encode(prompt_or_ids, allowed_special=allowed_special)
+    elif isinstance(prompt_or_ids, (bytes, bytearray)):
+        raise TypeError("the prompt must be str or a sequence of token ids, not bytes")
+    else:
+        ids = prompt_or_ids if isinstance(prompt_or_ids, np.ndarray) else list(prompt_or_ids)
+    if len(ids) == 0:
+        ids = [tok.eot_token]
     n_ctx = context_size(model)
-    eos = tok.eot_token
+    room = n_ctx // 2 if max_new_tokens is None or max_new_tokens < 0 else max_new_tokens
+    return check_prompt(ids, n_ctx, model.config.n_vocab, truncate=truncate, room=room, on_notice=on_notice)
+
+
+# -- the token loop ------------------------------------------------------------------------------------
+class _Run:
+    """What a generation has released so far, kept outside the loop's frame so that a Response can be
+    made however the loop ends (finished, closed, or an exception such as KeyboardInterrupt)."""
+
+    def __init__(self, model, n_prompt: int, seed: Optional[int]):
+        self.model = model_name(model)
+        self.seed = seed
+        self.n_prompt = n_prompt
+        self.n_cached = 0
+        self.tokens: List[int] = []
+        self.parts: List[str] = []
+        self.t0 = self.t1 = self.t_last = None
+        self.response: Optional[Response] = None
+
+    def build(self, finish_reason: str) -> Response:
+        now = time.perf_counter()
+        t0 = self.t0 if self.t0 is not None else now
+        t1 = self.t1 if self.t1 is not None else now
+        t_last = self.t_last if self.t_last is not None else t1
+        n_new = self.n_prompt - self.n_cached if self.t1 is not None else 0
+        prompt_s, gen_s = t1 - t0, t_last - t1
+        timings = Timings(prompt_ms=prompt_s * 1e3, prompt_tps=n_new / prompt_s if n_new and prompt_s > 0 else 0.0,
+                          gen_ms=gen_s * 1e3,
+                          gen_tps=len(self.tokens) / gen_s if self.tokens and gen_s > 0 else 0.0)
+        return Response(text="".join(self.parts), token_ids=tuple(self.tokens), finish_reason=finish_reason,
+                        usage=Usage(self.n_prompt, len(self.tokens), self.n_cached), timings=timings,
+                        seed=self.seed, model=self.model)
+
+
+class Stream:
+    """The chunks of one generation (an iterator of GenerationChunk), and its Response.
+
+    seed and prompt_tokens are known before the first chunk. `response` is None until the last chunk has
+    been produced (it is that chunk's .response). `interrupt()` stops the generation where it is (Ctrl-C)
+    and returns the Response of what was released, finish_reason "interrupted".
+    """
+
+    def __init__(self, chunks: Iterator[GenerationChunk], run: _Run):
+        self._chunks = chunks
+        self._run = run
+
+    def __iter__(self) -> "Stream":
+        return self
+
+    def __next__(self) -> GenerationChunk:
+        return next(self._chunks)
+
+    def close(self) -> None:
+        self._chunks.close()
+
+    @property
+    def seed(self) -> Optional[int]:
+        return self._run.seed
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self._run.n_prompt
+
+    @property
+    def response(self) -> Optional[Response]:
+        return self._run.response
+
+    def interrupt(self) -> Response:
+        """Stop generating; the Response so far (finish_reason "interrupted" unless it had finished)."""
+        self._chunks.close()
+        run = self._run
+        if run.response is None:
+            run.response = run.build("interrupted")
+        return run.response
+
+
+def stream_generate(model, prompt_ids: Sequence[int], sampler: Callable[[np.ndarray, Sequence[int]], int], *,
+                    max_new_tokens: Optional[int] = 128, stop: Iterable[str] = (),
+                    ignore_eos: bool = False, cache: Optional[KVCache] = None,
+                    context_shift: bool = False, seed: Optional[int] = None, slot: int = 0,
+                    on_notice: NoticeFn = notice) -> Stream:
+    """The token loop: a Stream of one GenerationChunk per sampled token; the last one has a finish_reason
+    and the Response.
+
+    prompt_ids must already fit the context (see prepare_prompt). sampler(logits, ids) picks a token (a
+    Sampler, or a function around one). `cache` lets a caller (Chat) keep the KV cache between calls so a
+    prompt that extends the cached tokens prefills only the new ones. max_new_tokens None or negative: until
+    a stop, eos or the end of the context. seed: what the Response reports (default: sampler.seed).
+    slot: the model's KV-cache slot to run in, when no cache is given (a model loaded with n_slots > 1).
+    """
     ids = list(prompt_ids)
     if not ids:
         raise ValueError("the prompt must hold at least one token")
+    n_ctx = context_size(model)
     if len(ids) > n_ctx:
         raise ContextLengthError(f"the prompt is {len(ids)} tokens but the model's context holds {n_ctx}")
     limit = None if max_new_tokens is None or max_new_tokens < 0 else int(max_new_tokens)
-    cache = cache if cache is not None else KVCache(model)
+    run = _Run(model, len(ids), seed if seed is not None else getattr(sampler, "seed", None))
+    cache = cache if cache is not None else KVCache(model, slot)
+    return Stream(_loop(model, ids, sampler, run, limit, StopMatcher(stop), ignore_eos, cache,
+                        context_shift, on_notice), run)
+
+
+def _loop(model, ids, sampler, run: _Run, limit, matcher: StopMatcher, ignore_eos, cache: KVCache,
+          context_shift, on_notice) -> Iterator[GenerationChunk]:
+    tok = model.tokenizer
+    n_ctx = context_size(model)
+    eos = tok.eot_token
     n_prompt = len(ids)
     if limit == 0:
-        yield GenerationChunk("", None, "length", prompt_tokens=n_prompt)
+        run.response = run.build("length")
+        yield GenerationChunk("", None, "length", prompt_tokens=n_prompt, response=run.response)
         return
-    t0 = time.perf_counter()
+    run.t0 = time.perf_counter()
     logits, n_cached = cache.prefill(ids)
-    t1 = time.perf_counter()
-    prompt_tps = (n_prompt - n_cached) / (t1 - t0) if n_prompt > n_cached and t1 > t0 else 0.0
+    run.t1 = t1 = time.perf_counter()
+    run.n_cached = n_cached
+    prompt_tps = (n_prompt - n_cached) / (t1 - run.t0) if n_prompt > n_cached and t1 > run.t0 else 0.0
+    held = list(ids)                                  # what the KV cache holds
     decoder = tok.stream_decoder()
-    matcher = StopMatcher(stop)
     n_gen = 0
     while True:
         token = sampler(logits, ids)
@@ -217,28 +365,35 @@ def stream_generate(model, prompt_ids: Sequence[int], sampler: Sampler, *,
                 finish = "stop"
         if finish is None and limit is not None and n_gen >= limit:
             finish = "length"
-        if finish is None and cache.n_past >= n_ctx and not context_shift:
+        context_full = finish is None and len(held) >= n_ctx and not context_shift
+        if context_full:
             finish = "length"
-            if on_notice:
-                on_notice(f"context full ({n_ctx} tokens): stopped")
         if finish in ("length", "eos"):
             tail, stopped = matcher.feed(decoder.flush())
             text += tail if stopped else tail + matcher.flush()
             finish = "stop" if matcher.stopped else finish
         now = time.perf_counter()
+        run.tokens.append(token)
+        run.parts.append(text)
+        run.t_last = now
+        if finish:
+            run.response = run.build(finish)
+            if context_full and on_notice:
+                on_notice(f"context full ({n_ctx} tokens): stopped")
         yield GenerationChunk(text, token, finish, prompt_tps, n_gen / (now - t1) if now > t1 else 0.0,
-                              n_prompt, n_gen, n_cached)
+                              n_prompt, n_gen, n_cached, run.response)
         if finish:
             return
-        if cache.n_past >= n_ctx:
-            # context_shift: positions are absolute, so re-prefill the newest half (Carlini's recipe)
-            keep = ids[-max(1, n_ctx // 2):]
+        if len(held) >= n_ctx:
+            # context_shift: positions are absolute, so re-prefill the newest half (as carlini/c-chat-gpt-2 does)
+            held = ids[-max(1, n_ctx // 2):]
             if on_notice:
-                on_notice(f"context full ({n_ctx} tokens): continuing from the last {len(keep)}")
+                on_notice(f"context full ({n_ctx} tokens): continuing from the last {len(held)}")
             cache.reset()
-            logits, _ = cache.prefill(keep)
+            logits, _ = cache.prefill(held)
         else:
-            logits = cache.step(token)
+            held.append(token)
+            logits = cache.extend(held)
 
 
 def generate(model, prompt_or_ids: Union[str, Sequence[int]], max_new_tokens: Optional[int] = 128,
@@ -246,16 +401,20 @@ def generate(model, prompt_or_ids: Union[str, Sequence[int]], max_new_tokens: Op
              repetition_penalty: float = 1.0, repeat_last_n: int = 64, stop: Union[str, Iterable[str], None] = None,
              seed: Optional[int] = None, stream: bool = False, truncate: bool = False,
              context_shift: bool = False, ignore_eos: bool = False, allowed_special=frozenset(),
-             on_notice: Optional[Callable[[str], None]] = stderr_notice, *,
+             on_notice: NoticeFn = notice, *, return_response: bool = False, slot: int = 0,
              max_tokens: Optional[int] = None, repeat_penalty: Optional[float] = None):
     """Continue a prompt (text or token ids) with GPT-2.
 
-    Returns the generated text (stop strings left out), or with stream=True an iterator of
-    GenerationChunk, one per token. temperature=0 is greedy argmax; a seed makes the output identical
-    on one machine and thread count. `max_tokens` and `repeat_penalty` are aliases (llama-cpp-python).
+    Returns the generated text (stop strings left out); with return_response=True the Response (text,
+    token ids, finish_reason, usage, timings, seed, model); with stream=True a Stream of GenerationChunk,
+    one per token, whose last chunk carries the Response. temperature=0 is greedy argmax; a seed makes the
+    output identical on one machine and thread count (without one, a seed is drawn and reported in the
+    Response). `max_tokens` and `repeat_penalty` are aliases (llama-cpp-python).
     A prompt longer than the context raises ContextLengthError unless truncate=True (keep the newest
     tokens, leaving room to generate); reaching the end of the context ends with "length" and a notice,
     or with context_shift=True continues from the newest half. An empty prompt starts from <|endoftext|>.
+    Notices go to on_notice (default: gpt2cy.notices.notice; None: dropped). slot: the KV-cache slot to
+    use on a model loaded with n_slots > 1 (generations in different slots never disturb each other).
     """
     if max_tokens is not None:
         max_new_tokens = max_tokens
@@ -269,22 +428,21 @@ def generate(model, prompt_or_ids: Union[str, Sequence[int]], max_new_tokens: Op
     sampler = Sampler(params, seed)
     stops = [stop] if isinstance(stop, str) else list(stop or ())
     StopMatcher(stops)                                  # validate now, not at the first token
-    tok = model.tokenizer
-    cfg = model.config
-    if isinstance(prompt_or_ids, str):
-        ids = tok.encode(prompt_or_ids, allowed_special=allowed_special)
-    elif isinstance(prompt_or_ids, (bytes, bytearray)):
-        raise TypeError("the prompt must be str or a sequence of token ids, not bytes")
-    else:
-        ids = list(np.asarray(prompt_or_ids).reshape(-1).tolist()) if isinstance(prompt_or_ids, np.ndarray) \
-            else list(prompt_or_ids)
-    if not ids:
-        ids = [tok.eot_token]
-    n_ctx = context_size(model)
-    room = n_ctx // 2 if max_new_tokens is None or max_new_tokens < 0 else max_new_tokens
-    ids = check_prompt(ids, n_ctx, cfg.n_vocab, truncate=truncate, room=room, on_notice=on_notice)
+    ids = prepare_prompt(model, prompt_or_ids, max_new_tokens=max_new_tokens, truncate=truncate,
+                         allowed_special=allowed_special, on_notice=on_notice)
     chunks = stream_generate(model, ids, sampler, max_new_tokens=max_new_tokens, stop=stops,
-                             ignore_eos=ignore_eos, context_shift=context_shift, on_notice=on_notice)
+                             ignore_eos=ignore_eos, context_shift=context_shift, slot=slot,
+                             on_notice=on_notice)
     if stream:
         return chunks
-    return "".join(c.text for c in chunks)
+    for _ in chunks:
+        pass
+    return chunks.response if return_response else chunks.response.text
+
+
+def complete(model, prompt_or_ids: Union[str, Sequence[int]], **kwargs) -> Response:
+    """generate(...) returning the Response instead of the text (same arguments; not stream)."""
+    if kwargs.pop("stream", False):
+        raise ValueError("complete() returns one Response; use generate(..., stream=True) to stream")
+    kwargs.pop("return_response", None)
+    return generate(model, prompt_or_ids, return_response=True, **kwargs)

@@ -2,7 +2,7 @@
 
 The order follows HF transformers' logits processors: repetition penalty, then temperature, then top-k,
 top-p and min-p on the tempered distribution, then one draw from a seeded numpy Generator.
-Temperature 0 is greedy argmax (after the penalty), the same choice as Carlini's C chat.
+Temperature 0 is greedy argmax (after the penalty), the same choice as Carlini's C chat (carlini/c-chat-gpt-2).
 
 `candidates()` is the readable numpy version of the rules. Sampler takes compiled paths in _sampling.pyx
 instead: with top-k on (the default), one pass over the row with a k-entry heap, then scalar work on the k
@@ -74,7 +74,8 @@ def random_seed() -> int:
 
 
 def apply_repetition_penalty(logits: np.ndarray, tokens: Sequence[int], penalty: float) -> np.ndarray:
-    """Penalise every token in `tokens` once (CTRL / HF rule); returns a new array when it changes anything.
+    """Penalise every token in `tokens` once (the CTRL paper's rule, arXiv:1909.05858, as HF's
+    RepetitionPenaltyLogitsProcessor); returns a new array when it changes anything.
 
     logits: [V] float32.  Positive logits are divided by `penalty`, negative ones multiplied.
     """

@@ -16,9 +16,11 @@ The rules, per file (`fetch`):
 - The size must equal Content-Length and, when the caller knows it (the official bucket), the published size;
   `sha256` is checked when given, and so is an MD5 the server states (Content-MD5 or Azure's
   x-ms-blob-content-md5, hashed while streaming). Then fsync, atomic rename, fsync of the directory.
-- Ctrl-C or any error removes `<file>.incomplete`. Only a process that is killed outright (SIGKILL, power loss)
-  leaves one behind; the next fetch resumes it (its bytes are then proved by the server's MD5, the sha256 or
-  the checkpoint's CRC32C verification that follows a model download).
+- Ctrl-C or any error removes `<file>.incomplete` and never touches `<file>`: a file already under the final
+  name stays exactly as it was until the rename replaces it with a whole, checked one. Only a process that is
+  killed outright (SIGKILL, power loss) leaves a partial file behind; the next fetch resumes it (its bytes are
+  then proved by the server's MD5, the sha256 or the checkpoint's CRC32C verification that follows a model
+  download).
 - Errors writing locally (disk full) fail at once; they are not mistaken for network trouble and retried.
 - `GPT2CY_OFFLINE=1` makes `fetch` refuse before any socket is opened.
 """
@@ -38,7 +40,8 @@ import urllib.request
 from dataclasses import dataclass
 
 from ..errors import DownloadError
-from .progress import FileProgress, note
+from ..notices import notice
+from .progress import FileProgress
 
 PARTIAL_SUFFIX = ".incomplete"
 CHUNK = 1 << 20                # bytes per read: large enough for ~GB/s, small enough for a smooth bar
@@ -213,10 +216,14 @@ def fetch(url: str, dest: str, *, expected_size: int | None = None, sha256: str 
                 raise DownloadError(f"{url}: sha256 {digest} does not match the published {sha256}")
         if check is not None:
             check(job.partial)
-        os.replace(job.partial, dest)
-        _fsync_dir(os.path.dirname(os.path.abspath(dest)))
-        job.progress.finish()
-        return size
+        try:
+            os.replace(job.partial, dest)  # atomic: `dest` is the old file or the new one, never neither
+        except OSError as e:
+            raise _RenameFailed(f"cannot move {job.partial} to {dest}: {e.strerror or e}") from None
+    except _RenameFailed as e:
+        job.progress.close()
+        _remove(job.partial)
+        raise DownloadError(str(e)) from None
     except OSError as e:  # a local failure: disk full, permissions, a vanished directory
         job.progress.close()
         _remove(job.partial)
@@ -225,6 +232,14 @@ def fetch(url: str, dest: str, *, expected_size: int | None = None, sha256: str 
         job.progress.close()
         _remove(job.partial)
         raise
+    # The new file is in place; nothing from here on may remove it or turn the download into a failure.
+    _fsync_dir(os.path.dirname(os.path.abspath(dest)))
+    job.progress.finish()
+    return size
+
+
+class _RenameFailed(Exception):
+    """Internal: the final rename failed (the partial file is removed; `dest` is untouched)."""
 
 
 class _Transfer:
@@ -252,9 +267,8 @@ class _Transfer:
                 if failures > self.settings.retries or attempts >= MAX_ATTEMPTS_WITH_PROGRESS:
                     raise DownloadError(f"{self.url}: {e} (gave up after {attempts} attempts)") from None
                 delay = min(MAX_BACKOFF_S, self.settings.backoff * 2 ** max(0, failures - 1))
-                if self.progress.enabled:
-                    self.progress.close()
-                    note(f"{self.progress.label}: {e}; retrying in {delay:.1f} s", stream=self.progress.stream)
+                self.progress.close()             # end a half-drawn bar's line before the notice
+                notice(f"{self.progress.label}: {e}; retrying in {delay:.1f} s")
                 time.sleep(delay)
         size = os.path.getsize(self.partial)
         if self.total is not None and size != self.total:  # unreachable unless the file changed under us

@@ -13,19 +13,22 @@ sizes and mtimes the files had when every tensor's CRC32C was checked; a later l
 whose files changed since is treated as unverified and checked again.
 
 Environment: GPT2CY_BASE_URL (mirror; default OpenAI's bucket), GPT2CY_OFFLINE=1 (never open a socket; cannot be
-overridden from code), GPT2CY_NO_PROGRESS, GPT2CY_HTTP_TIMEOUT/RETRIES/BACKOFF (see gpt2cy.download).
+overridden from code), GPT2CY_NO_PROGRESS, GPT2CY_HTTP_TIMEOUT/RETRIES/BACKOFF (see gpt2cy.hub.download).
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shutil
 import sys
 
 from ..config import PUBLISHED, Config
 from .download import FileLock, HttpSettings, PARTIAL_SUFFIX, fetch, offline_env
 from ..errors import CheckpointError, DownloadError, ModelNotFound
-from .progress import FileProgress, format_bytes, note, progress_enabled
+from ..formats.layout import SAFETENSORS, TF, find_layout, find_vocab
+from ..notices import notice
+from .progress import FileProgress, format_bytes, progress_enabled
 
 SIZES = ("124M", "355M", "774M", "1558M")
 ALIASES = {
@@ -44,8 +47,9 @@ MARKER = ".verified.json"
 MARKER_FORMAT = 1
 LOCK_FILE = ".lock"
 
-# Published sizes in OpenAI's bucket (INTERFACE.md section 3). The data file is 4 bytes per parameter: exact for
-# 124M and 355M, computed from hparams for 774M and 1558M. Files not listed are checked against Content-Length.
+# Published sizes in OpenAI's bucket (the files openai/gpt-2's download_model.py fetches, as the bucket serves
+# them). The data file is 4 bytes per parameter: exact for 124M and 355M, computed from hparams for 774M and
+# 1558M. Files not listed are checked against Content-Length.
 _TOKENIZER_BYTES = {"encoder.json": 1_042_301, "vocab.bpe": 456_318}
 _INDEX_BYTES = {"124M": 5_215, "355M": 10_399}
 _HPARAMS_BYTES = {"124M": 90, "355M": 91}  # 774M/1558M: 91 by the same format (unpublished; listed total only)
@@ -185,9 +189,9 @@ def _check_small_file(name: str, path: str) -> None:
         raise DownloadError(f"{name} is not a valid {name} file (JSON nested too deeply)") from None
 
 
-def verify_model(path: str) -> None:
+def verify_model(path: str, marker: bool = True) -> None:
     """Check a complete OpenAI-layout model directory (hparams, tokenizer files, every tensor's CRC32C) and
-    record it as verified. Raises CheckpointError (or DownloadError for a malformed small file)."""
+    (with `marker`) record it as verified. Raises CheckpointError (or DownloadError for a malformed small file)."""
     missing = missing_files(path)
     if missing:
         raise CheckpointError(f"{path}: missing {', '.join(missing)}")
@@ -195,7 +199,8 @@ def verify_model(path: str) -> None:
         _check_small_file(name, os.path.join(path, name))
     from ..formats.checkpoint import verify
     verify(path)
-    _write_marker(path)
+    if marker:
+        _write_marker(path)
 
 
 # --- resolving a -m argument ----------------------------------------------------------------------------------
@@ -207,13 +212,20 @@ def looks_like_path(s: str) -> bool:
 
 
 def model_layout(path: str) -> str | None:
-    """'openai' (hparams.json + model.ckpt.* + encoder.json + vocab.bpe), 'hf' (model.safetensors + vocab.json +
-    merges.txt), or None."""
-    if not missing_files(path):
-        return "openai"
-    if all(os.path.isfile(os.path.join(path, f)) for f in HF_FILES):
-        return "hf"
-    return None
+    """'openai' (hparams.json + a TF bundle + encoder.json + vocab.bpe), 'hf' (model.safetensors + vocab.json +
+    merges.txt [+ config.json]), or None when `path` is not a complete model directory.
+
+    The rules are formats.layout.find_layout's, the loader's own: a bundle prefix other than model.ckpt (named
+    by a TF `checkpoint` file, as gpt-2-simple saves) is fine, and either vocabulary file pair goes with either
+    kind of weights.
+    """
+    try:
+        layout = find_layout(path)
+    except CheckpointError:
+        return None
+    if not layout.complete:
+        return None
+    return {TF: "openai", SAFETENSORS: "hf"}[layout.kind]
 
 
 def _resolve_path(arg: str) -> str:
@@ -248,7 +260,8 @@ def resolve_model(name_or_path, download: bool = True, offline: bool | None = No
         (hparams.json, model.ckpt.index, model.ckpt.data-00000-of-00001, encoder.json, vocab.bpe) or
         HuggingFace's (model.safetensors, vocab.json, merges.txt [, config.json]). A string containing a path
         separator or starting with '.' or '~' is always a path; a bare string is a name first, then a path.
-    download: fetch a named model that is not cached (announced on stderr) instead of raising ModelNotFound.
+    download: fetch a named model that is not cached (announced as a notice, gpt2cy.notices) instead of
+        raising ModelNotFound.
     offline: never touch the network (also when GPT2CY_OFFLINE=1, which this argument cannot override).
     models_dir: the models directory to use instead of $GPT2CY_MODELS / <cache_root()>/models.
 
@@ -291,7 +304,7 @@ def _not_cached_message(size, path, missing, offline, force=False) -> str:
 
 
 def _verify_cached(size: str, path: str) -> None:
-    note(f"verifying model {size} in {path} (once; this reads every byte)")
+    notice(f"verifying model {size} in {path} (once; this reads every byte)")
     try:
         with _lock_if_writable(path, size):
             if not is_verified(path):  # another process may have verified it while we waited
@@ -312,7 +325,7 @@ class _NoLock:
 def _lock_if_writable(path: str, size: str):
     lock = os.path.join(path, LOCK_FILE)
     if os.access(path, os.W_OK) and (not os.path.exists(lock) or os.access(lock, os.W_OK)):
-        return FileLock(lock, on_wait=lambda: note(f"waiting for another process using model {size}"))
+        return FileLock(lock, on_wait=lambda: notice(f"waiting for another process using model {size}"))
     return _NoLock()  # a read-only models directory: nobody can be downloading into it
 
 
@@ -323,17 +336,22 @@ def download_models(names, force: bool = False, *, offline: bool | None = None, 
     """Make each named model complete and verified in the cache; return their directories, in order.
 
     names: model names or aliases (a single string is one name). Duplicates are fetched once.
-    force: fetch all five files again even when the model is cached (each file is replaced atomically).
+    force: fetch all five files again even when the model is cached. They are fetched and verified in
+        <model dir>/.incoming/ first and replace the cached ones only once verified, so a failed forced
+        download leaves the cached model as it was.
     offline: refuse to download (also when GPT2CY_OFFLINE=1); models already cached and verified are fine.
     models_dir: the models directory to use instead of $GPT2CY_MODELS / <cache_root()>/models.
     progress: show the progress bar / per-file lines (default: unless GPT2CY_NO_PROGRESS is set).
     http: timeouts, retries and backoff (default: from GPT2CY_HTTP_* variables).
 
-    Only missing files are fetched; a model whose cached files fail verification is fetched again once.
-    Announces each download (name, size, source, destination) on stderr first. Two processes or threads
-    downloading one model take turns on <model dir>/.lock. Raises ModelNotFound for an unknown name or for a
-    model that would need a download while offline, and DownloadError for a failed download or one that fails
-    verification (its files are then removed).
+    Only missing files are fetched; a model whose cached files fail verification is fetched again once, in
+    full, the same way as with force. Announces each download (name, size, source, destination) as a notice
+    (gpt2cy.notices) first. Two processes or threads downloading one model take turns on <model dir>/.lock.
+    Raises ModelNotFound for an unknown name or for a model that would need a download while offline, and
+    DownloadError for a failed download or one that fails verification. A file that was already in the cache is
+    never removed by a failure, only replaced by a verified download (or removed when it is shown not to be
+    the model's: a cached hparams.json for another size); files fetched by a download that then fails
+    verification are removed.
     """
     if isinstance(names, str):
         names = [names]
@@ -366,7 +384,7 @@ def _download_lock(size: str, path: str):
     except OSError as e:
         raise DownloadError(f"cannot create {path}: {e.strerror or e}") from None
     lock = FileLock(os.path.join(path, LOCK_FILE),
-                    on_wait=lambda: note(f"waiting for another download of model {size} to finish"))
+                    on_wait=lambda: notice(f"waiting for another download of model {size} to finish"))
     try:
         lock.__enter__()
     except OSError as e:
@@ -378,32 +396,73 @@ def _download_lock(size: str, path: str):
 
 
 def _download_locked(size, force, path, progress, http) -> str:
-    if force:  # old files stay until each new one replaces them; stale partials go
-        _remove_files(path, [MARKER] + [f + PARTIAL_SUFFIX for f in FILES])
-        todo = list(FILES)
-    else:
-        todo = missing_files(path)
-        if not todo and is_verified(path):
-            return path  # another process finished it while we waited
-        if not todo:  # complete but unverified: check what is there before fetching anything
-            try:
-                verify_model(path)
-                return path
-            except (CheckpointError, DownloadError) as e:
-                note(f"model {size} in the cache failed verification ({e}); downloading it again")
-                _remove_files(path, FILES + (MARKER,))
-                todo = list(FILES)
-    _fetch_files(size, path, todo, progress, http)
+    if force:
+        return _download_staged(size, path, progress, http)
+    todo = missing_files(path)
+    if not todo and is_verified(path):
+        return path  # another process finished it while we waited
+    if not todo:  # complete but unverified: check what is there before fetching anything
+        try:
+            verify_model(path)
+            return path
+        except (CheckpointError, DownloadError) as e:
+            notice(f"model {size} in the cache failed verification ({e}); downloading it again")
+            return _download_staged(size, path, progress, http)
+    # Only missing files are fetched, straight to their final names: no file there can be overwritten.
+    # If one fails, the whole files fetched before it are kept (each is complete and checked on its own), so
+    # the next download fetches only the rest; the failed one left nothing under its final name.
+    fetched: list = []
+    _fetch_files(size, path, todo, progress, http, fetched=fetched)
     try:
         verify_model(path)
     except (CheckpointError, DownloadError) as e:
-        _remove_files(path, FILES + (MARKER,))
+        _remove_files(path, fetched + [MARKER])
+        kept = [f for f in FILES if f not in fetched and os.path.isfile(os.path.join(path, f))]
+        also = (f"; {', '.join(kept)}, already cached, were kept (if this happens again, run: gpt2cy download "
+                f"--force {size})" if kept else "")
         raise DownloadError(f"model {size} downloaded from {base_url()} failed verification ({e}); "
-                            f"its files were removed") from None
+                            f"its files were removed{also}") from None
     return path
 
 
-def _fetch_files(size, path, todo, progress, http) -> None:
+STAGING_DIR = ".incoming"   # <model dir>/.incoming/: a full download is checked here before replacing anything
+
+
+def _download_staged(size, path, progress, http) -> str:
+    """Fetch all five files into <path>/.incoming/, verify them there, and only then move them over the
+    cached ones. Any failure (a bad status or body, a checksum, verification, Ctrl-C) leaves the cached files
+    exactly as they were, including their .verified.json."""
+    staging = os.path.join(path, STAGING_DIR)
+    try:
+        os.makedirs(staging, exist_ok=True)
+    except OSError as e:
+        raise DownloadError(f"cannot create {staging}: {e.strerror or e}") from None
+    try:
+        _fetch_files(size, staging, list(FILES), progress, http, shown=path)
+        try:
+            verify_model(staging, marker=False)
+        except (CheckpointError, DownloadError) as e:
+            raise DownloadError(f"model {size} downloaded from {base_url()} failed verification ({e}); the "
+                                f"cached files were kept") from None
+        try:
+            _remove_files(path, [MARKER])          # from here until the marker is rewritten: verify again
+            for name in FILES:                     # each rename is atomic; the files are whole and verified
+                os.replace(os.path.join(staging, name), os.path.join(path, name))
+        except OSError as e:
+            raise DownloadError(f"cannot move the downloaded files of model {size} into {path}: "
+                                f"{e.strerror or e}") from None
+        _write_marker(path)                        # rename keeps size and mtime: what verify_model checked
+        for name in FILES:                         # partials of an earlier, killed download are stale now
+            _remove_files(path, [name + PARTIAL_SUFFIX])
+        return path
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _fetch_files(size, path, todo, progress, http, *, fetched=None, shown=None) -> None:
+    """Fetch `todo` (file names) into directory `path`, hparams.json first; `fetched` collects the names
+    that arrived; `shown` is the directory the announcement names (default `path`)."""
+    fetched = [] if fetched is None else fetched
     base = base_url()
     official = base == DEFAULT_BASE_URL
     published = published_file_sizes(size) if official else {}
@@ -413,20 +472,22 @@ def _fetch_files(size, path, todo, progress, http) -> None:
     rest = [f for f in todo if f != "hparams.json"]
     for name in first:  # 91 bytes, fetched quietly before the announcement so the size can be told exactly
         _fetch_one(base, size, path, name, published, settings, False)
+        fetched.append(name)
     try:
         cfg = Config.from_file(os.path.join(path, "hparams.json"))
     except CheckpointError as e:
         _remove_files(path, ["hparams.json"])
         raise DownloadError(f"hparams.json from {base}/{size}: {e}") from None
     if official and cfg.to_json() != PUBLISHED[size].to_json():
-        _remove_files(path, ["hparams.json"])
+        _remove_files(path, ["hparams.json"])  # fetched now, or a cached one that is not this model's
         raise DownloadError(f"hparams.json from {base}/{size} does not describe GPT-2 {size}: {cfg.to_json()}")
     if rest:
         expected = {**published_file_sizes(size), DATA_FILE: 4 * cfg.n_params}
         total = sum(expected[f] or 0 for f in rest)
-        note(f"downloading model {size} ({format_bytes(total)}) from {base}/{size}/ to {path}")
+        notice(f"downloading model {size} ({format_bytes(total)}) from {base}/{size}/ to {shown or path}")
     for name in rest:
         _fetch_one(base, size, path, name, published, settings, show)
+        fetched.append(name)
 
 
 def _fetch_one(base, size, path, name, published, settings, show) -> None:
@@ -476,9 +537,8 @@ def resolve_tokenizer(name_or_path="124M", download: bool = True, offline: bool 
         path = os.path.abspath(os.path.expanduser(arg))
         if not os.path.isdir(path):
             return _resolve_path(arg)  # raises the no-such-directory / not-a-directory error
-        for names in (TOKENIZER_FILES, ("vocab.json", "merges.txt")):
-            if all(os.path.isfile(os.path.join(path, f)) for f in names):
-                return path
+        if find_vocab(path) is not None:
+            return path
         raise ModelNotFound(f"{arg} has no tokenizer files (encoder.json + vocab.bpe, or vocab.json + "
                             f"merges.txt)")
     path = model_path(size, models_dir)
@@ -493,11 +553,37 @@ def resolve_tokenizer(name_or_path="124M", download: bool = True, offline: bool 
             base = base_url()
             published = published_file_sizes(size) if base == DEFAULT_BASE_URL else {}
             total = sum(_TOKENIZER_BYTES[f] for f in missing)
-            note(f"downloading the tokenizer files of model {size} ({format_bytes(total)}) from {base}/{size}/ "
+            notice(f"downloading the tokenizer files of model {size} ({format_bytes(total)}) from {base}/{size}/ "
                  f"to {path}")
             for name in missing:
                 _fetch_one(base, size, path, name, published, HttpSettings.from_env(), progress_enabled())
     return path
+
+
+_TOKENIZERS: dict = {}
+
+
+def get_tokenizer(name_or_path="124M", *, download: bool = True, offline: bool | None = None):
+    """The tokenizer of a model, by name ('124M', 'gpt2-medium', ...) or directory; loaded once and shared.
+
+    A name is resolved with resolve_tokenizer, which fetches only the two vocabulary files (ModelNotFound when
+    they are not available); a directory needs only those files, not the weights. A directory whose files
+    changed since (size or mtime) is read again. This is `gpt2cy.get_tokenizer`.
+    """
+    from ..text.tokenizer import Tokenizer
+    path = resolve_tokenizer(name_or_path, download=download, offline=offline)
+    stamp = []
+    for fname in (*TOKENIZER_FILES, "vocab.json", "merges.txt"):
+        try:
+            st = os.stat(os.path.join(path, fname))
+            stamp.append((fname, st.st_mtime_ns, st.st_size))
+        except OSError:
+            pass
+    key = (path, tuple(stamp))
+    tok = _TOKENIZERS.get(key)
+    if tok is None:
+        tok = _TOKENIZERS[key] = Tokenizer.from_dir(path)
+    return tok
 
 
 # --- listing --------------------------------------------------------------------------------------------------

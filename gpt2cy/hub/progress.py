@@ -1,7 +1,7 @@
 """Download progress on stderr: a redrawn bar on a terminal, one plain line per file otherwise.
 
 stdout carries only model text, so everything here goes to stderr. `GPT2CY_NO_PROGRESS=1` silences the bar
-and the per-file lines (announcements made with `note()` still print: they say what is about to happen).
+and the per-file lines (announcements such as "downloading model 124M" are notices: gpt2cy.notices).
 Byte counts are the real bytes written, never chunk sizes (jaymody/picoGPT#18, openai/gpt-2's over-count).
 """
 from __future__ import annotations
@@ -33,16 +33,6 @@ def format_duration(s: float) -> str:
     h, rem = divmod(s, 3600)
     m, sec = divmod(rem, 60)
     return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
-
-
-def note(message: str, stream=None) -> None:
-    """Print one 'gpt2cy: ...' line on stderr (announcements such as 'downloading model 124M (475 MiB)')."""
-    stream = stream if stream is not None else sys.stderr
-    try:
-        stream.write(f"gpt2cy: {message}\n")
-        stream.flush()
-    except (OSError, ValueError):  # a closed or broken stderr must not fail the download
-        pass
 
 
 class FileProgress:

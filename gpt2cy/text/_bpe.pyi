@@ -1,4 +1,4 @@
-"""Type stubs for the compiled BPE core (gpt2cy/_bpe.pyx)."""
+"""Type stubs for the compiled BPE core (gpt2cy/text/_bpe.pyx)."""
 from typing import Iterable, Optional, Sequence
 
 import numpy as np

@@ -1,7 +1,10 @@
 # distutils: language = c++
+# cython: boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
+# (directives must come before the docstring to take effect; indices are checked in Python or bounded by
+# construction)
 """GPT-2's byte-level BPE: pre-tokenize, merge by rank, and join token bytes back, all in C++ without the GIL.
 
-The Python-facing class is `BPECore`; gpt2cy/tokenizer.py validates the vocabulary files and builds it from
+The Python-facing class is `BPECore`; gpt2cy/text/tokenizer.py validates the vocabulary files and builds it from
 plain ids. Semantics are those of OpenAI's encoder.py: a piece starts as one token per byte and the adjacent
 pair with the lowest merge rank is merged (leftmost first on ties) until no pair has a rank.
 
@@ -17,7 +20,6 @@ Data structures:
     made by earlier merges, checked in __init__): every pair a merge creates then has a higher rank than the
     merge itself, so ranks are visited in increasing order.
 """
-# cython: boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True  (indices are checked in Python or bounded by construction)
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE, PyList_New, PyList_SET_ITEM
 from cpython.long cimport PyLong_AsLongLong, PyLong_CheckExact, PyLong_FromLong
@@ -39,7 +41,7 @@ import operator
 
 import numpy as np
 
-from gpt2cy.errors import TokenizerError
+from gpt2cy.errors import InvalidTokenError, TokenizerError
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object text, Py_ssize_t* size) except NULL
@@ -109,7 +111,7 @@ cdef bint all_exact_ints(list items):
 
 
 cdef class BPECore:
-    """The compiled tokenizer state built from validated ids (see gpt2cy.tokenizer.Tokenizer)."""
+    """The compiled tokenizer state built from validated ids (see gpt2cy.text.tokenizer.Tokenizer)."""
     cdef readonly int n_vocab
     cdef readonly int max_token_len
     cdef readonly int n_merges
@@ -536,8 +538,8 @@ cdef class BPECore:
             if ids.dtype.kind == "u" and ids.dtype.itemsize == 8:   # >= 2**63 would wrap negative in int64
                 big = np.flatnonzero(ids.reshape(-1) >= self.n_vocab)
                 if big.size:
-                    raise TokenizerError(f"token id {int(ids.reshape(-1)[big[0]])} at position {big[0]} is "
-                                         f"outside the vocabulary (0..{self.n_vocab - 1})")
+                    raise InvalidTokenError(f"token id {int(ids.reshape(-1)[big[0]])} (at index {big[0]}) is "
+                                            f"outside the vocabulary [0, {self.n_vocab})")
             arr = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
             m = arr.shape[0]
         else:
@@ -554,8 +556,8 @@ cdef class BPECore:
             for k in range(m):
                 t = arr[k] if from_array else PyLong_AsLongLong(<object>PyList_GET_ITEM(ids, k))
                 if t < 0 or t >= self.n_vocab:
-                    raise TokenizerError(f"token id {t} at position {k} is outside the vocabulary "
-                                         f"(0..{self.n_vocab - 1})")
+                    raise InvalidTokenError(f"token id {t} (at index {k}) is outside the vocabulary "
+                                            f"[0, {self.n_vocab})")
                 n = self.offs[t + 1] - self.offs[t]
                 if length + n > cap:
                     cap = 2 * cap + n
@@ -593,7 +595,7 @@ cdef class BPECore:
     def token_bytes(self, Py_ssize_t i) -> bytes:
         """The bytes of token i (range-checked)."""
         if i < 0 or i >= self.n_vocab:
-            raise TokenizerError(f"token id {i} is outside the vocabulary (0..{self.n_vocab - 1})")
+            raise InvalidTokenError(f"token id {i} is outside the vocabulary [0, {self.n_vocab})")
         return PyBytes_FromStringAndSize(<char*>&self.arena[self.offs[i]], self.offs[i + 1] - self.offs[i])
 
 

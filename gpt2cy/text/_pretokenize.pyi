@@ -1,4 +1,4 @@
-"""Type stubs for GPT-2's compiled pre-tokenizer (gpt2cy/_pretokenize.pyx)."""
+"""Type stubs for GPT-2's compiled pre-tokenizer (gpt2cy/text/_pretokenize.pyx)."""
 UNICODE_VERSION: str
 
 def char_class(cp: int) -> int: ...

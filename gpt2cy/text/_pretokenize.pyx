@@ -1,8 +1,10 @@
+# cython: boundscheck=False, wraparound=False
+# (directives must come before the docstring to take effect; indices come from the scanner, which stays inside
+# the text)
 """GPT-2's pre-tokenizer (the split pattern) as a compiled scanner; see _pretokenize.pxd for the scanner itself.
 
 The encoder in _bpe.pyx inlines the same scanner; this module exposes it to tests and for debugging.
 """
-# cython: boundscheck=False, wraparound=False  (indices come from the scanner, which stays inside the text)
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport uint8_t, uint32_t
 

@@ -1,12 +1,12 @@
 """GPT-2's tokenizer: load and check the vocabulary files, then encode and decode through the compiled BPE.
 
-    tok = gpt2cy.get_tokenizer()                    # the vocabulary of a cached model (124M by default)
+    tok = gpt2cy.get_tokenizer()                    # a cached model's vocabulary (gpt2cy.hub.get_tokenizer)
     tok = gpt2cy.Tokenizer.from_dir("models/124M")  # encoder.json + vocab.bpe, or vocab.json + merges.txt
     tok.encode("Hello world")                       # [15496, 995]
     tok.decode([15496, 995])                        # 'Hello world'
 
 Ids match OpenAI's encoder.py, tiktoken's "gpt2" encoding and HF tokenizers' GPT-2 for every string.
-The merge loop and the pre-tokenizer are in gpt2cy/_bpe.pyx and gpt2cy/_pretokenize.pxd (Unicode 16 tables).
+The merge loop and the pre-tokenizer are in gpt2cy/text/_bpe.pyx and gpt2cy/text/_pretokenize.pxd (Unicode 16 tables).
 """
 from __future__ import annotations
 
@@ -17,17 +17,17 @@ import operator
 import os
 from typing import AbstractSet, Collection, Iterable, Literal, Mapping, Sequence, Union
 
-from ..errors import TokenizerError
+from ..errors import InvalidTokenError, TokenizerError
+from ..formats.layout import HF_VOCAB, OPENAI_VOCAB, find_vocab
 
-__all__ = ["Tokenizer", "StreamDecoder", "get_tokenizer", "load_encoder", "load_merges", "bytes_to_unicode",
+__all__ = ["Tokenizer", "StreamDecoder", "load_encoder", "load_merges", "bytes_to_unicode",
            "ENDOFTEXT"]
 
 ENDOFTEXT = "<|endoftext|>"
 GPT2_EOT_ID = 50256
 
-# File names of the two layouts, as (encoder, merges).
-OPENAI_FILES = ("encoder.json", "vocab.bpe")
-HF_FILES = ("vocab.json", "merges.txt")
+# File names of the two layouts, as (encoder, merges): formats/layout.py's, the one place they are decided.
+OPENAI_FILES, HF_FILES = OPENAI_VOCAB, HF_VOCAB
 
 SpecialSet = Union[Literal["all"], AbstractSet[str], Collection[str]]
 
@@ -369,12 +369,11 @@ class Tokenizer:
         path = os.fspath(path)
         if not os.path.isdir(path):
             raise TokenizerError(f"{path}: not a directory")
-        for enc_name, merges_name in (OPENAI_FILES, HF_FILES):
-            enc_path, merges_path = os.path.join(path, enc_name), os.path.join(path, merges_name)
-            if os.path.isfile(enc_path) and os.path.isfile(merges_path):
-                tok = cls.from_files(enc_path, merges_path, name=os.path.basename(os.path.abspath(path)))
-                _check_model_vocab(path, tok.n_vocab)
-                return tok
+        found = find_vocab(path)
+        if found is not None:
+            tok = cls.from_files(*found, name=os.path.basename(os.path.abspath(path)))
+            _check_model_vocab(path, tok.n_vocab)
+            return tok
         raise TokenizerError(f"{path}: no vocabulary files (need {' + '.join(OPENAI_FILES)} "
                              f"or {' + '.join(HF_FILES)})")
 
@@ -485,11 +484,12 @@ class Tokenizer:
     # ---- decoding ------------------------------------------------------------------------------------------
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
-        """The bytes of the tokens joined; TokenizerError for an id outside the vocabulary."""
+        """The bytes of the tokens joined. InvalidTokenError (a TokenizerError and ValueError) for an id outside
+        the vocabulary, worded as gpt2cy.ids.check_ids words it; TypeError for a non-integer."""
         try:
             return self._core.decode_bytes(ids)
-        except OverflowError:
-            raise TokenizerError(f"a token id is outside the vocabulary (0..{self.n_vocab - 1})") from None
+        except OverflowError:             # an id past int64: the message of gpt2cy.ids.check_ids
+            raise InvalidTokenError(f"a token id is outside the vocabulary [0, {self.n_vocab})") from None
 
     def decode(self, ids: Iterable[int], errors: str = "replace") -> str:
         """Text of the tokens: their bytes decoded as UTF-8 (invalid bytes become U+FFFD by default).
@@ -499,18 +499,19 @@ class Tokenizer:
         """
         try:
             return self._core.decode(ids, errors)
-        except OverflowError:
-            raise TokenizerError(f"a token id is outside the vocabulary (0..{self.n_vocab - 1})") from None
+        except OverflowError:             # an id past int64: the message of gpt2cy.ids.check_ids
+            raise InvalidTokenError(f"a token id is outside the vocabulary [0, {self.n_vocab})") from None
         except LookupError:
             raise ValueError(f"unknown error handler {errors!r}") from None
 
     def decode_single_token_bytes(self, token: int) -> bytes:
-        """The bytes of one token."""
+        """The bytes of one token (InvalidTokenError as gpt2cy.ids.check_id raises it for an id outside the
+        vocabulary)."""
         try:
             return self._core.token_bytes(token)
         except (TypeError, OverflowError):
             if isinstance(token, int) or hasattr(token, "__index__"):
-                raise TokenizerError(f"token id {token} is outside the vocabulary (0..{self.n_vocab - 1})") from None
+                raise InvalidTokenError(f"token id {token} is outside the vocabulary [0, {self.n_vocab})") from None
             raise TypeError(f"a token id must be an integer, not {type(token).__name__}") from None
 
     def decode_tokens_bytes(self, ids: Iterable[int]) -> list[bytes]:
@@ -520,28 +521,3 @@ class Tokenizer:
     def stream_decoder(self, errors: str = "replace") -> StreamDecoder:
         """An incremental decoder: .feed(id) -> str of whole characters only, .flush() -> the rest."""
         return StreamDecoder(self, errors)
-
-
-_CACHE: dict = {}
-
-
-def get_tokenizer(name_or_path: str = "124M", *, download: bool = True, offline=None) -> Tokenizer:
-    """The tokenizer of a model, by name ('124M', 'gpt2-medium', ...) or directory; loaded once and shared.
-
-    A name is resolved with gpt2cy.hub.resolve_tokenizer, which fetches only the two vocabulary files
-    (ModelNotFound when they are not available); a directory needs only those files, not the weights.
-    """
-    from ..hub import models as hub
-    path = hub.resolve_tokenizer(name_or_path, download=download, offline=offline)
-    stamp = []
-    for fname in (*OPENAI_FILES, *HF_FILES):
-        try:
-            st = os.stat(os.path.join(path, fname))
-            stamp.append((fname, st.st_mtime_ns, st.st_size))
-        except OSError:
-            pass
-    key = (path, tuple(stamp))
-    tok = _CACHE.get(key)
-    if tok is None:
-        tok = _CACHE[key] = Tokenizer.from_dir(path)
-    return tok

@@ -1,0 +1,274 @@
+"""The `gpt2cy` commands: each takes the parsed arguments and returns an exit status.
+
+They only translate between the command line and the library: the model comes from gpt2cy.load, the prompt
+and the token loop from gpt2cy.generation (the same calls as model.generate), and --json prints the Response
+the loop made. stdout carries only model text (or the command's own output); notices and stats go through
+gpt2cy.notices, which the command line points at stderr.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import List, Optional
+
+from .. import __version__
+from ..errors import CheckpointError
+from ..notices import deferred, notice
+from .parser import DEFAULT_MODEL, DEFAULTS, UsageError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_DOWNLOAD, EXIT_CONTEXT, EXIT_INTERRUPT = 0, 1, 2, 3, 4, 5, 130
+
+
+# -- helpers --------------------------------------------------------------------------------------
+def error_line(message: str) -> None:
+    """An error for the user: one line "gpt2cy: error: ..." on stderr."""
+    print(f"gpt2cy: error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+
+
+def describe(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+    return str(e) or type(e).__name__
+
+
+def _clean(text: str) -> str:
+    """Command-line text may carry undecodable bytes as surrogates; make them U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _threads(args) -> Optional[int]:
+    if args.threads is not None:
+        return args.threads
+    env = os.environ.get("GPT2CY_NUM_THREADS", "").strip()
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise UsageError(f"gpt2cy: GPT2CY_NUM_THREADS must be a positive integer, got {env!r} "
+                             f"(see gpt2cy --help)")
+        return int(env)
+    return None
+
+
+def _read_stdin() -> str:
+    return sys.stdin.buffer.read().decode("utf-8", "replace") if hasattr(sys.stdin, "buffer") else sys.stdin.read()
+
+
+def _kv_cache_bytes(model) -> Optional[int]:
+    """The model's own figure for its KV cache (it knows the dtype and layout); None if it gives none."""
+    kv = getattr(model, "kv_cache_bytes", None)
+    if callable(kv):
+        kv = kv()
+    return int(kv) if kv is not None else None
+
+
+def _n(count: int, what: str) -> str:
+    """"1 token", "2 tokens"."""
+    return f"{count} {what}" if count == 1 else f"{count} {what}s"
+
+
+def load_model(args):
+    """gpt2cy.load with the command line's settings; returns (model, load time in ms)."""
+    from ..generation.response import model_name
+    from ..hub.progress import format_bytes
+    from ..model import load
+    threads = _threads(args)
+    t0 = time.perf_counter()
+    try:
+        model = load(args.model or DEFAULT_MODEL, threads=threads, offline=True if args.offline else None,
+                     n_ctx=args.ctx_size)
+    except ValueError as e:
+        if args.ctx_size is not None and "n_ctx" in str(e):
+            raise UsageError(f"gpt2cy: --ctx-size {args.ctx_size}: {e} (see gpt2cy --help)") from None
+        raise
+    load_ms = (time.perf_counter() - t0) * 1e3
+    if args.verbose:
+        kv = _kv_cache_bytes(model)
+        notice(f"loaded {model_name(model)} from {getattr(model, 'path', '?')} in {load_ms:.0f} ms; "
+               f"{_n(model.threads, 'thread')}; context {model.n_ctx}"
+               + (f"; KV cache {format_bytes(kv)}" if kv is not None else ""))
+    return model, load_ms
+
+
+def _sampling_kwargs(args, command):
+    d = DEFAULTS[command]
+    rp = args.repeat_penalty if args.repeat_penalty is not None else d["repeat_penalty"]
+    mt = args.max_tokens if args.max_tokens is not None else d["max_tokens"]
+    return dict(temperature=args.temp, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                repetition_penalty=rp, repeat_last_n=args.repeat_last_n), (None if mt == -1 else mt)
+
+
+def _stops(args) -> List[str]:
+    from .repl import unescape
+    stops = [unescape(_clean(s)) for s in args.stop]
+    if any(not s for s in stops):
+        raise UsageError("gpt2cy: --stop must not be empty (see gpt2cy --help)")
+    return stops
+
+
+def stats_line(response) -> str:
+    """One terse line from a Response: finish reason, prompt and reply tokens with their speeds."""
+    u, t = response.usage, response.timings
+    return (f"finish: {response.finish_reason}; prompt {_n(u.prompt_tokens, 'token')} "
+            f"({u.cached_tokens} cached), {t.prompt_tps:.1f} t/s; "
+            f"generated {_n(u.completion_tokens, 'token')}, {t.gen_tps:.1f} t/s")
+
+
+# -- commands -------------------------------------------------------------------------------------
+def cmd_chat(args) -> int:
+    from ..generation.chat import Chat
+    from ..generation.response import model_name
+    from .repl import Repl, history_path
+    stops = _stops(args)
+    params, max_tokens = _sampling_kwargs(args, "chat")
+    preamble = None
+    if args.preamble is not None:
+        with open(args.preamble, "rb") as f:
+            preamble = f.read().decode("utf-8", "replace").rstrip("\n")
+    model, _ = load_model(args)
+    chat = Chat(model, max_new_tokens=max_tokens, seed=args.seed, stop=stops, multiline=args.multiline,
+                preamble=preamble, **params)
+    name = model_name(model)
+    banner = (f"gpt2cy {__version__} · {name} · {_n(model.threads, 'thread')} · seed {chat.seed}"
+              f" · /? for help")
+    history = None if args.no_history else history_path()
+    return Repl(chat, verbose=args.verbose, model_name=name, banner=banner, history=history).run()
+
+
+def _prompt_text(args) -> str:
+    if args.file is not None:
+        with open(args.file, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+    if args.prompt == "-" or (args.prompt is None and not sys.stdin.isatty()):
+        return _read_stdin()
+    if args.prompt is None:
+        raise UsageError("gpt2cy generate: give a prompt with -p TEXT, -f FILE or -p - (stdin) "
+                         "(see gpt2cy generate --help)")
+    return _clean(args.prompt)
+
+
+def cmd_generate(args) -> int:
+    """Stream the completion (or --jsonl events) to stdout; --json prints the Response. Ctrl-C ends the
+    text (--json/--jsonl: the Response so far, finish_reason "interrupted") and exits 130."""
+    from ..generation.loop import generate
+    stops = _stops(args)
+    params, max_tokens = _sampling_kwargs(args, "generate")
+    prompt = _prompt_text(args)
+    model, load_ms = load_model(args)
+    shift = args.context_overflow == "shift"
+    stream = generate(model, prompt, max_new_tokens=max_tokens, stop=stops, seed=args.seed, stream=True,
+                      truncate=shift, context_shift=shift, ignore_eos=args.ignore_eos, **params)
+    if args.verbose:
+        notice(f"seed {stream.seed}; prompt {_n(stream.prompt_tokens, 'token')}")
+    out = sys.stdout
+    as_json = args.json or args.jsonl
+    if args.echo and not as_json:
+        out.write(prompt)
+        out.flush()
+    status = EXIT_OK
+    with deferred():                                # notices raised while text streams follow the text
+        try:
+            for chunk in stream:
+                if args.jsonl and chunk.token is not None:
+                    out.write(json.dumps({"token": chunk.token, "text": chunk.text}, ensure_ascii=False) + "\n")
+                    out.flush()
+                elif not as_json and chunk.text:
+                    out.write(chunk.text)
+                    out.flush()
+            response = stream.response
+        except KeyboardInterrupt:
+            response = stream.interrupt()
+            status = EXIT_INTERRUPT
+        if as_json:
+            obj = response.replace(timings=response.timings.replace(load_ms=load_ms)).to_dict()
+            out.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        elif out.isatty() and not response.text.endswith("\n"):
+            out.write("\n")
+        out.flush()
+    if args.verbose:
+        notice(stats_line(response))
+    return status
+
+
+def cmd_tokenize(args) -> int:
+    from ..hub.models import get_tokenizer
+    if args.text is None or args.text == "-":
+        if args.text is None and sys.stdin.isatty():
+            raise UsageError("gpt2cy tokenize: give TEXT, or - to read stdin (see gpt2cy tokenize --help)")
+        text = _read_stdin()
+    else:
+        text = _clean(args.text)
+    tok = get_tokenizer(args.model or DEFAULT_MODEL, offline=True if args.offline else None)
+    ids = [int(i) for i in tok.encode(text)]
+    if args.json:
+        print(json.dumps({"ids": ids, "count": len(ids)}))
+    else:
+        print(" ".join(map(str, ids)))
+    return EXIT_OK
+
+
+def cmd_download(args) -> int:
+    from ..hub.models import download_models
+    for path in download_models(list(args.models), force=args.force):
+        print(path)
+    return EXIT_OK
+
+
+def cmd_verify(args) -> int:
+    """Verify each named model; a failed check is exit 4 (as a failed download is), after checking the rest."""
+    from ..hub import models as hub
+    from ..formats.checkpoint import verify
+    status = EXIT_OK
+    for name in args.models:
+        try:
+            # (a cached model not yet marked verified is verified and marked by resolve_model itself)
+            result = verify(hub.resolve_model(name, download=False))
+        except CheckpointError as e:
+            error_line(describe(e))
+            status = EXIT_DOWNLOAD
+            continue
+        what = "CRC32C and values ok" if result.checksummed else "values ok (safetensors has no checksums)"
+        print(f"{result.path}: {result.n_tensors} tensors, {result.n_bytes / 1e6:.1f} MB, {what}")
+    return status
+
+
+def cmd_list(args) -> int:
+    from ..hub.models import list_models
+    models = list_models()
+    if args.json:
+        print(json.dumps(models))
+        return EXIT_OK
+    print(f"{'NAME':<7} {'CACHED':<7} {'VERIFIED':<9} {'SIZE':>9}  PATH")
+    for m in models:
+        size = m.get("size_bytes") or m.get("published_bytes") or 0
+        print(f"{m.get('name', '?'):<7} {'yes' if m.get('cached') else 'no':<7} "
+              f"{'yes' if m.get('verified') else 'no':<9} {size / 1e6:>7.0f}MB  {m.get('path', '')}")
+    return EXIT_OK
+
+
+def cmd_info() -> int:
+    """Build and runtime facts that explain speed: OpenMP, the thread count and where it comes from,
+    and the OpenMP wait policy (spinning workers are fastest on a quiet machine but collapse when
+    another busy process shares the cores)."""
+    import platform
+    import numpy
+    from ..engine._omp import openmp_enabled
+    from ..threads import default_threads
+    env = {k: os.environ.get(k) for k in ("GPT2CY_NUM_THREADS", "OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    source = ("GPT2CY_NUM_THREADS" if env["GPT2CY_NUM_THREADS"] else
+              "OMP_NUM_THREADS" if env["OMP_NUM_THREADS"] else "the CPUs available")
+    threads = env["GPT2CY_NUM_THREADS"] if env["GPT2CY_NUM_THREADS"] else default_threads()
+    print(f"gpt2cy {__version__}")
+    print(f"openmp_enabled: {openmp_enabled()}")
+    print(f"threads: {threads} (from {source}; {cpus} CPUs available; -t N or GPT2CY_NUM_THREADS to change)")
+    policy = env["OMP_WAIT_POLICY"]
+    print(f"OMP_WAIT_POLICY: {policy if policy else 'unset (libgomp default: idle workers spin a while, then sleep)'}")
+    print("  on a machine busy with other work, spinning workers slow every token down: use -t 1, or "
+          "fewer threads than free cores, or OMP_WAIT_POLICY=passive")
+    print(f"python: {platform.python_version()} ({sys.executable})")
+    print(f"numpy: {numpy.__version__}")
+    return EXIT_OK

@@ -1,0 +1,150 @@
+"""The `gpt2cy` command's arguments: the parser, its value checks, and the per-command defaults.
+
+Flag spellings follow llama.cpp (-m -t -n -p -f -s -r --temp --top-k ...). Every bad value is a UsageError
+(one line, exit 2) raised while parsing, before any model is loaded.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import List
+
+from .. import __version__
+
+COMMANDS = ("chat", "generate", "tokenize", "download", "list", "verify")
+DEFAULT_MODEL = "124M"
+
+# Per-command defaults: a mild repeat penalty in chat (against the loops of greedy dialogue), none in generate.
+DEFAULTS = {
+    "chat": dict(max_tokens=128, repeat_penalty=1.1),
+    "generate": dict(max_tokens=256, repeat_penalty=1.0),
+}
+
+
+class UsageError(Exception):
+    """A mistake on the command line: one line, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):                       # one line instead of argparse's usage block
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+# -- argument types: each rejects bad values with a one-line reason -------------------------------
+def _number(kind, name, lo=None, hi=None, lo_open=False):
+    def parse(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if kind is float and v != v:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}")
+        if lo is not None and (v <= lo if lo_open else v < lo):
+            raise argparse.ArgumentTypeError(f"{name} must be {'>' if lo_open else '>='} {lo}, got {text}")
+        if hi is not None and v > hi:
+            raise argparse.ArgumentTypeError(f"{name} must be <= {hi}, got {text}")
+        return v
+    parse.__name__ = name
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("model and run")
+    g.add_argument("-m", "--model", default=None, metavar="NAME|PATH",
+                   help="124M (default), 355M, 774M, 1558M (aliases: gpt2, gpt2-medium, ...) or a model directory")
+    g.add_argument("-t", "--threads", type=_number(int, "threads", 1), default=None, metavar="N",
+                   help="threads for the kernels (default: $GPT2CY_NUM_THREADS or the CPUs available)")
+    g.add_argument("-c", "--ctx-size", type=_number(int, "ctx-size", 1), default=None, metavar="N",
+                   help="context size in tokens (default and max: the model's, 1024); smaller bounds the "
+                        "KV cache's memory")
+    g.add_argument("--offline", action="store_true", help="never touch the network ($GPT2CY_OFFLINE=1)")
+    g.add_argument("-v", "--verbose", action="store_true", help="load time, seed and speed on stderr")
+    g.add_argument("--debug", action="store_true", help="show a traceback on errors")
+
+    sampling = argparse.ArgumentParser(add_help=False)
+    s = sampling.add_argument_group("sampling")
+    s.add_argument("-n", "--max-tokens", type=_number(int, "max-tokens", -1), default=None, metavar="N",
+                   help="tokens to generate (chat: per reply, default 128; generate: 256); -1 = until a stop")
+    s.add_argument("--temp", type=_number(float, "temp", 0.0), default=0.8, metavar="F",
+                   help="temperature (default 0.8; 0 = greedy argmax)")
+    s.add_argument("--greedy", dest="temp", action="store_const", const=0.0, help="same as --temp 0")
+    s.add_argument("--top-k", type=_number(int, "top-k", 0), default=40, metavar="N",
+                   help="keep the N most likely tokens (default 40; 0 = off)")
+    s.add_argument("--top-p", type=_number(float, "top-p", 0.0, 1.0, lo_open=True), default=0.95, metavar="F",
+                   help="nucleus sampling (default 0.95; 1 = off)")
+    s.add_argument("--min-p", type=_number(float, "min-p", 0.0, 1.0), default=0.0, metavar="F",
+                   help="drop tokens below F times the best one's probability (default 0 = off)")
+    s.add_argument("--repeat-penalty", type=_number(float, "repeat-penalty", 0.0, lo_open=True), default=None,
+                   metavar="F", help="penalise recent tokens (chat default 1.1, generate 1.0 = off)")
+    s.add_argument("--repeat-last-n", type=_number(int, "repeat-last-n", -1), default=64, metavar="N",
+                   help="how many recent tokens the penalty sees (default 64; -1 = all)")
+    s.add_argument("-s", "--seed", type=_number(int, "seed", -1), default=-1, metavar="N",
+                   help="random seed (default -1 = random; printed with -v)")
+    s.add_argument("-r", "--stop", action="append", default=[], metavar="STR",
+                   help="stop when the text contains STR (repeatable; \\n is a newline)")
+
+    parser = _Parser(prog="gpt2cy", description="OpenAI's GPT-2 on the CPU. Without a command: chat.",
+                     epilog="Run `gpt2cy COMMAND --help` for a command's options.")
+    parser.add_argument("--version", action="version", version=f"gpt2cy {__version__}")
+    parser.add_argument("--info", action="store_true", help="show build facts (OpenMP, threads) and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    chat = sub.add_parser("chat", parents=[common, sampling], help="talk with GPT-2 in the terminal (default)",
+                          description="Chat with GPT-2. Piped stdin: one turn per line, replies only.")
+    chat.add_argument("--multiline", action="store_true", help="let replies run over several lines")
+    chat.add_argument("--preamble", metavar="FILE", help="the hidden opening dialogue (Alice/Bob lines) "
+                                                        "instead of the built-in one")
+    chat.add_argument("--no-history", action="store_true", help="do not keep a readline history file "
+                                                                "($GPT2CY_NOHISTORY=1)")
+
+    gen = sub.add_parser("generate", parents=[common, sampling], help="continue a prompt",
+                         description="Continue a prompt; only the generated text goes to stdout.")
+    src = gen.add_mutually_exclusive_group()
+    src.add_argument("-p", "--prompt", metavar="TEXT", help="the prompt text; - reads stdin")
+    src.add_argument("-f", "--file", metavar="FILE", help="read the prompt from FILE")
+    fmt = gen.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print one JSON object: text, tokens, finish_reason, "
+                                                         "usage (OpenAI's names), timings, seed, model; also "
+                                                         "on Ctrl-C (finish_reason \"interrupted\", exit 130)")
+    fmt.add_argument("--jsonl", action="store_true", help="print a JSON line {\"token\", \"text\"} per token, "
+                                                          "then the --json object")
+    gen.add_argument("--echo", action="store_true", help="print the prompt before the completion")
+    gen.add_argument("--ignore-eos", action="store_true", help="keep going past <|endoftext|>")
+    gen.add_argument("--context-overflow", choices=("error", "shift"), default="error",
+                     help="prompt longer than the context: error (exit 5, default) or shift (keep the newest "
+                          "tokens, and keep generating past the end of the context from the newest half)")
+
+    tok = sub.add_parser("tokenize", help="print the token ids of a text",
+                         description="Print the GPT-2 token ids of TEXT (or stdin).")
+    tok.add_argument("text", nargs="?", metavar="TEXT", help="the text; - or nothing reads stdin")
+    tok.add_argument("-m", "--model", default=None, metavar="NAME|PATH", help="whose vocabulary (default 124M)")
+    tok.add_argument("--json", action="store_true", help="print {\"ids\": [...], \"count\": N}")
+    tok.add_argument("--offline", action="store_true", help="never touch the network")
+    tok.add_argument("--debug", action="store_true", help="show a traceback on errors")
+
+    dl = sub.add_parser("download", help="fetch and verify models into the cache")
+    dl.add_argument("models", nargs="+", metavar="MODEL", help="124M, 355M, 774M, 1558M (or aliases)")
+    dl.add_argument("--force", action="store_true", help="download again even when cached")
+    dl.add_argument("--debug", action="store_true", help="show a traceback on errors")
+
+    vf = sub.add_parser("verify", help="check every tensor's CRC32C and that all values are finite",
+                        description="Check a model's files: every tensor's CRC32C (OpenAI's layout) and that no "
+                                    "value is NaN or infinite. Never downloads. Exit 4 when a check fails.")
+    vf.add_argument("models", nargs="*", default=["124M"], metavar="MODEL|PATH",
+                    help="model names or directories (default 124M)")
+    vf.add_argument("--debug", action="store_true", help="show a traceback on errors")
+
+    ls = sub.add_parser("list", help="show the known models and which are cached")
+    ls.add_argument("--json", action="store_true", help="print a JSON list")
+    ls.add_argument("--debug", action="store_true", help="show a traceback on errors")
+    return parser
+
+
+def with_default_command(argv: List[str]) -> List[str]:
+    """Bare `gpt2cy [opts]` means `gpt2cy chat [opts]`."""
+    if not argv:
+        return ["chat"]
+    if argv[0] in COMMANDS or argv[0] in ("-h", "--help", "--version", "--info"):
+        return argv
+    return ["chat", *argv]

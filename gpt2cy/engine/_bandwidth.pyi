@@ -1,0 +1,3 @@
+import numpy as np
+
+def stream_sum(x: np.ndarray, n_threads: int = 1) -> float: ...
