@@ -2,12 +2,14 @@
 
 Run: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/pytest bench/bench_forward.py --benchmark-only -s
 Groups (transformers+torch in the same group where installed, same thread count):
-  decode:ctx64 / decode:ctx512   tokens/s of model.step with the cache holding 64 / 512 positions. The
-                                 machine's read bandwidth is measured before every round (it drifts with
-                                 the neighbours of a shared machine); extra_info has the median over rounds
-                                 of tokens/s / (bandwidth / bytes read per token: weights + KV cache)
-  prefill:512                    a 512-token prompt -> last position's logits
+  decode:ctx64 / decode:ctx512   tokens/s of model.step with the cache holding 64 / 512 positions, for
+                                 each weight dtype (f32, bf16, q8_0, q4_0). The machine's read bandwidth is
+                                 measured before every round (it drifts with the neighbours of a shared
+                                 machine); extra_info has the median over rounds of tokens/s / (bandwidth /
+                                 bytes read per token: that dtype's weights + KV cache)
+  prefill:512                    a 512-token prompt -> last position's logits, per dtype
   load                           gpt2cy.load(dir) to first logits; peak RSS measured in a subprocess
+  convert                        gpt2cy.load(dir, dtype=...) for bf16, q8_0, q4_0: load with the conversion
 """
 import json
 import os
@@ -25,6 +27,8 @@ import gpt2cy.formats.checkpoint
 STEPS = 32                                 # decode steps per timed round
 ROUNDS = 7
 IMPLS = ["gpt2cy", "transformers"]
+DTYPES = ["f32", "bf16", "q8_0", "q4_0"]
+BYTES_PER_WEIGHT = {"f32": 4.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 
 
 # ------------------------------------------------------------------------------------ fixtures
@@ -32,6 +36,18 @@ IMPLS = ["gpt2cy", "transformers"]
 @pytest.fixture(scope="module")
 def model(model_124m_dir):
     return gpt2cy.load(model_124m_dir, threads=bench_threads())
+
+
+@pytest.fixture(scope="module")
+def models(model, model_124m_dir):
+    """dtype -> the 124M model with its matmul weights and wte in that dtype (loaded on first use)."""
+    cache = {"f32": model}
+
+    def get(dtype):
+        if dtype not in cache:
+            cache[dtype] = gpt2cy.load(model_124m_dir, threads=bench_threads(), dtype=dtype)
+        return cache[dtype]
+    return get
 
 
 @pytest.fixture(scope="module")
@@ -91,11 +107,12 @@ def bandwidth():
     return bw
 
 
-def decode_bytes(config, ctx):
-    """Bytes one decode step must read: every weight matrix and vector, one wpe row, and the ctx cached
-    positions of the KV cache (not its allocation, Model.kv_cache_bytes: a step reads only what is cached)."""
+def decode_bytes(config, ctx, dtype="f32"):
+    """Bytes one decode step must read: every weight matrix (in `dtype`) and vector, one wpe row, and the ctx
+    cached positions of the KV cache (not its allocation, Model.kv_cache_bytes: a step reads only what is
+    cached)."""
     C, L, V = config.n_embd, config.n_layer, config.n_vocab
-    weights = 4 * (V * C + C + L * (12 * C * C + 13 * C) + 2 * C)
+    weights = BYTES_PER_WEIGHT[dtype] * (V * C + L * 12 * C * C) + 4 * (C + L * 13 * C + 2 * C)
     kv = 4 * 2 * L * ctx * C
     return weights, kv
 
@@ -104,8 +121,12 @@ def decode_bytes(config, ctx):
 
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("ctx", [64, 512])
-def test_decode(benchmark, request, model, prompt, bandwidth, impl, ctx):
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_decode(benchmark, request, models, prompt, bandwidth, impl, ctx, dtype):
+    if impl != "gpt2cy" and dtype != "f32":
+        pytest.skip("the peers run f32")
     benchmark.group = f"decode:ctx{ctx}"
+    model = models(dtype)
     ids = prompt[:ctx]
     round_bw = []        # this machine's bandwidth drifts with its neighbours: measured before every round
     if impl == "gpt2cy":
@@ -140,7 +161,7 @@ def test_decode(benchmark, request, model, prompt, bandwidth, impl, ctx):
 
     benchmark.pedantic(run, setup=setup, rounds=ROUNDS, iterations=1, warmup_rounds=1)
     times = benchmark.stats.stats.data[-ROUNDS:]
-    w, kv = decode_bytes(model.config, ctx + STEPS // 2)
+    w, kv = decode_bytes(model.config, ctx + STEPS // 2, dtype)
     # per round: tokens/s over the bound the memory allowed just then; then the median of the rounds
     ratios = [STEPS / t / (bw / (w + kv)) for t, bw in zip(times, round_bw[-ROUNDS:])]
     ratio = float(np.median(ratios))
@@ -148,12 +169,13 @@ def test_decode(benchmark, request, model, prompt, bandwidth, impl, ctx):
     bw_med = float(np.median(round_bw[-ROUNDS:]))
     best_bound = _BEST_BW[0] / (w + kv)
     info = benchmark.extra_info
-    info.update(threads=bench_threads(), tokens_per_s=round(tok_s, 1), bytes_per_token_MB=round((w + kv) / 1e6, 1),
+    info.update(threads=bench_threads(), dtype=dtype, tokens_per_s=round(tok_s, 1),
+                bytes_per_token_MB=round((w + kv) / 1e6, 1),
                 bandwidth_GBps_median_of_rounds=round(bw_med / 1e9, 1),
                 ratio_to_bound=round(ratio, 3),
                 bandwidth_GBps_best_in_session=round(_BEST_BW[0] / 1e9, 1),
                 ratio_to_best_bound=round(tok_s / best_bound, 3))
-    print(f"\n{impl} decode ctx {ctx}: {tok_s:.1f} tok/s = {ratio:.0%} of the bandwidth bound (median over "
+    print(f"\n{impl} {dtype} decode ctx {ctx}: {tok_s:.1f} tok/s = {ratio:.0%} of the bandwidth bound (median over "
           f"rounds; {(w + kv) / 1e6:.0f} MB/token, {bw_med / 1e9:.1f} GB/s median) = {tok_s / best_bound:.0%} "
           f"of the best bound seen ({best_bound:.1f} tok/s at {_BEST_BW[0] / 1e9:.1f} GB/s)")
 
@@ -161,8 +183,12 @@ def test_decode(benchmark, request, model, prompt, bandwidth, impl, ctx):
 # ------------------------------------------------------------------------------------ prefill
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_prefill_512(benchmark, request, model, prompt, impl):
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_prefill_512(benchmark, request, models, prompt, impl, dtype):
+    if impl != "gpt2cy" and dtype != "f32":
+        pytest.skip("the peers run f32")
     benchmark.group = "prefill:512"
+    model = models(dtype)
     ids = prompt[:512]
     if impl == "gpt2cy":
         def run():
@@ -178,7 +204,7 @@ def test_prefill_512(benchmark, request, model, prompt, impl):
 
     logits = benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
     assert logits.shape == (model.config.n_vocab,)
-    benchmark.extra_info.update(threads=bench_threads(),
+    benchmark.extra_info.update(threads=bench_threads(), dtype=dtype,
                                 ms=round(benchmark.stats.stats.median * 1e3, 1),
                                 tokens_per_s=round(512 / benchmark.stats.stats.median, 1))
     if impl == "gpt2cy":   # the same numbers as a full-sequence forward, so the timing is of the real thing
@@ -235,3 +261,17 @@ def test_load(benchmark, model_124m_dir):
     print(f"\nload to first logits {sub['load_to_first_logits_s'] * 1e3:.0f} ms (subprocess; import "
           f"{sub['import_s'] * 1e3:.0f} ms more); peak RSS {sub['peak_rss_MB']:.0f} MB "
           f"(budget weights {data / 2 ** 20:.0f} + KV {kv / 2 ** 20:.0f} + 150 = {budget:.0f} MB)")
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "q8_0", "q4_0"])
+def test_convert(benchmark, model_124m_dir, dtype):
+    """Load with the conversion of every matmul weight and wte (compiled, parallel) to first logits."""
+    benchmark.group = "convert"
+    nt = bench_threads()
+
+    def run():
+        m = gpt2cy.load(model_124m_dir, threads=nt, dtype=dtype)
+        return m.logits([464])
+
+    benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
+    benchmark.extra_info.update(threads=nt, dtype=dtype, ms=round(benchmark.stats.stats.median * 1e3, 1))

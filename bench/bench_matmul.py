@@ -2,13 +2,17 @@
 
 Run: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/pytest bench/bench_matmul.py --benchmark-only
 Groups: matmul:<shape> (prefill, GFLOP/s), lm_head:<shape> (x @ wte.T), decode:<what> (one row, GB/s of
-weights streamed).  Every result is checked against numpy before it counts.
+weights streamed), and per weight dtype (bf16, q8_0, q4_0 beside f32) lowp-decode:<what> and lowp-prefill:<shape>.
+Every result is checked against numpy before it counts (for bf16 and q8_0: numpy over the dequantized
+weights).
 """
 import numpy as np
 import pytest
 from conftest import bench_threads
 
+from gpt2cy.engine._dtypes import linear_py
 from gpt2cy.engine._matmul import matmul_py
+from gpt2cy.engine.weights import convert, to_float32
 
 IMPLS = ["gpt2cy", "numpy"]
 T = 512   # prompt positions in a prefill
@@ -87,3 +91,48 @@ def test_decode_matvec(benchmark, layers_124m, impl):
     for (w, x), out in zip(layers_124m[:4], outs[:4]):
         np.testing.assert_allclose(out, x @ w, rtol=1e-4, atol=1e-4)
     _record(benchmark, nbytes=sum(w.nbytes for w, _ in layers_124m))
+
+
+# ------------------------------------------------------------------------------------ weight dtypes
+
+DTYPES = ["f32", "bf16", "q8_0", "q4_0"]
+
+
+@pytest.fixture(scope="module")
+def layers_124m_by_dtype(layers_124m):
+    cache = {}
+
+    def get(dtype):
+        if dtype not in cache:
+            cache[dtype] = [(convert("w", w, dtype, matmul=True, n_threads=bench_threads()), x)
+                            for w, x in layers_124m]
+        return cache[dtype]
+    return get
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_decode_matvec_dtype(benchmark, layers_124m_by_dtype, dtype):
+    # the same 48 matrices in each dtype through the engine's kernel table: bytes streamed per token shrink
+    benchmark.group = "lowp-decode:124M blocks' weights (1 row x 48 matrices)"
+    nt = bench_threads()
+    layers = layers_124m_by_dtype(dtype)
+    outs = benchmark(lambda: [linear_py(wt, x, n_threads=nt) for wt, x in layers])
+    for (wt, x), out in zip(layers[:4], outs[:4]):
+        np.testing.assert_allclose(out, x @ to_float32(wt), rtol=1e-4, atol=1e-4)
+    benchmark.extra_info["dtype"] = dtype
+    _record(benchmark, nbytes=sum(wt.data.nbytes for wt, _ in layers))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name,k,n", PREFILL[:4], ids=[p[0] for p in PREFILL[:4]])
+def test_prefill_dtype(benchmark, rng, dtype, name, k, n):
+    x = rng.standard_normal((T, k), dtype=np.float32)
+    w = (rng.standard_normal((k, n), dtype=np.float32) / np.float32(np.sqrt(k)))
+    b = rng.standard_normal(n, dtype=np.float32)
+    wt = convert("w", w, dtype, matmul=True, n_threads=bench_threads())
+    benchmark.group = f"lowp-prefill:{T}x{k}@{k}x{n} ({name})"
+    nt = bench_threads()
+    out = benchmark(lambda: linear_py(wt, x, b, n_threads=nt))
+    np.testing.assert_allclose(out, x @ to_float32(wt) + b, rtol=1e-4, atol=1e-4)
+    benchmark.extra_info["dtype"] = dtype
+    _record(benchmark, flops=2.0 * T * k * n)

@@ -31,15 +31,32 @@ from .tensors import EMBEDDING, MATMUL, tensor_specs
 from .threads import check_threads
 
 
-def engine_weights(config: Config, weights) -> dict:
-    """The engine's description of `weights` (canonical name -> engine.weights.WeightTensor).
+DTYPE_CHOICES = ("f32", "bf16", "q8_0", "q4_0")     # what load(..., dtype=) and Model(..., dtype=) accept
 
-    This is the one place where a tensor stored in a type the engine has no kernels for (f16 or bf16 today,
-    from `weights.dtypes`; a missing entry means f32) is widened to float32, once, with a notice; and where
-    a misaligned f32 view (a tensor at an odd offset of a TF bundle) is copied, since C kernels may not read
-    a float at an unaligned address. Raises ValueError naming the tensor for anything else wrong."""
-    from .engine.weights import DTYPES, describe_all
+
+def check_dtype(dtype) -> str:
+    """A valid weight dtype name (None means "f32"); ValueError listing the choices otherwise."""
+    if dtype is None:
+        return "f32"
+    if not isinstance(dtype, str) or dtype not in DTYPE_CHOICES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPE_CHOICES)}, got {dtype!r}")
+    return dtype
+
+
+def engine_weights(config: Config, weights, dtype: str = "f32", threads: int = 1) -> dict:
+    """The engine's description of `weights` (canonical name -> engine.weights.WeightTensor), with the four
+    matmul weights of every block and wte in `dtype` (DTYPE_CHOICES); biases, layer norms and wpe
+    are always f32.
+
+    This is the one place where stored types change (`weights.dtypes`; a missing entry means f32): a tensor
+    already stored in `dtype` is used where it lies; any other is widened to float32 (f16, bf16: exact) and,
+    for bf16, q8_0 and q4_0, converted by the compiled, parallel quantizers (`threads`). Widening a stored type to
+    f32 for dtype "f32" gives a notice (it takes 4 bytes per weight). A misaligned f32 view (a tensor at an
+    odd offset of a TF bundle) is copied, since C kernels may not read a float at an unaligned address.
+    Raises ValueError naming the tensor for anything else wrong."""
+    from .engine.weights import convert, describe_all
     from .formats.dtypes import to_float32
+    dtype = check_dtype(dtype)
     tensors = weights.tensors
     dtypes = getattr(weights, "dtypes", None) or {}
     arrays, kinds, widened = {}, {}, {}
@@ -48,20 +65,32 @@ def engine_weights(config: Config, weights) -> dict:
         if a is None:
             continue                                   # describe_all names what is missing
         d = dtypes.get(spec.name, "f32")
-        if d not in DTYPES or (d != "f32" and spec.role not in (MATMUL, EMBEDDING)):
+        want = dtype if spec.role in (MATMUL, EMBEDDING) else "f32"
+        if d == want and (want == "f32" or want == "bf16" and isinstance(a, np.ndarray) and a.ndim == 2):
+            if isinstance(a, np.ndarray) and not a.flags.aligned:
+                a = np.array(a)                        # an aligned copy
+            arrays[spec.name], kinds[spec.name] = a, d
+            continue
+        if d != "f32":
             try:
                 a = to_float32(a, d)
             except ValueError as e:
                 raise ValueError(f"tensor '{spec.name}': {e}") from None
-            widened[d] = widened.get(d, 0) + 1
-            d = "f32"
+            if want == "f32":
+                widened[d] = widened.get(d, 0) + 1
         elif isinstance(a, np.ndarray) and not a.flags.aligned:
-            a = np.array(a)                            # an aligned copy
-        arrays[spec.name], kinds[spec.name] = a, d
+            a = np.array(a)
+        if want == "f32":
+            arrays[spec.name], kinds[spec.name] = a, "f32"
+        else:
+            if not isinstance(a, np.ndarray) or a.shape != spec.shape:
+                raise ValueError(f"tensor '{spec.name}' has shape {getattr(a, 'shape', None)}, expected "
+                                 f"{spec.shape}")
+            arrays[spec.name] = convert(spec.name, np.ascontiguousarray(a), want, spec.role == MATMUL, threads)
     if widened:
         what = ", ".join(f"{n} {d}" for d, n in sorted(widened.items()))
-        notice(f"converted {what} tensor(s) to f32: the engine has kernels for {', '.join(DTYPES)} only, "
-               f"so they take 4 bytes per weight in memory")
+        notice(f"converted {what} tensor(s) to f32 (dtype f32), so they take 4 bytes per weight in memory; "
+               f"load(..., dtype=\"bf16\") keeps bf16 weights as they are")
     return describe_all(config, arrays, kinds)
 
 
@@ -76,12 +105,14 @@ class Model:
     n_past: positions held in slot 0's cache (past(slot) for any slot).
     """
 
-    def __init__(self, weights, *, threads=None, path=None, n_ctx=None, n_slots=1, max_rows=None):
+    def __init__(self, weights, *, threads=None, path=None, n_ctx=None, n_slots=1, max_rows=None,
+                 dtype="f32"):
         from .engine._forward import Engine
         self.config: Config = weights.config
         self.path = path if path is not None else getattr(weights, "path", None)
         self._weights = weights                    # owns the mapped file the engine points into
         self._tokenizer = None
+        self.dtype = check_dtype(dtype)
         threads = check_threads(threads)
         n_ctx = check_n_ctx(n_ctx, self.config.n_ctx)
         if not is_int(n_slots) or n_slots < 1:
@@ -90,19 +121,30 @@ class Model:
             raise ValueError(f"max_rows must be a positive integer, got {max_rows!r}")
         where = f"{self.path}: " if self.path else ""
         try:
-            described = engine_weights(self.config, weights)
+            described = engine_weights(self.config, weights, self.dtype, threads)
+            if self.dtype != "f32":
+                # the converted tensors are new arrays: keep no view of the checkpoint's float32 pages (the
+                # small vectors are copied), so the mapping closes and its pages leave the resident set
+                described = {n: (_own(wt) if wt.data.base is not None and wt.dtype == "f32" else wt)
+                             for n, wt in described.items()}
+                self._weights = SimpleNamespace(
+                    config=self.config, path=self.path, dtypes={n: wt.dtype for n, wt in described.items()},
+                    tensors={n: wt.data for n, wt in described.items()})
             self._engine = Engine(self.config, described, threads, n_ctx, int(n_slots),
                                   None if max_rows is None else int(max_rows))
         except ValueError as e:
             raise CheckpointError(f"{where}{e}") from None
+        self._described = described                # name -> WeightTensor, as the engine reads them
+        del weights
 
     @classmethod
     def from_tensors(cls, config: Config, tensors: dict, threads=None, n_ctx=None, *, n_slots=1,
-                     max_rows=None, dtypes=None) -> "Model":
+                     max_rows=None, dtypes=None, dtype="f32") -> "Model":
         """A model over in-memory tensors in canonical names (tests, conversions); dtypes: name -> "f32",
-        "f16" or "bf16" for tensors not stored as float32 (missing: f32)."""
+        "f16" or "bf16" for tensors not stored as float32 (missing: f32); dtype: the type the matmul
+        weights and wte run in (DTYPE_CHOICES; converted here when stored otherwise)."""
         return cls(SimpleNamespace(config=config, tensors=tensors, dtypes=dict(dtypes or {})),
-                   threads=threads, n_ctx=n_ctx, n_slots=n_slots, max_rows=max_rows)
+                   threads=threads, n_ctx=n_ctx, n_slots=n_slots, max_rows=max_rows, dtype=dtype)
 
     # ------------------------------------------------------------------------------------ properties
 
@@ -281,6 +323,12 @@ class Model:
         """Empty `slot`'s KV cache (its n_past becomes 0)."""
         self._engine.reset(self._slot(slot))
 
+    def dequantized(self) -> dict:
+        """The float32 values the engine multiplies by, in canonical names and shapes (matmul weights [in, out]
+        whatever their storage): a new dict of arrays, for tests and the numpy reference."""
+        from .engine.weights import to_float32
+        return {name: to_float32(wt) for name, wt in self._described.items()}
+
     def generate(self, *args, **kwargs):
         """Generate text or tokens; see gpt2cy.generation.generate for the arguments."""
         from .generation.loop import generate
@@ -290,8 +338,9 @@ class Model:
         c = self.config
         name = c.name or (os.path.basename(self.path) if self.path else "GPT-2")
         slots = f" n_slots={self.n_slots}" if self.n_slots > 1 else ""
+        dt = f" dtype={self.dtype}" if self.dtype != "f32" else ""
         return (f"<gpt2cy.Model {name}: n_layer={c.n_layer} n_embd={c.n_embd} n_head={c.n_head} "
-                f"n_ctx={self.n_ctx} threads={self.threads} n_past={self.n_past}{slots}>")
+                f"n_ctx={self.n_ctx} threads={self.threads} n_past={self.n_past}{slots}{dt}>")
 
 
 def check_n_ctx(n_ctx, limit: int) -> int:
@@ -305,20 +354,31 @@ def check_n_ctx(n_ctx, limit: int) -> int:
     return int(n_ctx)
 
 
-def load(path_or_name, threads=None, download=True, offline=None, n_ctx=None, n_slots=1) -> Model:
+def _own(wt):
+    # an f32 WeightTensor over its own copy of the data (not a view of a mapped file)
+    from dataclasses import replace
+    return replace(wt, data=np.array(wt.data))
+
+
+def load(path_or_name, threads=None, download=True, offline=None, n_ctx=None, n_slots=1, dtype="f32") -> Model:
     """Load GPT-2 from a model directory (OpenAI's or HuggingFace's files) or a name ("124M", "gpt2-xl", ...).
 
     threads: kernel threads (default: GPT2CY_NUM_THREADS, else OMP_NUM_THREADS, else the CPUs available).
     download/offline: passed to gpt2cy.hub.resolve_model. n_ctx: the context to allocate the KV cache for (default and maximum: the
     checkpoint's, 1024; smaller bounds memory: 1558M's KV cache is 600 MiB at 1024, 150 MiB at 256), per slot.
     n_slots: sequences the KV cache holds at once (Model.forward_batch runs them in one pass).
-    Raises CheckpointError for bad files, ModelNotFound for unknown names, ValueError for a bad n_ctx.
+    dtype: what the four matmul weights of every block and wte are held and multiplied in: "f32" (default),
+    "bf16" (half the bytes; round to nearest even), "q8_0" (ggml's 8-bit blocks: 34 bytes per 32 weights,
+    about 27% of f32) or "q4_0" (ggml's 4-bit blocks: 18 bytes per 32 weights, 14%). Converted at load, compiled and in parallel; the float32 file pages are not kept.
+    Biases, layer norms, wpe, activations and the KV cache stay f32.
+    Raises CheckpointError for bad files, ModelNotFound for unknown names, ValueError for a bad n_ctx or dtype.
     """
     from .formats.checkpoint import load_weights
     threads = check_threads(threads)
+    dtype = check_dtype(dtype)
     if n_ctx is not None:
         check_n_ctx(n_ctx, sys.maxsize)             # a bad type or sign fails before any download
     if not is_int(n_slots) or n_slots < 1:
         raise ValueError(f"n_slots must be a positive integer, got {n_slots!r}")
     path = hub.resolve_model(path_or_name, download=download, offline=offline)
-    return Model(load_weights(path), threads=threads, path=path, n_ctx=n_ctx, n_slots=n_slots)
+    return Model(load_weights(path), threads=threads, path=path, n_ctx=n_ctx, n_slots=n_slots, dtype=dtype)

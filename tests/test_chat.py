@@ -141,6 +141,7 @@ def test_save_and_load_a_transcript(tmp_path):
     assert other.load(path)["model"] == "fake-1"
     assert other.history == chat.history and other.params == chat.params
     assert other.max_new_tokens == 6 and other.stop == ["x"]
+    assert other.seed == 5                                        # the saved seed, not the one it had
     assert model.prefilled == before                              # nothing runs until the next send
     assert other.context_used == len(tok.encode(PREAMBLE)) + sum(
         len(tok.encode(f"\nAlice: {u}\nBob:")) + len(tok.encode(t.reply)) for u, t in zip(["a", "b \u00e9\u202e"], other.turns))
@@ -157,6 +158,7 @@ def test_save_and_load_a_transcript(tmp_path):
     (b'{"version": 1, "turns": [{"user": 3}]}', "turn 1"),
     (b'{"version": 1, "turns": [], "params": {"temperature": -1}}', "temperature"),
     (b'{"version": 1, "turns": [], "params": {"max_tokens": "5"}}', "max_tokens"),
+    (b'{"version": 1, "turns": [], "params": {"seed": -4}}', "seed"),
 ])
 def test_a_bad_transcript_changes_nothing(tmp_path, content, match):
     chat, _, _ = bot([" Hi", "\n"])
@@ -310,3 +312,14 @@ def test_a_reply_never_ends_before_its_first_token():
 
     chat = Chat(FakeModel(tok, n_ctx=1024, logits_fn=logits), temperature=0, on_notice=None)
     assert chat.send("x") == "Hi" and chat.turns[0].finish_reason == "stop"
+
+
+def test_load_names_the_params_it_does_not_know(tmp_path):
+    model = FakeModel(FakeTokenizer(WORDS), n_ctx=2048, seed=3)
+    notes = []
+    chat = Chat(model, seed=1, on_notice=notes.append)
+    path = tmp_path / "t.json"
+    path.write_text('{"version": 1, "turns": [], "params": {"top_k": 3, "mirostat": 2, "typical_p": 0.5}}')
+    chat.load(str(path))
+    assert chat.params.top_k == 3
+    assert notes == ["the transcript's params 'mirostat', 'typical_p' are not known here; ignored"]

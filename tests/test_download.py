@@ -137,15 +137,18 @@ def _reject(path):
 
 
 # Each way a download can fail after the server answered, most after the whole body arrived: the file already
-# under the final name must come out of it byte for byte, and nothing else may be left beside it.
+# under the final name must come out of it byte for byte. Beside it, only a partial file of the server's own
+# bytes may stay, and only where the failure was the network's (retries ran out) or the user's (Ctrl-C): the
+# next fetch resumes it. A failure of the bytes themselves leaves nothing.
 AFTER_THE_BODY = {
-    "sha256 mismatch": (set(), dict(sha256="0" * 64), DownloadError, r"sha256 .* does not match"),
-    "size mismatch": ({"cl_bigger"}, {}, DownloadError, r"connection closed after 300001 of 301001 bytes"),
-    "server MD5 mismatch": ({"md5_bad"}, {}, DownloadError, r"MD5 .* does not match the server's"),
-    "caller's check": (set(), dict(check=_reject), DownloadError, r"rejected by the caller's check"),
-    "truncated body": ({"truncate"}, {}, DownloadError, r"connection closed after 150000"),
-    "rename fails": (set(), {}, DownloadError, r"cannot move .*blob\.bin\.incomplete to .*blob\.bin: "),
-    "Ctrl-C in the body": ({"slow"}, dict(progress=_Interrupt("blob.bin", enabled=False)), KeyboardInterrupt, None),
+    "sha256 mismatch": (set(), dict(sha256="0" * 64), DownloadError, r"sha256 .* does not match", False),
+    "size mismatch": ({"cl_bigger"}, {}, DownloadError, r"connection closed after 300001 of 301001 bytes", True),
+    "server MD5 mismatch": ({"md5_bad"}, {}, DownloadError, r"MD5 .* does not match the server's", False),
+    "caller's check": (set(), dict(check=_reject), DownloadError, r"rejected by the caller's check", False),
+    "truncated body": ({"truncate"}, {}, DownloadError, r"connection closed after 150000", True),
+    "rename fails": (set(), {}, DownloadError, r"cannot move .*blob\.bin\.incomplete to .*blob\.bin: ", False),
+    "Ctrl-C in the body": ({"slow"}, dict(progress=_Interrupt("blob.bin", enabled=False)), KeyboardInterrupt, None,
+                           True),
 }
 
 
@@ -153,7 +156,7 @@ AFTER_THE_BODY = {
 def test_failure_after_the_body_keeps_existing_file(server, blob, dest, monkeypatch, case):
     import errno
     import gpt2cy.hub.download as download
-    modes, kwargs, exc, match = AFTER_THE_BODY[case]
+    modes, kwargs, exc, match, kept = AFTER_THE_BODY[case]
     with open(dest, "wb") as f:
         f.write(b"the good old file")
     server.set_mode("blob.bin", *modes)
@@ -166,28 +169,39 @@ def test_failure_after_the_body_keeps_existing_file(server, blob, dest, monkeypa
         with pytest.raises(exc, match=match):
             fetch(url(server), dest, settings=FAST, **{"progress": quiet(), **kwargs})
     assert open(dest, "rb").read() == b"the good old file"
-    assert leftovers(dest) == ["blob.bin"]
+    assert leftovers(dest) == (["blob.bin", "blob.bin" + PARTIAL_SUFFIX] if kept else ["blob.bin"])
+    if kept:
+        part = open(dest + PARTIAL_SUFFIX, "rb").read()
+        assert 0 < len(part) and blob.startswith(part)        # only the server's bytes, ready to resume
     assert server.served("blob.bin")[0]["sent"] > 0          # the failure came after bytes arrived
     server.set_mode("blob.bin")                              # and the next fetch replaces it whole
     fetch(url(server), dest, settings=FAST, progress=quiet())
     assert open(dest, "rb").read() == blob
+    assert leftovers(dest) == ["blob.bin"]
 
 
-def test_truncated_body_fails(server, dest):
+def assert_only_a_resumable_prefix(dest, blob, size):
+    """Nothing under the final name; the partial file holds the server's first `size` bytes (kept because
+    the retries ran out on a network failure, for the next fetch to resume)."""
+    assert leftovers(dest) == [os.path.basename(dest) + PARTIAL_SUFFIX]
+    assert open(dest + PARTIAL_SUFFIX, "rb").read() == blob[:size]
+
+
+def test_truncated_body_fails(server, blob, dest):
     server.set_mode("blob.bin", "truncate")
     with pytest.raises(DownloadError, match=r"connection closed after 150000 of 300001 bytes"):
         fetch(url(server), dest, settings=FAST, progress=quiet())
     reqs = server.served("blob.bin")
     # the first attempt made progress; then retries + 1 attempts in a row that made none
     assert [r["range"] for r in reqs] == [None] + ["bytes=150000-"] * (FAST.retries + 1)
-    assert_nothing_saved(dest)
+    assert_only_a_resumable_prefix(dest, blob, 150000)
 
 
-def test_content_length_bigger_than_file_fails(server, dest):
+def test_content_length_bigger_than_file_fails(server, blob, dest):
     server.set_mode("blob.bin", "cl_bigger")
     with pytest.raises(DownloadError, match=r"gave up"):
         fetch(url(server), dest, settings=FAST, progress=quiet())
-    assert_nothing_saved(dest)
+    assert_only_a_resumable_prefix(dest, blob, SIZE)
 
 
 def test_content_length_smaller_than_published_fails(server, dest):
@@ -361,16 +375,37 @@ def test_leftover_of_unknown_file_past_the_end_restarts(server, blob, dest):
     assert [r["status"] for r in server.served("blob.bin")] == [416, 200]
 
 
-def test_ctrl_c_removes_the_partial_file(server, dest):
+def test_ctrl_c_keeps_the_partial_file_and_the_next_fetch_resumes(server, blob, dest):
     class Interrupting(FileProgress):
         def advance(self, n):
             super().advance(n)
             raise KeyboardInterrupt
-    server.set_mode("blob.bin", "slow")
-    server.slow_s = 0.01
-    with pytest.raises(KeyboardInterrupt):
+    server.set_mode("blob.bin", "truncate")                  # the first read gets half the file
+    with captured() as notes, pytest.raises(KeyboardInterrupt):
         fetch(url(server), dest, settings=FAST, progress=Interrupting("blob.bin", enabled=False))
-    assert_nothing_saved(dest)
+    assert leftovers(dest) == ["blob.bin" + PARTIAL_SUFFIX]
+    n = os.path.getsize(dest + PARTIAL_SUFFIX)
+    assert n == SIZE // 2 and blob.startswith(open(dest + PARTIAL_SUFFIX, "rb").read())
+    assert any("kept" in m and "run the same command again to resume" in m for m in notes)
+    server.set_mode("blob.bin")
+    fetch(url(server), dest, settings=FAST, progress=quiet())
+    assert open(dest, "rb").read() == blob and leftovers(dest) == ["blob.bin"]
+    last = server.served("blob.bin")[-1]
+    assert (last["range"], last["status"], last["sent"]) == (f"bytes={n}-", 206, SIZE - n)
+
+
+def test_retries_running_out_keep_the_partial_file(server, blob, dest):
+    server.set_mode("blob.bin", "truncate")                  # half the file, then nothing more, ever
+    tight = HttpSettings(timeout=0.4, retries=0, backoff=0.01)
+    with pytest.raises(DownloadError, match="gave up") as e:
+        fetch(url(server), dest, settings=tight, progress=quiet())
+    assert getattr(e.value, "resumable", False)
+    n = os.path.getsize(dest + PARTIAL_SUFFIX)
+    assert n == SIZE // 2 and blob.startswith(open(dest + PARTIAL_SUFFIX, "rb").read())
+    server.set_mode("blob.bin")
+    fetch(url(server), dest, settings=FAST, progress=quiet())
+    assert open(dest, "rb").read() == blob
+    assert server.served("blob.bin")[-1]["range"] == f"bytes={n}-"
 
 
 @pytest.mark.parametrize("modes", [("md5",), ("md5", "drop_once"), ("md5", "drop_once", "ignore_range")])

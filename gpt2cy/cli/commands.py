@@ -14,9 +14,10 @@ import time
 from typing import List, Optional
 
 from .. import __version__
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ContextLengthError
 from ..notices import deferred, notice
 from .parser import DEFAULT_MODEL, DEFAULTS, UsageError
+from .terminal import decode_input, escape_controls, wants_escaping
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_DOWNLOAD, EXIT_CONTEXT, EXIT_INTERRUPT = 0, 1, 2, 3, 4, 5, 130
 
@@ -33,9 +34,16 @@ def describe(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
-def _clean(text: str) -> str:
-    """Command-line text may carry undecodable bytes as surrogates; make them U+FFFD."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+def _clean(text: str, what: str = "", strict: bool = False) -> str:
+    """Command-line text may carry undecodable bytes as surrogates; make them U+FFFD (with a notice when
+    `what` names the text, or an error with strict)."""
+    try:
+        data = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:                       # a lone surrogate that was not an escaped byte
+        data = text.encode("utf-8", "replace")
+    if what:
+        return decode_input(data, what, strict)
+    return data.decode("utf-8", "replace")
 
 
 def _threads(args) -> Optional[int]:
@@ -50,8 +58,18 @@ def _threads(args) -> Optional[int]:
     return None
 
 
-def _read_stdin() -> str:
-    return sys.stdin.buffer.read().decode("utf-8", "replace") if hasattr(sys.stdin, "buffer") else sys.stdin.read()
+def _read_stdin(strict: bool = False) -> str:
+    if not hasattr(sys.stdin, "buffer"):
+        return sys.stdin.read()
+    if sys.stdin.isatty():
+        notice("reading from the terminal: end the input with Ctrl-D at the start of a line "
+               "(Ctrl-Z then Enter on Windows)")
+    return decode_input(sys.stdin.buffer.read(), "stdin", strict)
+
+
+def _read_file(path: str, what: str, strict: bool) -> str:
+    with open(path, "rb") as f:
+        return decode_input(f.read(), f"{what} {path}", strict)
 
 
 def _kv_cache_bytes(model) -> Optional[int]:
@@ -73,6 +91,12 @@ def load_model(args):
     from ..hub.progress import format_bytes
     from ..model import load
     threads = _threads(args)
+    if args.ctx_size is not None:                   # a published model's limit is known before loading it
+        from ..hub.models import PUBLISHED, canonical_name
+        size = canonical_name(args.model or DEFAULT_MODEL)
+        if size is not None and args.ctx_size > PUBLISHED[size].n_ctx:
+            raise UsageError(f"gpt2cy: --ctx-size {args.ctx_size}: GPT-2 {size}'s context holds at most "
+                             f"{PUBLISHED[size].n_ctx} tokens (see gpt2cy --help)")
     t0 = time.perf_counter()
     try:
         model = load(args.model or DEFAULT_MODEL, threads=threads, offline=True if args.offline else None,
@@ -82,6 +106,8 @@ def load_model(args):
             raise UsageError(f"gpt2cy: --ctx-size {args.ctx_size}: {e} (see gpt2cy --help)") from None
         raise
     load_ms = (time.perf_counter() - t0) * 1e3
+    if threads is not None and model.threads != threads:
+        notice(f"{threads} threads asked for; using {model.threads} (the most gpt2cy runs)")
     if args.verbose:
         kv = _kv_cache_bytes(model)
         notice(f"loaded {model_name(model)} from {getattr(model, 'path', '?')} in {load_ms:.0f} ms; "
@@ -123,8 +149,7 @@ def cmd_chat(args) -> int:
     params, max_tokens = _sampling_kwargs(args, "chat")
     preamble = None
     if args.preamble is not None:
-        with open(args.preamble, "rb") as f:
-            preamble = f.read().decode("utf-8", "replace").rstrip("\n")
+        preamble = _read_file(args.preamble, "preamble file", args.strict).rstrip("\n")
     model, _ = load_model(args)
     chat = Chat(model, max_new_tokens=max_tokens, seed=args.seed, stop=stops, multiline=args.multiline,
                 preamble=preamble, **params)
@@ -132,19 +157,19 @@ def cmd_chat(args) -> int:
     banner = (f"gpt2cy {__version__} · {name} · {_n(model.threads, 'thread')} · seed {chat.seed}"
               f" · /? for help")
     history = None if args.no_history else history_path()
-    return Repl(chat, verbose=args.verbose, model_name=name, banner=banner, history=history).run()
+    return Repl(chat, verbose=args.verbose, model_name=name, banner=banner, history=history,
+                raw_output=args.raw_output, strict=args.strict).run()
 
 
 def _prompt_text(args) -> str:
     if args.file is not None:
-        with open(args.file, "rb") as f:
-            return f.read().decode("utf-8", "replace")
+        return _read_file(args.file, "prompt file", args.strict)
     if args.prompt == "-" or (args.prompt is None and not sys.stdin.isatty()):
-        return _read_stdin()
+        return _read_stdin(args.strict)
     if args.prompt is None:
         raise UsageError("gpt2cy generate: give a prompt with -p TEXT, -f FILE or -p - (stdin) "
                          "(see gpt2cy generate --help)")
-    return _clean(args.prompt)
+    return _clean(args.prompt, "the -p prompt", args.strict)
 
 
 def cmd_generate(args) -> int:
@@ -156,12 +181,19 @@ def cmd_generate(args) -> int:
     prompt = _prompt_text(args)
     model, load_ms = load_model(args)
     shift = args.context_overflow == "shift"
-    stream = generate(model, prompt, max_new_tokens=max_tokens, stop=stops, seed=args.seed, stream=True,
-                      truncate=shift, context_shift=shift, ignore_eos=args.ignore_eos, **params)
+    try:
+        stream = generate(model, prompt, max_new_tokens=max_tokens, stop=stops, seed=args.seed, stream=True,
+                          truncate=shift, context_shift=shift, ignore_eos=args.ignore_eos, **params)
+    except ContextLengthError as e:                # name the flag that lets it run
+        hint = "shorten it, or pass --context-overflow shift to keep its newest tokens"
+        msg = str(e)
+        raise ContextLengthError(msg.replace("shorten it or ask for truncation", hint) if "truncation" in msg
+                                 else f"{msg}; {hint}") from None
     if args.verbose:
         notice(f"seed {stream.seed}; prompt {_n(stream.prompt_tokens, 'token')}")
     out = sys.stdout
     as_json = args.json or args.jsonl
+    show = escape_controls if not as_json and wants_escaping(out, args.raw_output) else str
     if args.echo and not as_json:
         out.write(prompt)
         out.flush()
@@ -173,7 +205,7 @@ def cmd_generate(args) -> int:
                     out.write(json.dumps({"token": chunk.token, "text": chunk.text}, ensure_ascii=False) + "\n")
                     out.flush()
                 elif not as_json and chunk.text:
-                    out.write(chunk.text)
+                    out.write(show(chunk.text))
                     out.flush()
             response = stream.response
         except KeyboardInterrupt:
@@ -195,9 +227,9 @@ def cmd_tokenize(args) -> int:
     if args.text is None or args.text == "-":
         if args.text is None and sys.stdin.isatty():
             raise UsageError("gpt2cy tokenize: give TEXT, or - to read stdin (see gpt2cy tokenize --help)")
-        text = _read_stdin()
+        text = _read_stdin(args.strict)
     else:
-        text = _clean(args.text)
+        text = _clean(args.text, "TEXT", args.strict)
     tok = get_tokenizer(args.model or DEFAULT_MODEL, offline=True if args.offline else None)
     ids = [int(i) for i in tok.encode(text)]
     if args.json:
@@ -253,19 +285,18 @@ def cmd_info() -> int:
     import platform
     import numpy
     from ..engine._omp import openmp_enabled
-    from ..threads import default_threads
-    env = {k: os.environ.get(k) for k in ("GPT2CY_NUM_THREADS", "OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
-    source = ("GPT2CY_NUM_THREADS" if env["GPT2CY_NUM_THREADS"] else
-              "OMP_NUM_THREADS" if env["OMP_NUM_THREADS"] else "the CPUs available")
-    threads = env["GPT2CY_NUM_THREADS"] if env["GPT2CY_NUM_THREADS"] else default_threads()
+    from ..threads import cpu_count, thread_setting
+    threads, source, problem = thread_setting()
+    cpus = cpu_count()
+    where = "the CPUs available" if source == "cpus" else source
     print(f"gpt2cy {__version__}")
     print(f"openmp_enabled: {openmp_enabled()}")
-    print(f"threads: {threads} (from {source}; {cpus} CPUs available; -t N or GPT2CY_NUM_THREADS to change)")
-    policy = env["OMP_WAIT_POLICY"]
+    print(f"threads: {threads} (from {where}; {cpus} CPUs available; -t N or GPT2CY_NUM_THREADS to change)")
+    if problem:
+        print(f"  invalid: {problem}")
+        if "GPT2CY_NUM_THREADS=" in problem:
+            print("  (chat and generate refuse an invalid GPT2CY_NUM_THREADS: exit 2)")
+    policy = os.environ.get("OMP_WAIT_POLICY")
     print(f"OMP_WAIT_POLICY: {policy if policy else 'unset (libgomp default: idle workers spin a while, then sleep)'}")
     print("  on a machine busy with other work, spinning workers slow every token down: use -t 1, or "
           "fewer threads than free cores, or OMP_WAIT_POLICY=passive")

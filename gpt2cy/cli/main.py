@@ -50,17 +50,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     handler in place before is restored on return, so an in-process call leaves the library quiet)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     _tolerant_streams()
-    debug = "--debug" in argv
     previous = to_stderr()
     try:
-        return _run(argv, debug)
+        return _run(argv)
     finally:
         set_notice_handler(previous)
 
 
-def _run(argv: List[str], debug: bool) -> int:
+def _run(argv: List[str]) -> int:
+    debug = False                                   # from the parsed flags: a prompt may contain "--debug"
     try:
         args = build_parser().parse_args(with_default_command(argv))
+        debug = bool(getattr(args, "debug", False))
         if args.info:
             return cmd_info()
         return {"chat": cmd_chat, "generate": cmd_generate, "tokenize": cmd_tokenize,

@@ -6,6 +6,7 @@ Flag spellings follow llama.cpp (-m -t -n -p -f -s -r --temp --top-k ...). Every
 from __future__ import annotations
 
 import argparse
+import math
 from typing import List
 
 from .. import __version__
@@ -37,8 +38,8 @@ def _number(kind, name, lo=None, hi=None, lo_open=False):
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
                                              f"got {text!r}") from None
-        if kind is float and v != v:
-            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}")
+        if kind is float and not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"{name} must be a finite number, got {text!r}")
         if lo is not None and (v <= lo if lo_open else v < lo):
             raise argparse.ArgumentTypeError(f"{name} must be {'>' if lo_open else '>='} {lo}, got {text}")
         if hi is not None and v > hi:
@@ -48,10 +49,20 @@ def _number(kind, name, lo=None, hi=None, lo_open=False):
     return parse
 
 
+def _model_arg(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a model name (124M, 355M, 774M, 1558M) or a directory, "
+                                         "got an empty string")
+    return text
+
+
+_model_arg.__name__ = "model"
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("model and run")
-    g.add_argument("-m", "--model", default=None, metavar="NAME|PATH",
+    g.add_argument("-m", "--model", type=_model_arg, default=None, metavar="NAME|PATH",
                    help="124M (default), 355M, 774M, 1558M (aliases: gpt2, gpt2-medium, ...) or a model directory")
     g.add_argument("-t", "--threads", type=_number(int, "threads", 1), default=None, metavar="N",
                    help="threads for the kernels (default: $GPT2CY_NUM_THREADS or the CPUs available)")
@@ -61,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--offline", action="store_true", help="never touch the network ($GPT2CY_OFFLINE=1)")
     g.add_argument("-v", "--verbose", action="store_true", help="load time, seed and speed on stderr")
     g.add_argument("--debug", action="store_true", help="show a traceback on errors")
+    g.add_argument("--strict", action="store_true", help="refuse prompt, stdin or preamble bytes that are not "
+                                                        "UTF-8 (default: U+FFFD and a notice naming the offset)")
+    g.add_argument("--raw-output", action="store_true", help="print control characters in model text as they "
+                                                            "are, also on a terminal (default there: escaped, "
+                                                            "e.g. \\x1b)")
 
     sampling = argparse.ArgumentParser(add_help=False)
     s = sampling.add_argument_group("sampling")
@@ -118,10 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     tok = sub.add_parser("tokenize", help="print the token ids of a text",
                          description="Print the GPT-2 token ids of TEXT (or stdin).")
     tok.add_argument("text", nargs="?", metavar="TEXT", help="the text; - or nothing reads stdin")
-    tok.add_argument("-m", "--model", default=None, metavar="NAME|PATH", help="whose vocabulary (default 124M)")
+    tok.add_argument("-m", "--model", type=_model_arg, default=None, metavar="NAME|PATH",
+                     help="whose vocabulary (default 124M)")
     tok.add_argument("--json", action="store_true", help="print {\"ids\": [...], \"count\": N}")
     tok.add_argument("--offline", action="store_true", help="never touch the network")
     tok.add_argument("--debug", action="store_true", help="show a traceback on errors")
+    tok.add_argument("--strict", action="store_true", help="refuse input that is not UTF-8")
 
     dl = sub.add_parser("download", help="fetch and verify models into the cache")
     dl.add_argument("models", nargs="+", metavar="MODEL", help="124M, 355M, 774M, 1558M (or aliases)")

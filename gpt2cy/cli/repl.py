@@ -3,7 +3,9 @@
 On a terminal: a banner on stderr, readline editing and history, slash commands, two-stage Ctrl-C
 (the first stops a reply, or at the prompt says how to leave; a second one within a second, or a
 second one at the prompt, exits with 130). With piped stdin: each line is one turn, only the replies
-are printed, and EOF exits 0. Model text goes to stdout; everything else to stderr.
+are printed, and EOF exits 0. Model text goes to stdout (control characters escaped on a terminal);
+everything else to stderr. The history file is appended to at exit, also on SIGTERM (exit 143) and SIGHUP
+(129), never rewritten, so two REPLs at once keep both sessions' lines.
 """
 from __future__ import annotations
 
@@ -15,8 +17,10 @@ from typing import Optional, TextIO
 from ..errors import GPT2CyError
 from ..generation.chat import GREETING, Chat
 from ..notices import deferred
+from .terminal import decode_input, escape_controls, wants_escaping
 
 EXIT_INTERRUPT = 130
+HISTORY_LINES = 1000
 DOUBLE_INTERRUPT_S = 1.0
 PROMPT, MORE_PROMPT = "Human: ", "...    "
 
@@ -43,6 +47,14 @@ _PARAMS = {
     "repeat_penalty": (float, "repetition_penalty"), "repetition_penalty": (float, "repetition_penalty"),
     "repeat_last_n": (int, "repeat_last_n"),
 }
+
+
+def _parse(kind, text: str):
+    """int or float from a /set value; ValueError with our own words ("expected an integer, got 'abc'")."""
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
 
 
 def history_path() -> Optional[str]:
@@ -72,19 +84,25 @@ def unescape(text: str) -> str:
 def stats_line(response) -> str:
     """One terse line from a reply's Response: prompt tokens run and speed, reply tokens and speed."""
     u, t = response.usage, response.timings
-    return (f"[prompt: {u.prompt_tokens - u.cached_tokens} tokens ({u.cached_tokens} cached), "
-            f"{t.prompt_tps:.1f} t/s | reply: {u.completion_tokens} tokens, {t.gen_tps:.1f} t/s]")
+    new = u.prompt_tokens - u.cached_tokens
+    return (f"[prompt: {new} token{'' if new == 1 else 's'} ({u.cached_tokens} cached), "
+            f"{t.prompt_tps:.1f} t/s | reply: {u.completion_tokens} token{'' if u.completion_tokens == 1 else 's'}, "
+            f"{t.gen_tps:.1f} t/s]")
 
 
 class Repl:
     """Runs the chat loop over a Chat; `run()` returns the exit status.
 
-    history: the readline history file to read at start and write at exit (None: none kept).
+    history: the readline history file to read at start and add this session's lines to at exit, also
+    on SIGTERM and SIGHUP (None: none kept). raw_output: print control characters in replies as they are
+    (on a terminal they are shown escaped by default). strict: piped input that is not UTF-8 ends the REPL
+    with an error (default: U+FFFD and a notice naming the line and byte offset).
     """
 
     def __init__(self, chat: Chat, *, verbose: bool = False, model_name: str = "", banner: str = "",
                  history: Optional[str] = None, stdin: TextIO = None, stdout: TextIO = None,
-                 stderr: TextIO = None, interactive: Optional[bool] = None):
+                 stderr: TextIO = None, interactive: Optional[bool] = None, raw_output: bool = False,
+                 strict: bool = False):
         self.chat = chat
         self.history = history
         self.verbose = verbose
@@ -94,9 +112,14 @@ class Repl:
         self.stdout = stdout or sys.stdout
         self.stderr = stderr or sys.stderr
         self.interactive = self.stdin.isatty() if interactive is None else interactive
+        # model text on a terminal: control characters shown escaped (gpt2cy.cli.terminal)
+        self._screen = escape_controls if wants_escaping(self.stdout, raw_output) else str
         self._last_interrupt = float("-inf")
         self.last_response = None                   # the Response of the last reply that finished
         self._readline = None
+        self._history_start = 0
+        self.strict = strict                         # piped input that is not UTF-8: an error, not a notice
+        self._line_no = 0
 
     # -- output ----------------------------------------------------------------------------------
     def _info(self, text: str) -> None:
@@ -110,10 +133,40 @@ class Repl:
                 self._info(self.banner)
             self.stdout.write(f"AI: {GREETING}\n")
             self.stdout.flush()
+        restore = self._save_on_signals()
         try:
             return self._loop()
         finally:
+            restore()
             self._save_history()
+
+    def _save_on_signals(self):
+        """While a history is kept, SIGTERM and SIGHUP (the terminal closed) end the REPL through its
+        `finally`, so this session's lines are saved; the exit status is 128 + the signal's number.
+        Returns the function that puts the previous handlers back."""
+        import signal
+        if self._readline is None or self.history is None:
+            return lambda: None
+        old = {}
+
+        def leave(signum, frame):
+            raise SystemExit(128 + signum)
+        for name in ("SIGTERM", "SIGHUP"):
+            sig = getattr(signal, name, None)
+            if sig is None:
+                continue
+            try:
+                old[sig] = signal.signal(sig, leave)
+            except (ValueError, OSError):          # not the main thread: leave the defaults
+                pass
+
+        def restore():
+            for sig, handler in old.items():
+                try:
+                    signal.signal(sig, handler)
+                except (ValueError, OSError):
+                    pass
+        return restore
 
     def _loop(self) -> int:
         at_prompt_interrupts = 0
@@ -154,6 +207,13 @@ class Repl:
     def _read_line(self, prompt: str) -> str:
         if self.interactive:
             return input(prompt) if self.stdin is sys.stdin else self._fallback_input(prompt)
+        raw = getattr(self.stdin, "buffer", None) if self.stdin is sys.stdin else None
+        if raw is not None:                          # piped stdin: bytes, so bad UTF-8 can be reported
+            data = raw.readline()
+            if not data:
+                raise EOFError
+            self._line_no += 1
+            return decode_input(data, f"stdin line {self._line_no}", self.strict).rstrip("\r\n")
         line = self.stdin.readline()
         if not line:
             raise EOFError
@@ -215,7 +275,7 @@ class Repl:
                     text = text.lstrip()
                     started = bool(text)
                 if text:
-                    out.write(text)
+                    out.write(self._screen(text))
                     out.flush()
         except KeyboardInterrupt:
             chunks.close()                          # the partial reply joins the history
@@ -310,6 +370,7 @@ class Repl:
         if value is None:
             self._info(f"Usage: /set {name} VALUE")
             return
+        shown = value
         try:
             if name == "multiline":
                 on = value.lower() in ("on", "1", "true", "yes")
@@ -317,24 +378,30 @@ class Repl:
                     raise ValueError("multiline takes on or off")
                 chat.multiline = on
             elif name == "seed":
-                chat.reseed(int(value))
+                shown = str(chat.reseed(_parse(int, value)))
             elif name == "threads":
-                chat.model.threads = int(value)
+                asked = _parse(int, value)
+                chat.model.threads = asked
+                got = chat.model.threads
+                shown = str(got) if got == asked else f"{got} (the most gpt2cy runs; {asked} was asked for)"
             elif name in ("max_tokens", "max_new_tokens", "num_predict"):
-                n = int(value)
+                n = _parse(int, value)
                 if n < -1:
                     raise ValueError("max_tokens must be >= -1 (-1 = no limit)")
                 chat.max_new_tokens = None if n == -1 else n
+                shown = str(n)
             elif name in _PARAMS:
                 kind, field = _PARAMS[name]
-                chat.params = chat.params.replace(**{field: kind(value)})
+                v = _parse(kind, value)
+                chat.params = chat.params.replace(**{field: v})
+                shown = f"{v:g}" if kind is float else str(v)
             else:
                 self._info(f"Unknown parameter {name!r}. Type /? for the list.")
                 return
         except ValueError as e:
             self._info(f"Invalid value for {name}: {e}")
             return
-        self._info(f"Set {name} to {value}.")
+        self._info(f"Set {name} to {shown}.")
 
     def _show(self, what: str) -> None:
         chat = self.chat
@@ -355,7 +422,9 @@ class Repl:
                        f"n_vocab {cfg.n_vocab}; "
                        f"threads {getattr(m, 'threads', '?')}; path {getattr(m, 'path', '?')}")
         if what in ("", "context"):
-            self._info(f"context {chat.context_used}/{chat.n_ctx} tokens, {len(chat.turns)} turns")
+            used, n_ctx = chat.context_used, chat.n_ctx
+            full = " (full: the next message drops the oldest turns)" if used >= n_ctx else ""
+            self._info(f"context {min(used, n_ctx)}/{n_ctx} tokens, {len(chat.turns)} turns{full}")
         if what == "stats":
             r = self.last_response
             self._info("No reply yet." if r is None else
@@ -378,14 +447,26 @@ class Repl:
                 readline.read_history_file(path)
             except OSError:
                 pass
-        readline.set_history_length(1000)
+        readline.set_history_length(HISTORY_LINES)
+        self._history_start = readline.get_current_history_length()
 
     def _save_history(self) -> None:
-        path = self.history
-        if self._readline is None or path is None:
+        """Append this session's lines to the history file (never rewrite it: another REPL may have added
+        lines since we read it); readline then trims the file to HISTORY_LINES."""
+        path, rl = self.history, self._readline
+        if rl is None or path is None:
+            return
+        n = rl.get_current_history_length() - self._history_start
+        if n <= 0:
             return
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            self._readline.write_history_file(path)
+            if hasattr(rl, "append_history_file"):
+                with open(path, "a", encoding="utf-8"):  # GNU readline appends only to a file that exists
+                    pass
+                rl.append_history_file(n, path)
+            else:                                        # an old libedit: rewriting is all it can do
+                rl.write_history_file(path)
+            self._history_start += n
         except OSError:
             pass

@@ -7,10 +7,17 @@
 # and wte (looked up by id, and the tied output projection) take other types.
 
 # One weight tensor, as stored: `rows` rows of `cols` values, `ld` bytes apart.
-#   a matmul weight (layout "in_out"):  rows = K (inputs),  cols = N (outputs)   [in, out], Conv1D's layout
-#   wte (layout "out_in"):              rows = n_vocab,      cols = n_embd        [out, in] as the lm_head
+#   a matmul weight, layout "in_out":  rows = K (inputs),  cols = N (outputs)   [in, out], Conv1D's layout
+#   a matmul weight, layout "out_in":  rows = N (outputs), cols = K (inputs)    [out, in] (q8_0: blocks along K)
+#   wte (layout "out_in"):             rows = n_vocab,      cols = n_embd        [out, in] as the lm_head
+# Each dtype's linear kernel takes one layout (DTypeKernels.matmul_layout); the engine checks it.
+cdef enum:
+    LAYOUT_IN_OUT = 0
+    LAYOUT_OUT_IN = 1
+
 ctypedef struct WeightDesc:
     int dtype                  # index into the table (weights.DTYPES[name].code)
+    int layout                 # LAYOUT_IN_OUT or LAYOUT_OUT_IN
     const void* data           # rows * ld bytes
     const void* scales         # per-block scales of block-quantised types; NULL for f32
     Py_ssize_t rows
@@ -18,7 +25,8 @@ ctypedef struct WeightDesc:
     Py_ssize_t ld              # row stride in bytes
 
 # out[M, N] = act(x[M, K] @ W + bias), or out += x @ W + bias when accumulate (then act is ACT_NONE)
-#   x: [M, K] row stride ldx;  W: "in_out" [K, N];  bias: [N] or NULL;  out: [M, N] row stride ldo
+#   x: [M, K] row stride ldx;  W: [K, N] "in_out" or [N, K] "out_in" (matmul_layout);  bias: [N] or NULL
+#   out: [M, N] row stride ldo
 # A row's bits do not depend on M or n_threads (decode equals prefill).
 ctypedef void (*linear_fn)(const float* x, Py_ssize_t ldx, const WeightDesc* w, const float* bias,
                            float* out, Py_ssize_t ldo, Py_ssize_t M, int act, bint accumulate,
@@ -37,6 +45,7 @@ ctypedef void (*rows_fn)(const WeightDesc* w, const Py_ssize_t* ids, Py_ssize_t 
 
 ctypedef struct DTypeKernels:
     const char* name           # "f32", ...: the key of weights.DTYPES
+    int matmul_layout          # the layout `linear` reads (LAYOUT_IN_OUT or LAYOUT_OUT_IN)
     linear_fn linear
     logits_fn logits_rows
     logits_fn logits_dense

@@ -18,7 +18,7 @@ import numpy as np
 
 from ._matmul cimport ACT_NONE, ACT_GELU
 from ._kernels cimport layernorm, add_positions, kv_store, attention, QB, kv_capacity, Segment
-from ._dtypes cimport WeightDesc, DTypeKernels, dtype_kernels
+from ._dtypes cimport WeightDesc, DTypeKernels, dtype_kernels, LAYOUT_IN_OUT, LAYOUT_OUT_IN
 
 from .weights import DTYPES, IN_OUT, OUT_IN, VECTOR, WeightTensor, describe_all, supported
 from ..tensors import EMBEDDING, MATMUL, POSITIONS, tensor_specs
@@ -135,11 +135,11 @@ cdef class Engine:
             if spec.layer is not None:
                 b = &self._blocks[spec.layer]
                 if spec.role == MATMUL:
-                    self._weight(&b.mat[_MATMUL_INDEX[spec.leaf]], wt)
+                    self._weight(&b.mat[_MATMUL_INDEX[spec.leaf]], wt, True)
                 else:
                     b.vec[_VECTOR_INDEX[spec.leaf]] = self._vector(wt)
             elif spec.role == EMBEDDING:
-                self._weight(&self._wte, wt)
+                self._weight(&self._wte, wt, False)
             elif spec.role == POSITIONS:
                 self._wpe = self._vector(wt)     # rows past N are never read
             elif spec.name == "ln_f.g":
@@ -177,19 +177,24 @@ cdef class Engine:
     def __dealloc__(self):
         self._free()
 
-    cdef int _weight(self, Weight* w, wt) except -1:
-        # a matmul weight or wte: its descriptor and its dtype's kernels
+    cdef int _weight(self, Weight* w, wt, bint matmul) except -1:
+        # a matmul weight or wte: its descriptor and its dtype's kernels (a matmul weight in the layout its
+        # dtype's linear kernel reads; wte always "out_in")
         dt = DTYPES.get(wt.dtype)
         cdef const DTypeKernels* k = dtype_kernels(dt.code) if dt is not None else NULL
         if k == NULL:
             raise ValueError(f"tensor '{wt.name}' has dtype {wt.dtype!r}; the engine has kernels for: "
                              f"{supported()}")
+        cdef int layout = LAYOUT_OUT_IN if wt.layout == OUT_IN else LAYOUT_IN_OUT
+        if (matmul and layout != k.matmul_layout) or (not matmul and layout != LAYOUT_OUT_IN):
+            raise ValueError(f"tensor '{wt.name}': {wt.dtype} in layout {wt.layout!r} has no kernels")
         a = wt.data
         self._arrays.append(a)
         if wt.scales is not None:
             self._arrays.append(wt.scales)
         w.k = k
         w.desc.dtype = dt.code
+        w.desc.layout = layout
         w.desc.data = <const void*><size_t>a.ctypes.data
         w.desc.scales = <const void*><size_t>wt.scales.ctypes.data if wt.scales is not None else NULL
         w.desc.rows = wt.shape[0]

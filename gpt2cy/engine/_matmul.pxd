@@ -4,6 +4,12 @@ cdef enum:
     ACT_NONE = 0
     ACT_GELU = 1
 
+# element types of w for matmul_typed / matmul_nt_typed (bf16: uint16 bit patterns, widened exactly to f32
+# inside the kernels: the same arithmetic and determinism as f32 on the widened values)
+cdef enum:
+    W_F32 = 0
+    W_BF16 = 1
+
 # out[m, n] = act(sum_k x[m, k] * w[k, n] + bias[n])        (accumulate=0)
 # out[m, n] += sum_k x[m, k] * w[k, n] + bias[n]            (accumulate=1: fused residual add, act must be
 #                                                           ACT_NONE: GPT-2 never adds an activation's output)
@@ -29,3 +35,12 @@ cdef void matmul(const float* x, Py_ssize_t ldx, const float* w, const float* bi
 cdef void matmul_nt(const float* x, Py_ssize_t ldx, const float* wt,
                     float* out, Py_ssize_t ldo, Py_ssize_t M, Py_ssize_t K, Py_ssize_t N,
                     int n_threads) noexcept nogil
+
+# The same two products with w (wt) of element type wtype (W_F32: float, W_BF16: uint16 bf16 bits), same
+# shapes, strides and determinism; matmul and matmul_nt are the W_F32 cases.
+cdef void matmul_typed(int wtype, const float* x, Py_ssize_t ldx, const void* w, const float* bias,
+                       float* out, Py_ssize_t ldo, Py_ssize_t M, Py_ssize_t K, Py_ssize_t N,
+                       int act, bint accumulate, int n_threads) noexcept nogil
+cdef void matmul_nt_typed(int wtype, const float* x, Py_ssize_t ldx, const void* wt,
+                          float* out, Py_ssize_t ldo, Py_ssize_t M, Py_ssize_t K, Py_ssize_t N,
+                          int n_threads) noexcept nogil

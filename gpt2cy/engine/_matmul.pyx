@@ -13,11 +13,15 @@ Notes on speed (AMD Zen 5 figures in bench/bench_matmul.py; kernels in _gemm.h):
   balance, each thread takes one contiguous range of columns instead.  No heap allocation.
 - lm_head (matmul_nt): M = 1 is row dot products over contiguous rows of wte; M > 1 packs wte rows with
   in-register 8x8 transposes into the same panels as above.
+- bf16 weights (W_BF16) run the same drivers and tiles: _lowp.h widens them (a 16-bit shift, exact) while
+  packing, inside the matrix-vector block and in the row dots, so their bits are those of f32 over the
+  widened weights, and the contract below holds for them unchanged.
 - Determinism: every output element is one multiply-add chain per K block (blocks of KC from k = 0),
   blocks combined in order, bias added with the first; tiles and column ranges sit at multiples of MR/NR.
   So neither the thread count nor M changes a bit (a decode row equals the same row of a prefill).
 """
 from cython.parallel cimport prange, parallel, threadid
+from libc.stdint cimport uint16_t
 import numpy as np
 
 cdef extern from "_gemm.h" nogil:
@@ -51,8 +55,42 @@ cdef extern from "_gemm.h" nogil:
     void gemm_debug_set_late(int thread, int us)
     void gemm_debug_maybe_late()
 
+cdef extern from "_lowp.h" nogil:
+    void lp_pack_b_bf16(const uint16_t* w, Py_ssize_t ldw, Py_ssize_t kc, Py_ssize_t nc, float* dst, int nr)
+    void lp_pack_bt_bf16(const uint16_t* wt, Py_ssize_t ldwt, Py_ssize_t kc, Py_ssize_t nc, float* dst, int nr)
+    void lp_mv_block_bf16(Py_ssize_t mr, Py_ssize_t kc, const float* x, Py_ssize_t ldx, const uint16_t* w,
+                          Py_ssize_t ldw, Py_ssize_t nc, float* blk, Py_ssize_t ldb)
+    void lp_dot_rows_bf16(Py_ssize_t K, const float* x, const uint16_t* wt, Py_ssize_t ldwt, Py_ssize_t n,
+                          float* out)
+
 cdef enum:
     MIN_PAR_FLOPS = 1 << 18    # below this many multiply-adds a second thread costs more than it saves
+
+
+# The element type of w (W_F32 or W_BF16, _matmul.pxd): the drivers below are shared; only the packing, the
+# matrix-vector block and the row dots read w, and bf16 widens there (exactly) into the f32 arithmetic.
+
+cdef inline void _pack(int wt, bint trans, const void* w, Py_ssize_t off, Py_ssize_t ld, Py_ssize_t kc,
+                       Py_ssize_t nc, float* dst) noexcept nogil:
+    # w + off (elements): a [kc, nc] block of [K, N] w, or a [nc, kc] block of [N, K] w when trans
+    if wt == W_BF16:
+        if trans:
+            lp_pack_bt_bf16(<const uint16_t*>w + off, ld, kc, nc, dst, GEMM_NR)
+        else:
+            lp_pack_b_bf16(<const uint16_t*>w + off, ld, kc, nc, dst, GEMM_NR)
+    elif trans:
+        gemm_pack_bt(<const float*>w + off, ld, kc, nc, dst)
+    else:
+        gemm_pack_b(<const float*>w + off, ld, kc, nc, dst)
+
+
+cdef inline void _mv_block(int wt, Py_ssize_t mr, Py_ssize_t kc, const float* x, Py_ssize_t ldx,
+                           const void* w, Py_ssize_t off, Py_ssize_t ldw, Py_ssize_t nc, float* blk,
+                           Py_ssize_t ldb) noexcept nogil:
+    if wt == W_BF16:
+        lp_mv_block_bf16(mr, kc, x, ldx, <const uint16_t*>w + off, ldw, nc, blk, ldb)
+    else:
+        gemm_mv_block(mr, kc, x, ldx, <const float*>w + off, ldw, nc, blk, ldb)
 
 
 cdef inline Py_ssize_t _cdiv(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
@@ -81,7 +119,8 @@ cdef void _gelu_segments(float* out, Py_ssize_t n0, Py_ssize_t n1) noexcept nogi
 
 cdef void _gemm_task(const float* x,      # IN  [M, K] row stride ldx
                      Py_ssize_t ldx,
-                     const float* w,      # IN  [K, N] contiguous, or [N, K] when trans
+                     int wt,              # IN  the element type of w (W_F32, W_BF16)
+                     const void* w,       # IN  [K, N] contiguous, or [N, K] when trans
                      bint trans,
                      const float* bias,   # IN  [N] or NULL
                      float* out,          # OUT [M, N] row stride ldo
@@ -112,9 +151,9 @@ cdef void _gemm_task(const float* x,      # IN  [M, K] row stride ldx
             first = kb == 0
             last = kb == n_kb - 1
             if trans:
-                gemm_pack_bt(w + s0 * K + pc, K, kc, s1 - s0, buf)
+                _pack(wt, True, w, s0 * K + pc, K, kc, s1 - s0, buf)
             else:
-                gemm_pack_b(w + pc * N + s0, N, kc, s1 - s0, buf)
+                _pack(wt, False, w, pc * N + s0, N, kc, s1 - s0, buf)
             for ir_i in range(_cdiv(m1 - m0, GEMM_MR)):
                 ir = m0 + ir_i * GEMM_MR
                 mr = _min(GEMM_MR, m1 - ir)
@@ -153,7 +192,7 @@ cdef void _gemm_task(const float* x,      # IN  [M, K] row stride ldx
                             gemm_gelu_row(cp + i * ldo, nr)
 
 
-cdef void _gemm(const float* x, Py_ssize_t ldx, const float* w, bint trans, const float* bias,
+cdef void _gemm(const float* x, Py_ssize_t ldx, int wt, const void* w, bint trans, const float* bias,
                 float* out, Py_ssize_t ldo, Py_ssize_t M, Py_ssize_t K, Py_ssize_t N,
                 int act, bint accumulate, int n_threads) noexcept nogil:
     cdef int nt = _threads_for(M * K * N, n_threads)
@@ -178,7 +217,7 @@ cdef void _gemm(const float* x, Py_ssize_t ldx, const float* w, bint trans, cons
         for t in prange(n_tasks, schedule="dynamic"):
             ct = t % n_ct
             rt = t // n_ct
-            _gemm_task(x, ldx, w, trans, bias, out, ldo,
+            _gemm_task(x, ldx, wt, w, trans, bias, out, ldo,
                        rt * b_per_rt * GEMM_MR, _min((rt + 1) * b_per_rt * GEMM_MR, M), K, N,
                        ct * p_per_ct * GEMM_NR, _min((ct + 1) * p_per_ct * GEMM_NR, N),
                        act, accumulate, buf, cap)
@@ -190,7 +229,8 @@ cdef void _gemm(const float* x, Py_ssize_t ldx, const float* w, bint trans, cons
 
 cdef void _matvec_task(const float* x,     # IN  [M, K] row stride ldx, M <= GEMM_MV_MAXM
                        Py_ssize_t ldx,
-                       const float* w,     # IN  [K, N] contiguous
+                       int wt,             # IN  the element type of w
+                       const void* w,      # IN  [K, N] contiguous
                        const float* bias,  # IN  [N] or NULL
                        float* out,         # OUT [M, N] row stride ldo; columns [n0, n1) written
                        Py_ssize_t ldo, Py_ssize_t M, Py_ssize_t K, Py_ssize_t N, Py_ssize_t n0,
@@ -205,7 +245,7 @@ cdef void _matvec_task(const float* x,     # IN  [M, K] row stride ldx, M <= GEM
         for kb in range(n_kb):
             pc = kb * GEMM_KC
             kc = _min(GEMM_KC, K - pc)
-            gemm_mv_block(M, kc, x + pc, ldx, w + pc * N + c0, N, cw, blk, chunk)
+            _mv_block(wt, M, kc, x + pc, ldx, w, pc * N + c0, N, cw, blk, chunk)
             for m in range(M):
                 gemm_mv_combine(blk + m * chunk, bias + c0 if bias != NULL else NULL, out + m * ldo + c0,
                                 cw, kb == 0, accumulate)
@@ -214,7 +254,7 @@ cdef void _matvec_task(const float* x,     # IN  [M, K] row stride ldx, M <= GEM
                 _gelu_segments(out + m * ldo, c0, c0 + cw)
 
 
-cdef void _matvec(const float* x, Py_ssize_t ldx, const float* w, const float* bias, float* out,
+cdef void _matvec(const float* x, Py_ssize_t ldx, int wt, const void* w, const float* bias, float* out,
                   Py_ssize_t ldo, Py_ssize_t M, Py_ssize_t K, Py_ssize_t N, int act, bint accumulate,
                   int n_threads) noexcept nogil:
     cdef int nt = _threads_for(M * K * N, n_threads)
@@ -225,17 +265,18 @@ cdef void _matvec(const float* x, Py_ssize_t ldx, const float* w, const float* b
     if nt > 1 and n_kb > 0 and 4 * _cdiv(n_kb, nt) * nt <= 5 * n_kb:
         part = gemm_tls_scratch(n_kb * M * N)
     if part != NULL:
-        _matvec_ksplit(x, ldx, w, bias, out, ldo, M, K, N, act, accumulate, nt, part)
+        _matvec_ksplit(x, ldx, wt, w, bias, out, ldo, M, K, N, act, accumulate, nt, part)
         return
     # Otherwise one contiguous, NR-aligned column range per thread.
     n_tasks = _min(nt, n_panels)
     per = _cdiv(n_panels, n_tasks) * GEMM_NR
     n_tasks = _cdiv(N, per)
     for t in prange(n_tasks, num_threads=nt, schedule="static"):
-        _matvec_task(x, ldx, w, bias, out, ldo, M, K, N, t * per, _min((t + 1) * per, N), act, accumulate)
+        _matvec_task(x, ldx, wt, w, bias, out, ldo, M, K, N, t * per, _min((t + 1) * per, N), act,
+                     accumulate)
 
 
-cdef void _matvec_ksplit(const float* x, Py_ssize_t ldx, const float* w, const float* bias, float* out,
+cdef void _matvec_ksplit(const float* x, Py_ssize_t ldx, int wt, const void* w, const float* bias, float* out,
                          Py_ssize_t ldo, Py_ssize_t M, Py_ssize_t K, Py_ssize_t N, int act,
                          bint accumulate, int nt,
                          float* part) noexcept nogil:   # SCRATCH [n_kb, M, N] partial sums per K block
@@ -245,7 +286,7 @@ cdef void _matvec_ksplit(const float* x, Py_ssize_t ldx, const float* w, const f
     t = 0
     with parallel(num_threads=nt):
         for kb in prange(n_kb, schedule="static"):
-            _ksplit_block(x, ldx, w, M, K, N, kb, part + kb * M * N)
+            _ksplit_block(x, ldx, wt, w, M, K, N, kb, part + kb * M * N)
         gemm_barrier()   # every block's partial sums are in place before any column is combined
         # The combine is dealt out by thread number, not by a second prange: GCC opens every prange with a
         # barrier of its own (its loop variable is firstprivate and lastprivate), which would hide a missing
@@ -257,7 +298,7 @@ cdef void _matvec_ksplit(const float* x, Py_ssize_t ldx, const float* w, const f
             t = t + team
 
 
-cdef void _ksplit_block(const float* x, Py_ssize_t ldx, const float* w, Py_ssize_t M, Py_ssize_t K,
+cdef void _ksplit_block(const float* x, Py_ssize_t ldx, int wt, const void* w, Py_ssize_t M, Py_ssize_t K,
                         Py_ssize_t N, Py_ssize_t kb,
                         float* part) noexcept nogil:   # OUT [M, N] block kb's partial sums
     cdef Py_ssize_t pc = kb * GEMM_KC, kc = _min(GEMM_KC, K - pc), c0, c0_i
@@ -265,7 +306,7 @@ cdef void _ksplit_block(const float* x, Py_ssize_t ldx, const float* w, Py_ssize
     gemm_debug_maybe_late()   # debug builds: one thread may be made late here (tests of the barrier)
     for c0_i in range(_cdiv(N, chunk)):
         c0 = c0_i * chunk
-        gemm_mv_block(M, kc, x + pc, ldx, w + pc * N + c0, N, _min(chunk, N - c0), part + c0, N)
+        _mv_block(wt, M, kc, x + pc, ldx, w, pc * N + c0, N, _min(chunk, N - c0), part + c0, N)
 
 
 cdef void _ksplit_combine(const float* part, const float* bias, float* out, Py_ssize_t ldo, Py_ssize_t M,
@@ -281,7 +322,7 @@ cdef void _ksplit_combine(const float* part, const float* bias, float* out, Py_s
             _gelu_segments(out + m * ldo, c0, c1)
 
 
-cdef void _dot_rows(const float* x, const float* wt, float* out, Py_ssize_t K, Py_ssize_t N,
+cdef void _dot_rows(const float* x, int wtype, const void* wt, float* out, Py_ssize_t K, Py_ssize_t N,
                     int n_threads) noexcept nogil:
     # out[n] = x . wt[n] for n < N, rows of wt split into one contiguous range per thread
     cdef int nt = _threads_for(K * N, n_threads)
@@ -291,33 +332,48 @@ cdef void _dot_rows(const float* x, const float* wt, float* out, Py_ssize_t K, P
     n_tasks = _cdiv(N, per)
     for t in prange(n_tasks, num_threads=nt, schedule="static"):
         n0 = t * per
-        gemm_dot_rows(K, x, wt + n0 * K, K, _min(per, N - n0), out + n0)
+        if wtype == W_BF16:
+            lp_dot_rows_bf16(K, x, <const uint16_t*>wt + n0 * K, K, _min(per, N - n0), out + n0)
+        else:
+            gemm_dot_rows(K, x, <const float*>wt + n0 * K, K, _min(per, N - n0), out + n0)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # The contract (see _matmul.pxd)
 
-cdef void matmul(const float* x, Py_ssize_t ldx, const float* w, const float* bias,
-                 float* out, Py_ssize_t ldo, Py_ssize_t M, Py_ssize_t K, Py_ssize_t N,
-                 int act, bint accumulate, int n_threads) noexcept nogil:
+cdef void matmul_typed(int wtype, const float* x, Py_ssize_t ldx, const void* w, const float* bias,
+                       float* out, Py_ssize_t ldo, Py_ssize_t M, Py_ssize_t K, Py_ssize_t N,
+                       int act, bint accumulate, int n_threads) noexcept nogil:
     # (accumulate with act != ACT_NONE is outside the contract, see _matmul.pxd; matmul_py rejects it)
     if M <= 0 or N <= 0:
         return
     if M <= GEMM_MV_MAXM:
-        _matvec(x, ldx, w, bias, out, ldo, M, K, N, act, accumulate, n_threads)
+        _matvec(x, ldx, wtype, w, bias, out, ldo, M, K, N, act, accumulate, n_threads)
     else:
-        _gemm(x, ldx, w, False, bias, out, ldo, M, K, N, act, accumulate, n_threads)
+        _gemm(x, ldx, wtype, w, False, bias, out, ldo, M, K, N, act, accumulate, n_threads)
+
+
+cdef void matmul_nt_typed(int wtype, const float* x, Py_ssize_t ldx, const void* wt,
+                          float* out, Py_ssize_t ldo, Py_ssize_t M, Py_ssize_t K, Py_ssize_t N,
+                          int n_threads) noexcept nogil:
+    if M <= 0 or N <= 0:
+        return
+    if M == 1:
+        _dot_rows(x, wtype, wt, out, K, N, n_threads)
+    else:
+        _gemm(x, ldx, wtype, wt, True, NULL, out, ldo, M, K, N, ACT_NONE, False, n_threads)
+
+
+cdef void matmul(const float* x, Py_ssize_t ldx, const float* w, const float* bias,
+                 float* out, Py_ssize_t ldo, Py_ssize_t M, Py_ssize_t K, Py_ssize_t N,
+                 int act, bint accumulate, int n_threads) noexcept nogil:
+    matmul_typed(W_F32, x, ldx, w, bias, out, ldo, M, K, N, act, accumulate, n_threads)
 
 
 cdef void matmul_nt(const float* x, Py_ssize_t ldx, const float* wt,
                     float* out, Py_ssize_t ldo, Py_ssize_t M, Py_ssize_t K, Py_ssize_t N,
                     int n_threads) noexcept nogil:
-    if M <= 0 or N <= 0:
-        return
-    if M == 1:
-        _dot_rows(x, wt, out, K, N, n_threads)
-    else:
-        _gemm(x, ldx, wt, True, NULL, out, ldo, M, K, N, ACT_NONE, False, n_threads)
+    matmul_nt_typed(W_F32, x, ldx, wt, out, ldo, M, K, N, n_threads)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -142,8 +142,9 @@ class Chat:
                           for t in self.turns]}
 
     def restore(self, data) -> None:
-        """Replace the turns (and the sampling parameters it names) with a transcript's. Nothing changes
-        unless all of it is valid (ValueError, one line, otherwise). The KV cache is left as it is: the
+        """Replace the turns (and the sampling parameters and seed it names) with a transcript's. Nothing
+        changes unless all of it is valid (ValueError, one line, otherwise); params it names that this
+        version does not know are ignored with a notice. The KV cache is left as it is: the
         next send prefills what follows the prefix it shares with the restored conversation."""
         if not isinstance(data, dict):
             raise ValueError("a transcript is a JSON object")
@@ -170,6 +171,10 @@ class Chat:
         multiline = raw.get("multiline", self.multiline)
         if not isinstance(multiline, bool):
             raise ValueError("the transcript's multiline must be true or false")
+        seed = raw.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise ValueError(f"bad seed in the transcript: {seed!r}")
+        unknown = sorted(set(raw) - known - set(_REPLY_PARAMS) - {"seed"})
         tok = self.model.tokenizer
         turns = []
         for i, t in enumerate(raw_turns):
@@ -184,6 +189,11 @@ class Chat:
                               reply_ids=tok.encode(reply) if reply else []))
         self.params, self.max_new_tokens = params, (None if max_tokens == -1 else max_tokens)
         self.stop, self.multiline, self.turns = list(stop), multiline, turns
+        if seed is not None:                            # the saved seed restarts the random stream
+            self.reseed(seed)
+        if unknown and self.on_notice:
+            self.on_notice(f"the transcript's params {', '.join(map(repr, unknown))} are not known here; "
+                           f"ignored")
 
     def save(self, path: str, model_name: Optional[str] = None) -> None:
         """Write the transcript to `path` as JSON (replacing the file whole, never leaving half of it)."""

@@ -5,9 +5,10 @@
     for chunk in generate(model, "Hello", stream=True): ...      # -> GenerationChunk per token; the last one
                                                                  #    has a finish_reason and .response
 
-The loop goes back to Python between tokens, so Ctrl-C (KeyboardInterrupt) is seen after at most one
-decode step; `Stream.interrupt()` then gives the Response of what was released (finish_reason
-"interrupted"). GPT-2's positions are absolute, so the KV cache cannot be shifted: a prompt longer than the
+The loop goes back to Python between tokens, and prefill runs in pieces of about 0.2 s (KVCache._run), so
+Ctrl-C (KeyboardInterrupt) is seen after at most one decode step or one prefill piece; `Stream.interrupt()`
+then gives the Response of what was released (finish_reason "interrupted"). Logits that are not finite
+(weights holding NaN or inf) are a CheckpointError before any token is sampled from them. GPT-2's positions are absolute, so the KV cache cannot be shifted: a prompt longer than the
 context is an error unless truncation is asked for, and reaching n_ctx ends the text with finish_reason
 "length" and a notice (or, with context_shift, re-prefills the last half and goes on).
 
@@ -22,7 +23,7 @@ from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..errors import ContextLengthError
+from ..errors import CheckpointError, ContextLengthError
 from ..ids import check_ids
 from ..notices import notice
 from .response import FINISH_REASONS, Response, Timings, Usage, model_name
@@ -31,7 +32,7 @@ from .stopping import StopMatcher
 
 NoticeFn = Optional[Callable[[str], None]]
 
-__all__ = ["FINISH_REASONS", "GenerationChunk", "KVCache", "Stream", "check_prompt", "complete",
+__all__ = ["FINISH_REASONS", "GenerationChunk", "KVCache", "Stream", "check_finite", "check_prompt", "complete",
            "context_size", "generate", "prepare_prompt", "stream_generate"]
 
 
@@ -167,11 +168,50 @@ class KVCache:
             self._seen()
 
     def _run(self, new, all_ids):
-        self.ids, self._last_logits = None, None      # unknown until the call returns
-        logits = self.model.prefill(new, **self._kw)
-        self.ids, self._last_logits = all_ids, logits
-        self._seen()
+        """Prefill `new` (the tail of `all_ids`) in pieces of about PREFILL_SLICE_S each, so that Ctrl-C
+        (KeyboardInterrupt, raised when a piece returns to Python) is seen within about one piece. After
+        each piece the record holds the prefix the cache holds, so an interrupted prefill is resumed, not
+        redone. Rows are independent of how the input is cut (matmul and attention rows), so the result is
+        bit-identical to one call."""
+        base = len(all_ids) - len(new)
+        self.ids, self._last_logits = None, None      # unknown until a piece returns
+        size, done, logits = PREFILL_CHUNK, 0, None
+        while done < len(new):
+            piece = new[done:done + size]
+            t0 = time.perf_counter()
+            try:
+                logits = self.model.prefill(piece, **self._kw)
+            except BaseException:
+                # Ctrl-C lands when the engine returns, which may be before prefill() does: a cache that
+                # grew by exactly the piece holds it (a split call that stopped part way does not match)
+                if self._model_past() == base + done + len(piece):
+                    self.ids, self._last_logits = list(all_ids[:base + done + len(piece)]), None
+                    self._seen()
+                raise
+            dt = time.perf_counter() - t0
+            done += len(piece)
+            self.ids, self._last_logits = list(all_ids[:base + done]), logits
+            self._seen()
+            size = _next_piece(len(piece), dt)
+        self.ids = all_ids
         return logits
+
+
+# Prefill runs in pieces (see KVCache._run): the first of PREFILL_CHUNK tokens, then sized from the speed
+# measured so that each takes about PREFILL_SLICE_S, within [PREFILL_CHUNK_MIN, PREFILL_CHUNK_MAX]. The
+# minimum keeps a pass over the weights worth its memory traffic (1558M reads 6 GB per pass, so a piece
+# there takes about 0.5 s, and that is how long Ctrl-C may wait); on a quiet machine 124M runs 64 tokens in
+# about 35 ms, so its pieces grow to the maximum.
+PREFILL_CHUNK = 64
+PREFILL_CHUNK_MIN = 64
+PREFILL_CHUNK_MAX = 512
+PREFILL_SLICE_S = 0.2
+
+
+def _next_piece(n: int, seconds: float) -> int:
+    """Tokens for the next prefill piece, from the last one's size and duration (a multiple of 16)."""
+    want = PREFILL_CHUNK_MAX if seconds <= 0 else int(n * PREFILL_SLICE_S / seconds)
+    return max(PREFILL_CHUNK_MIN, min(PREFILL_CHUNK_MAX, want) // 16 * 16)
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -334,6 +374,19 @@ def stream_generate(model, prompt_ids: Sequence[int], sampler: Callable[[np.ndar
                         context_shift, on_notice), run)
 
 
+def check_finite(logits: np.ndarray, model=None, position: Optional[int] = None) -> None:
+    """Raise CheckpointError when logits hold NaN or inf: only weights with such values (or a broken
+    engine) produce them, and sampling from them would give "!!!!" (argmax of NaN is id 0), an empty chat
+    reply or a sampler error. Two reductions over [V] floats, a few microseconds a token."""
+    if np.isfinite(logits.max()) and np.isfinite(logits.min()):
+        return
+    where = getattr(model, "path", None) if model is not None else None
+    at = f" after {position} tokens" if position is not None else ""
+    hint = f"; run `gpt2cy verify {where}` to find the tensor" if where else ""
+    raise CheckpointError(f"the model's logits{at} are not finite (NaN or inf): its weights hold NaN or "
+                          f"infinite values{hint}")
+
+
 def _loop(model, ids, sampler, run: _Run, limit, matcher: StopMatcher, ignore_eos, cache: KVCache,
           context_shift, on_notice) -> Iterator[GenerationChunk]:
     tok = model.tokenizer
@@ -353,6 +406,7 @@ def _loop(model, ids, sampler, run: _Run, limit, matcher: StopMatcher, ignore_eo
     decoder = tok.stream_decoder()
     n_gen = 0
     while True:
+        check_finite(logits, model, len(held))
         token = sampler(logits, ids)
         ids.append(token)
         n_gen += 1

@@ -16,11 +16,14 @@ The rules, per file (`fetch`):
 - The size must equal Content-Length and, when the caller knows it (the official bucket), the published size;
   `sha256` is checked when given, and so is an MD5 the server states (Content-MD5 or Azure's
   x-ms-blob-content-md5, hashed while streaming). Then fsync, atomic rename, fsync of the directory.
-- Ctrl-C or any error removes `<file>.incomplete` and never touches `<file>`: a file already under the final
-  name stays exactly as it was until the rename replaces it with a whole, checked one. Only a process that is
-  killed outright (SIGKILL, power loss) leaves a partial file behind; the next fetch resumes it (its bytes are
-  then proved by the server's MD5, the sha256 or the checkpoint's CRC32C verification that follows a model
-  download).
+- Nothing ever touches `<file>` but the final rename: a file already under the final name stays exactly as it
+  was until the rename replaces it with a whole, checked one.
+- Ctrl-C, and transient failures that outlast the retries, keep `<file>.incomplete` (with a notice saying so):
+  its bytes are a prefix of what the server sent for this URL, so the next fetch resumes it with a Range
+  request (as it does the leftover of a killed process). The resumed bytes are proved as a whole by the size
+  checks, the server's MD5, the sha256 or the checkpoint's CRC32C verification that follows a model download,
+  and the caller's lock keeps two processes from writing the same partial file. Any other failure (a bad
+  status, a web page, a size or checksum mismatch, a local write error) removes it.
 - Errors writing locally (disk full) fail at once; they are not mistaken for network trouble and retried.
 - `GPT2CY_OFFLINE=1` makes `fetch` refuse before any socket is opened.
 """
@@ -199,8 +202,8 @@ def fetch(url: str, dest: str, *, expected_size: int | None = None, sha256: str 
     progress: a FileProgress to report to (default: a new one labelled with the file name).
     check: called with the finished temp file's path before the rename; raise DownloadError to reject it.
     The caller must hold a FileLock covering `dest` (hub.download_models does). A `dest + '.incomplete'` left
-    by a killed process is resumed. Raises DownloadError; on any failure, and on Ctrl-C, `dest` is untouched
-    and the partial file is removed.
+    by an interrupted or killed run is resumed. Raises DownloadError; on any failure, and on Ctrl-C, `dest` is
+    untouched; the partial file is kept for a resume after Ctrl-C or when the retries ran out, else removed.
     """
     if offline_env():
         raise DownloadError(f"GPT2CY_OFFLINE is set: refusing to fetch {url}")
@@ -228,6 +231,16 @@ def fetch(url: str, dest: str, *, expected_size: int | None = None, sha256: str 
         job.progress.close()
         _remove(job.partial)
         raise DownloadError(f"cannot write {job.partial}: {e.strerror or e}") from None
+    except _GaveUp as e:  # the network failed us, not the bytes: keep them for the next run to resume
+        job.progress.close()
+        _kept(job.partial, "the next download resumes from there")
+        err = DownloadError(str(e))
+        err.resumable = True  # callers that clean up (a staged download) keep the partial file too
+        raise err from None
+    except KeyboardInterrupt:
+        job.progress.close()
+        _kept(job.partial, "run the same command again to resume")
+        raise
     except BaseException:
         job.progress.close()
         _remove(job.partial)
@@ -240,6 +253,24 @@ def fetch(url: str, dest: str, *, expected_size: int | None = None, sha256: str 
 
 class _RenameFailed(Exception):
     """Internal: the final rename failed (the partial file is removed; `dest` is untouched)."""
+
+
+class _GaveUp(Exception):
+    """Internal: transient failures (connection, timeout, 5xx) outlasted the retries; the partial file holds
+    only bytes the server sent for this file, so it is kept to be resumed."""
+
+
+def _kept(partial: str, then: str) -> None:
+    """Say that a partial download stays on disk (or remove an empty one)."""
+    try:
+        size = os.path.getsize(partial)
+    except OSError:
+        return
+    if size == 0:
+        _remove(partial)
+        return
+    from .progress import format_bytes
+    notice(f"download stopped; kept the {format_bytes(size)} already fetched in {partial}: {then}")
 
 
 class _Transfer:
@@ -265,7 +296,7 @@ class _Transfer:
             except _Retry as e:
                 failures = 0 if e.progressed else failures + 1
                 if failures > self.settings.retries or attempts >= MAX_ATTEMPTS_WITH_PROGRESS:
-                    raise DownloadError(f"{self.url}: {e} (gave up after {attempts} attempts)") from None
+                    raise _GaveUp(f"{self.url}: {e} (gave up after {attempts} attempts)") from None
                 delay = min(MAX_BACKOFF_S, self.settings.backoff * 2 ** max(0, failures - 1))
                 self.progress.close()             # end a half-drawn bar's line before the notice
                 notice(f"{self.progress.label}: {e}; retrying in {delay:.1f} s")
@@ -318,7 +349,7 @@ class _Transfer:
             if isinstance(e.reason, socket.gaierror):  # no name resolution: retrying for half a minute won't help
                 host = urllib.parse.urlsplit(url).hostname
                 raise DownloadError(f"{url}: cannot resolve {host} ({e.reason.strerror}); check the network "
-                                    "connection, or pass -m with a local model directory") from None
+                                    "connection, or use a model directory you have (-m PATH)") from None
             raise _Retry(f"cannot connect ({e.reason})") from None
         except (OSError, http.client.HTTPException) as e:
             raise _Retry(f"connection failed ({e or type(e).__name__})") from None

@@ -431,7 +431,8 @@ STAGING_DIR = ".incoming"   # <model dir>/.incoming/: a full download is checked
 def _download_staged(size, path, progress, http) -> str:
     """Fetch all five files into <path>/.incoming/, verify them there, and only then move them over the
     cached ones. Any failure (a bad status or body, a checksum, verification, Ctrl-C) leaves the cached files
-    exactly as they were, including their .verified.json."""
+    exactly as they were, including their .verified.json. After Ctrl-C or retries that ran out, the partial
+    file in .incoming/ stays for the next forced download to resume; any other failure clears .incoming/."""
     staging = os.path.join(path, STAGING_DIR)
     try:
         os.makedirs(staging, exist_ok=True)
@@ -454,9 +455,35 @@ def _download_staged(size, path, progress, http) -> str:
         _write_marker(path)                        # rename keeps size and mtime: what verify_model checked
         for name in FILES:                         # partials of an earlier, killed download are stale now
             _remove_files(path, [name + PARTIAL_SUFFIX])
-        return path
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    except BaseException as e:
+        # Ctrl-C, or retries that ran out: keep the partial files in .incoming/ for the next forced download
+        # to resume (fetch already said so); anything else (a verification failure) discards the staging
+        if isinstance(e, KeyboardInterrupt) or getattr(e, "resumable", False):
+            _clear_staging(staging, keep_partials=True)
+        else:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def _clear_staging(staging: str, keep_partials: bool) -> None:
+    """Remove what a staged download left, except (keep_partials) the `.incomplete` files a resume can use."""
+    try:
+        names = os.listdir(staging)
+    except OSError:
+        return
+    for name in names:
+        if keep_partials and name.endswith(PARTIAL_SUFFIX):
+            continue
+        p = os.path.join(staging, name)
+        if os.path.isdir(p):
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
 
 
 def _fetch_files(size, path, todo, progress, http, *, fetched=None, shown=None) -> None:
@@ -484,10 +511,22 @@ def _fetch_files(size, path, todo, progress, http, *, fetched=None, shown=None) 
     if rest:
         expected = {**published_file_sizes(size), DATA_FILE: 4 * cfg.n_params}
         total = sum(expected[f] or 0 for f in rest)
-        notice(f"downloading model {size} ({format_bytes(total)}) from {base}/{size}/ to {shown or path}")
+        have = sum(_partial_size(path, f, expected[f]) for f in rest)
+        resume = f", resuming with {format_bytes(have)} already here" if have else ""
+        notice(f"downloading model {size} ({format_bytes(total - have)}{resume}) from {base}/{size}/ to "
+               f"{shown or path}")
     for name in rest:
         _fetch_one(base, size, path, name, published, settings, show)
         fetched.append(name)
+
+
+def _partial_size(path: str, name: str, expected) -> int:
+    """Bytes of `name` an interrupted download left to resume (0 when none, or when they cannot be its)."""
+    try:
+        n = os.path.getsize(os.path.join(path, name + PARTIAL_SUFFIX))
+    except OSError:
+        return 0
+    return n if expected is None or n <= expected else 0
 
 
 def _fetch_one(base, size, path, name, published, settings, show) -> None:

@@ -1,0 +1,83 @@
+"""Continuous batching on a random 124M-shaped checkpoint: aggregate decode tokens/s of 1, 4 and 8 sequences
+in one batch (generate_batch, one forward over all of them a step) beside the same prompts generated one
+after another (generation.loop.generate), in the same group.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE pytest bench/bench_batch.py --benchmark-only
+
+Groups "batch-124M-<n>seq" hold "batched" and "sequential"; extra_info["tokens/s"] is n * N_NEW / the
+median (aggregate completion tokens per second, prefill of the 32-token prompts included). Target
+(issue 10): 8 sequences batched at least 5x the tokens/s of one. Both implementations must produce the
+same tokens (greedy) before a figure counts. GPT2CY_BENCH_SMALL=1 runs the same code on a small model
+with a few tokens, as a smoke test.
+"""
+import os
+
+import numpy as np
+import pytest
+
+import gpt2cy
+from gpt2cy.generation.batch import complete_batch
+from gpt2cy.generation.loop import complete
+
+from conftest import bench_threads
+
+SMALL = os.environ.get("GPT2CY_BENCH_SMALL") == "1"
+N_PROMPT, N_NEW = (8, 4) if SMALL else (32, 64)
+SIZES = [1, 4, 8]
+GREEDY = dict(temperature=0, ignore_eos=True, max_new_tokens=N_NEW, on_notice=None)
+
+
+@pytest.fixture(scope="module")
+def batch_model_dir(tmp_path_factory, request):
+    if not SMALL:
+        return request.getfixturevalue("model_124m_dir")
+    from gpt2cy.config import Config
+    from gpt2cy.testing import write_random_model
+    path = tmp_path_factory.mktemp("gpt2-small-random")
+    return write_random_model(str(path), Config(n_vocab=50257, n_ctx=128, n_embd=64, n_head=2, n_layer=2), seed=0)
+
+
+@pytest.fixture(scope="module")
+def models(batch_model_dir):
+    """(one-slot model, model with max(SIZES) slots) over the same mapped checkpoint file."""
+    return (gpt2cy.load(batch_model_dir, threads=bench_threads()),
+            gpt2cy.load(batch_model_dir, threads=bench_threads(), n_slots=max(SIZES)))
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 50256, N_PROMPT).tolist() for _ in range(max(SIZES))]
+
+
+def batched(model, prompts):
+    # every round from empty slots (else the prefix cache would skip the prompts of the round before);
+    # token_budget: every prompt read in one step, as the sequential path reads each in one forward
+    for s in range(model.n_slots):
+        model.reset(s)
+    return [r.token_ids for r in complete_batch(model, prompts, token_budget=len(prompts) * N_PROMPT, **GREEDY)]
+
+
+def sequential(model, prompts):
+    out = []
+    for p in prompts:
+        model.reset()
+        out.append(complete(model, p, **GREEDY).token_ids)
+    return out
+
+
+@pytest.mark.parametrize("impl", ["batched", "sequential"])
+@pytest.mark.parametrize("n", SIZES)
+def test_batch_generate(benchmark, n, impl, models, prompts):
+    one, many = models
+    benchmark.group = f"batch-124M-{n}seq" if not SMALL else f"batch-small-{n}seq"
+    ps = [list(p) for p in prompts[:n]]
+    if impl == "batched":
+        toks = benchmark.pedantic(lambda: batched(many, ps), rounds=3, warmup_rounds=1)
+    else:
+        toks = benchmark.pedantic(lambda: sequential(one, ps), rounds=3, warmup_rounds=1)
+    assert toks == sequential(one, ps)          # a fast wrong answer is no result
+    benchmark.extra_info["impl"] = impl
+    benchmark.extra_info["sequences"] = n
+    benchmark.extra_info["threads"] = bench_threads()
+    benchmark.extra_info["tokens/s"] = round(n * N_NEW / benchmark.stats.stats.median, 2)

@@ -1,0 +1,528 @@
+/* gpt2cy/engine/_lowp.h: weights in fewer bytes (bf16, q8_0): conversions, quantizers and kernels.
+ *
+ * Our own code.  The q8_0 block layout is ggml's (ggml-common.h `block_q8_0`), so a GGUF file's q8_0 data is
+ * read where it lies:
+ *
+ *   bf16   the top 16 bits of a float32; widening is a 16-bit shift (exact)
+ *   q8_0   32 weights along the input dimension per 34-byte block: fp16 scale d (little-endian, offset 0)
+ *          then 32 int8 q; the weight is d * q.  Rows are output rows ([out, in]), in / 32 blocks each.
+ *   q4_0   the same with 18-byte blocks: fp16 d, then 16 bytes whose low nibbles are q[0..15] and high
+ *          nibbles q[16..31] (unsigned, 0..15); the weight is d * (q - 8).
+ *
+ * d * q is exact in float32 (an 11-bit fp16 significand times an 8- or 4-bit integer), so dequantizing into a
+ * buffer or in registers gives the same float: the kernels below are bit-identical whichever path runs.
+ *
+ * Determinism:
+ *   bf16 [in, out] (matmul weights): widened while packing into _gemm.h's panels / inside the matrix-vector
+ *        block, the same one multiply-add chain per element as f32, so the f32 contract holds unchanged.
+ *   bf16 rows and q8_0 (row dots): out = tree(lanes), lane l = sum over k = l (mod LANES) of x[k] * w[k]
+ *        in increasing k (one fused multiply-add chain), tree a fixed pairwise sum.  q8_0 uses 8 lanes in
+ *        decode and in the prefill tiles alike; bf16's logits rows use _gemm.h's 32-lane order.
+ */
+#ifndef GPT2CY_LOWP_H
+#define GPT2CY_LOWP_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <math.h>
+
+#include "_madd.h"
+
+#if defined(__AVX2__) || defined(__F16C__)
+#include <immintrin.h>
+#endif
+#if defined(__AVX2__) && defined(__FMA__)
+#define LP_AVX2 1
+#else
+#define LP_AVX2 0
+#endif
+
+#define LP_QK 32            /* q8_0: weights per block */
+#define LP_Q8_BYTES 34      /* q8_0: bytes per block (2-byte fp16 scale + 32 int8) */
+#define LP_Q4_BYTES 18      /* q4_0: bytes per block (2-byte fp16 scale + 16 bytes of nibbles) */
+#define LP_LANES 8          /* q8_0 / q4_0 dots: lanes of the fixed reduction order */
+#define LP_Q8 0             /* block types of the q* kernels */
+#define LP_Q4 1
+
+/* ------------------------------------------------------------------------------------------------------
+ * Scalar conversions
+ */
+static inline float lp_bf16_to_f32(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof(f));
+    return f;
+}
+
+/* round to nearest, ties to even; a NaN stays a (quiet) NaN with its sign, never becomes inf */
+static inline uint16_t lp_f32_to_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof(u));
+    if ((u & 0x7FFFFFFFu) > 0x7F800000u)
+        return (uint16_t)((u >> 16) | 0x0040u);
+    u += 0x7FFFu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+/* fp16 -> float32 (exact) */
+static inline float lp_f16_to_f32(uint16_t h)
+{
+#if defined(__F16C__)
+    return _cvtsh_ss(h);
+#else
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1Fu, m = h & 0x3FFu, u;
+    float f;
+    if (e == 0x1F) {
+        u = sign | 0x7F800000u | (m << 13);
+    } else if (e == 0) {
+        f = (float)m * 5.9604644775390625e-8f;          /* m * 2^-24: zero or a subnormal, exact */
+        memcpy(&u, &f, sizeof(u));
+        u |= sign;
+    } else {
+        u = sign | ((e + 112u) << 23) | (m << 13);
+    }
+    memcpy(&f, &u, sizeof(f));
+    return f;
+#endif
+}
+
+/* float32 -> fp16, round to nearest, ties to even (numpy's astype(float16)); portable C on every build, so
+ * the quantizer's bytes never depend on the ISA */
+static inline uint16_t lp_f32_to_f16(float f)
+{
+    uint32_t u, sign;
+    memcpy(&u, &f, sizeof(u));
+    sign = (u >> 16) & 0x8000u;
+    u &= 0x7FFFFFFFu;
+    if (u > 0x7F800000u)
+        return (uint16_t)(sign | 0x7E00u | ((u >> 13) & 0x3FFu));   /* NaN (quiet) */
+    if (u >= 0x477FF000u)
+        return (uint16_t)(sign | 0x7C00u);                           /* >= 65520: inf */
+    if (u < 0x38800000u) {                                           /* below 2^-14: subnormal or zero */
+        float a, r;
+        memcpy(&a, &u, sizeof(a));
+        r = a * 16777216.0f;                                         /* in units of 2^-24, exact */
+        r = (r + 8388608.0f) - 8388608.0f;                           /* round half to even */
+        return (uint16_t)(sign | (uint32_t)r);
+    }
+    u -= 112u << 23;                                                 /* rebias 127 -> 15 */
+    u += 0xFFFu + ((u >> 13) & 1u);
+    return (uint16_t)(sign | (u >> 13));
+}
+
+static inline float lp_q8_scale(const uint8_t *block)
+{
+    uint16_t h;
+    memcpy(&h, block, sizeof(h));
+    return lp_f16_to_f32(h);
+}
+
+/* ------------------------------------------------------------------------------------------------------
+ * Quantizers (one row each; the Cython drivers run rows in parallel)
+ */
+
+/* dst[j] = bf16(src[j]), j < n */
+static inline void lp_row_to_bf16(const float *src, uint16_t *dst, ptrdiff_t n)
+{
+    for (ptrdiff_t j = 0; j < n; j++)
+        dst[j] = lp_f32_to_bf16(src[j]);
+}
+
+/* One q8_0 block from 32 floats, the arithmetic of ggml's quantize_row_q8_0_ref and gguf-py's Q8_0
+ * (float32 throughout): d = amax / 127, id = d ? 1 / d : 0, q = round_half_away(x * id). */
+static inline void lp_q8_block(const float *x, uint8_t *dst)
+{
+    float amax = 0.0f;
+    for (int j = 0; j < LP_QK; j++) {
+        float a = x[j] < 0.0f ? -x[j] : x[j];
+        amax = a > amax ? a : amax;
+    }
+    float d = amax / 127.0f;
+    float id = d != 0.0f ? 1.0f / d : 0.0f;
+    uint16_t h = lp_f32_to_f16(d);
+    memcpy(dst, &h, sizeof(h));
+    for (int j = 0; j < LP_QK; j++)
+        dst[2 + j] = (uint8_t)(int8_t)(int32_t)roundf(x[j] * id);     /* half away from zero */
+}
+
+/* One q4_0 block, the arithmetic of gguf-py's Q4_0 (float32 throughout): m = the value of largest magnitude
+ * (the first such), d = m / -8, id = d ? 1 / d : 0, q = min(15, trunc(x * id + 8.5)) with two roundings
+ * (the product is stored through a volatile so that no compiler fuses it into the add). */
+static inline void lp_q4_block(const float *x, uint8_t *dst)
+{
+    float m = x[0], amax = m < 0.0f ? -m : m;       /* numpy's argmax: the first of equal magnitudes */
+    uint8_t q[LP_QK];
+    for (int j = 1; j < LP_QK; j++) {
+        float a = x[j] < 0.0f ? -x[j] : x[j];
+        if (a > amax) { amax = a; m = x[j]; }
+    }
+    float d = m / -8.0f;
+    float id = d != 0.0f ? 1.0f / d : 0.0f;
+    uint16_t h = lp_f32_to_f16(d);
+    memcpy(dst, &h, sizeof(h));
+    for (int j = 0; j < LP_QK; j++) {
+        volatile float p = x[j] * id;
+        float t = p + 8.5f;
+        int v = t > 0.0f ? (int)t : 0;
+        q[j] = (uint8_t)(v > 15 ? 15 : v);
+    }
+    for (int j = 0; j < LP_QK / 2; j++)
+        dst[2 + j] = (uint8_t)(q[j] | (q[j + LP_QK / 2] << 4));
+}
+
+static inline void lp_row_to_q4(const float *src, uint8_t *dst, ptrdiff_t n)
+{
+    for (ptrdiff_t b = 0; b < n / LP_QK; b++)
+        lp_q4_block(src + b * LP_QK, dst + b * LP_Q4_BYTES);
+}
+
+static inline void lp_q4_row_to_f32(const uint8_t *src, float *dst, ptrdiff_t n)
+{
+    for (ptrdiff_t b = 0; b < n / LP_QK; b++) {
+        const uint8_t *blk = src + b * LP_Q4_BYTES;
+        float d = lp_q8_scale(blk);
+        for (int j = 0; j < LP_QK / 2; j++) {
+            dst[b * LP_QK + j] = d * (float)((int)(blk[2 + j] & 0x0F) - 8);
+            dst[b * LP_QK + j + LP_QK / 2] = d * (float)((int)(blk[2 + j] >> 4) - 8);
+        }
+    }
+}
+
+/* a row of n (a multiple of 32) floats -> n / 32 blocks */
+static inline void lp_row_to_q8(const float *src, uint8_t *dst, ptrdiff_t n)
+{
+    for (ptrdiff_t b = 0; b < n / LP_QK; b++)
+        lp_q8_block(src + b * LP_QK, dst + b * LP_Q8_BYTES);
+}
+
+/* dequantize n weights of a q8_0 row */
+static inline void lp_q8_row_to_f32(const uint8_t *src, float *dst, ptrdiff_t n)
+{
+    for (ptrdiff_t b = 0; b < n / LP_QK; b++) {
+        const uint8_t *blk = src + b * LP_Q8_BYTES;
+        float d = lp_q8_scale(blk);
+        for (int j = 0; j < LP_QK; j++)
+            dst[b * LP_QK + j] = d * (float)(int8_t)blk[2 + j];
+    }
+}
+
+static inline void lp_bf16_row_to_f32(const uint16_t *src, float *dst, ptrdiff_t n)
+{
+    for (ptrdiff_t j = 0; j < n; j++)
+        dst[j] = lp_bf16_to_f32(src[j]);
+}
+
+/* ------------------------------------------------------------------------------------------------------
+ * bf16 [in, out]: the f32 kernels' arithmetic with the weights widened on the way in
+ */
+
+/* as gemm_pack_b (w: [kc, nc] bf16, row stride ldw elements; dst: [ceil(nc/NR), kc, NR] floats) */
+static inline void lp_pack_b_bf16(const uint16_t *w, ptrdiff_t ldw, ptrdiff_t kc, ptrdiff_t nc, float *dst, int nr)
+{
+    ptrdiff_t n_panels = (nc + nr - 1) / nr;
+    for (ptrdiff_t k = 0; k < kc; k++) {
+        const uint16_t *src = w + k * ldw;
+        for (ptrdiff_t p = 0; p < n_panels; p++) {
+            float *d = dst + (p * kc + k) * nr;
+            ptrdiff_t j0 = p * nr, nv = nc - j0 < nr ? nc - j0 : nr, j;
+            for (j = 0; j < nv; j++) d[j] = lp_bf16_to_f32(src[j0 + j]);
+            for (; j < nr; j++) d[j] = 0.0f;
+        }
+    }
+}
+
+/* as gemm_pack_bt (wt: [nc, kc] bf16, row stride ldwt elements: the tied lm_head's rows) */
+static inline void lp_pack_bt_bf16(const uint16_t *wt, ptrdiff_t ldwt, ptrdiff_t kc, ptrdiff_t nc, float *dst, int nr)
+{
+    ptrdiff_t n_panels = (nc + nr - 1) / nr;
+    for (ptrdiff_t p = 0; p < n_panels; p++) {
+        float *d = dst + p * kc * nr;
+        ptrdiff_t j0 = p * nr, nv = nc - j0 < nr ? nc - j0 : nr;
+        for (ptrdiff_t j = 0; j < nr; j++) {
+            if (j < nv) {
+                const uint16_t *src = wt + (j0 + j) * ldwt;
+                for (ptrdiff_t k = 0; k < kc; k++) d[k * nr + j] = lp_bf16_to_f32(src[k]);
+            } else {
+                for (ptrdiff_t k = 0; k < kc; k++) d[k * nr + j] = 0.0f;
+            }
+        }
+    }
+}
+
+#if LP_AVX2
+static inline __m256 lp_bf16x8(const uint16_t *p)
+{
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+}
+#endif
+
+/* as gemm_mv_block: blk[m*ldb + j] = sum_{k<kc} x[m*ldx + k] * w[k*ldw + j], one chain per element in
+ * increasing k from 0 (the bits of gemm_tile over a packed panel).  w: [kc, nc] bf16, row stride ldw. */
+static inline void lp_mv_block_bf16(ptrdiff_t mr, ptrdiff_t kc, const float *x, ptrdiff_t ldx, const uint16_t *w,
+                             ptrdiff_t ldw, ptrdiff_t nc, float *blk, ptrdiff_t ldb)
+{
+    for (ptrdiff_t m = 0; m < mr; m++)
+        memset(blk + m * ldb, 0, (size_t)nc * sizeof(float));
+    ptrdiff_t k = 0;
+    for (; k + 4 <= kc; k += 4) {
+        const uint16_t *w0 = w + k * ldw, *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw;
+        for (ptrdiff_t m = 0; m < mr; m++) {
+            const float *xm = x + m * ldx + k;
+            float *bm = blk + m * ldb;
+            ptrdiff_t j = 0;
+#if LP_AVX2
+            __m256 x0 = _mm256_set1_ps(xm[0]), x1 = _mm256_set1_ps(xm[1]);
+            __m256 x2 = _mm256_set1_ps(xm[2]), x3 = _mm256_set1_ps(xm[3]);
+            for (; j + 8 <= nc; j += 8) {
+                __m256 v = _mm256_loadu_ps(bm + j);
+                v = _mm256_fmadd_ps(x0, lp_bf16x8(w0 + j), v);
+                v = _mm256_fmadd_ps(x1, lp_bf16x8(w1 + j), v);
+                v = _mm256_fmadd_ps(x2, lp_bf16x8(w2 + j), v);
+                v = _mm256_fmadd_ps(x3, lp_bf16x8(w3 + j), v);
+                _mm256_storeu_ps(bm + j, v);
+            }
+#endif
+            for (; j < nc; j++) {
+                float v = bm[j];
+                v = GPT2CY_MADD(xm[0], lp_bf16_to_f32(w0[j]), v);
+                v = GPT2CY_MADD(xm[1], lp_bf16_to_f32(w1[j]), v);
+                v = GPT2CY_MADD(xm[2], lp_bf16_to_f32(w2[j]), v);
+                v = GPT2CY_MADD(xm[3], lp_bf16_to_f32(w3[j]), v);
+                bm[j] = v;
+            }
+        }
+    }
+    for (; k < kc; k++) {
+        const uint16_t *w0 = w + k * ldw;
+        for (ptrdiff_t m = 0; m < mr; m++) {
+            float x0 = x[m * ldx + k];
+            float *bm = blk + m * ldb;
+            for (ptrdiff_t j = 0; j < nc; j++)
+                bm[j] = GPT2CY_MADD(x0, lp_bf16_to_f32(w0[j]), bm[j]);
+        }
+    }
+}
+
+/* out[j] = x . wt[j] for j < n (bf16 rows of K, row stride ldwt elements): _gemm.h's portable 32-lane order
+ * (lane = k mod 32, then s[l] += s[l + 16], 8, 4, 2, 1) */
+static inline void lp_dot_rows_bf16(ptrdiff_t K, const float *x, const uint16_t *wt, ptrdiff_t ldwt, ptrdiff_t n,
+                             float *out)
+{
+    for (ptrdiff_t j = 0; j < n; j++) {
+        const uint16_t *r0 = wt + j * ldwt;
+        float s[32];
+        ptrdiff_t k = 0;
+#if LP_AVX2
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(),
+               a3 = _mm256_setzero_ps();
+        for (; k + 32 <= K; k += 32) {
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k), lp_bf16x8(r0 + k), a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 8), lp_bf16x8(r0 + k + 8), a1);
+            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 16), lp_bf16x8(r0 + k + 16), a2);
+            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 24), lp_bf16x8(r0 + k + 24), a3);
+        }
+        _mm256_storeu_ps(s, a0);
+        _mm256_storeu_ps(s + 8, a1);
+        _mm256_storeu_ps(s + 16, a2);
+        _mm256_storeu_ps(s + 24, a3);
+#else
+        for (int l = 0; l < 32; l++) s[l] = 0.0f;
+        for (; k + 32 <= K; k += 32)
+            for (int l = 0; l < 32; l++) s[l] = GPT2CY_MADD(x[k + l], lp_bf16_to_f32(r0[k + l]), s[l]);
+#endif
+        for (int l = 0; k + l < K; l++) s[l] = GPT2CY_MADD(x[k + l], lp_bf16_to_f32(r0[k + l]), s[l]);
+        for (int l = 0; l < 16; l++) s[l] = s[l] + s[l + 16];
+        for (int w = 8; w >= 1; w /= 2)
+            for (int l = 0; l < w; l++) s[l] = s[l] + s[l + w];
+        out[j] = s[0];
+    }
+}
+
+/* ------------------------------------------------------------------------------------------------------
+ * q8_0 [out, in] row dots, 8 lanes: lane l = chain over k = l (mod 8) in increasing k, then
+ * ((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7)), the tree of lp_hsum8.
+ */
+static inline float lp_tree8(const float *s)
+{
+    float t0 = s[0] + s[4], t1 = s[1] + s[5], t2 = s[2] + s[6], t3 = s[3] + s[7];
+    float u0 = t0 + t2, u1 = t1 + t3;
+    return u0 + u1;
+}
+
+#if LP_AVX2
+static inline float lp_hsum8(__m256 v)
+{
+    __m128 t = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));  /* t_l = l + (l+4) */
+    __m128 u = _mm_add_ps(t, _mm_movehl_ps(t, t));                                   /* u0 = t0+t2, u1 = t1+t3 */
+    return _mm_cvtss_f32(_mm_add_ss(u, _mm_movehdup_ps(u)));                         /* u0 + u1 */
+}
+
+/* 8 int8 weights scaled by d: exact floats */
+static inline __m256 lp_q8x8(const uint8_t *q, __m256 d)
+{
+    __m128i b = _mm_loadl_epi64((const __m128i *)q);
+    return _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)));
+}
+#endif
+
+/* out[j * ldo] = x . row_j for j < n: q8_0 rows of K weights (row stride ldw bytes).  Decode and the
+ * logits rows: 4 rows at a time, one 8-lane chain each. */
+static inline void lp_q8_dot_rows(ptrdiff_t K, const float *x, const uint8_t *w, ptrdiff_t ldw, ptrdiff_t n,
+                           float *out, ptrdiff_t ldo)
+{
+    ptrdiff_t nb = K / LP_QK, j = 0;
+#if LP_AVX2
+    for (; j + 4 <= n; j += 4) {
+        const uint8_t *r0 = w + j * ldw, *r1 = r0 + ldw, *r2 = r1 + ldw, *r3 = r2 + ldw;
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(),
+               a3 = _mm256_setzero_ps();
+        for (ptrdiff_t b = 0; b < nb; b++) {
+            const float *xb = x + b * LP_QK;
+            const uint8_t *b0 = r0 + b * LP_Q8_BYTES, *b1 = r1 + b * LP_Q8_BYTES;
+            const uint8_t *b2 = r2 + b * LP_Q8_BYTES, *b3 = r3 + b * LP_Q8_BYTES;
+            __m256 d0 = _mm256_set1_ps(lp_q8_scale(b0)), d1 = _mm256_set1_ps(lp_q8_scale(b1));
+            __m256 d2 = _mm256_set1_ps(lp_q8_scale(b2)), d3 = _mm256_set1_ps(lp_q8_scale(b3));
+#pragma GCC unroll 4
+            for (int g = 0; g < 4; g++) {
+                __m256 xv = _mm256_loadu_ps(xb + 8 * g);
+                a0 = _mm256_fmadd_ps(xv, lp_q8x8(b0 + 2 + 8 * g, d0), a0);
+                a1 = _mm256_fmadd_ps(xv, lp_q8x8(b1 + 2 + 8 * g, d1), a1);
+                a2 = _mm256_fmadd_ps(xv, lp_q8x8(b2 + 2 + 8 * g, d2), a2);
+                a3 = _mm256_fmadd_ps(xv, lp_q8x8(b3 + 2 + 8 * g, d3), a3);
+            }
+        }
+        out[j * ldo] = lp_hsum8(a0);
+        out[(j + 1) * ldo] = lp_hsum8(a1);
+        out[(j + 2) * ldo] = lp_hsum8(a2);
+        out[(j + 3) * ldo] = lp_hsum8(a3);
+    }
+#endif
+    for (; j < n; j++) {
+        const uint8_t *r0 = w + j * ldw;
+        float s[LP_LANES] = {0};
+        for (ptrdiff_t b = 0; b < nb; b++) {
+            const uint8_t *blk = r0 + b * LP_Q8_BYTES;
+            float d = lp_q8_scale(blk);
+            for (int k = 0; k < LP_QK; k++)
+                s[k % LP_LANES] = GPT2CY_MADD(x[b * LP_QK + k], d * (float)(int8_t)blk[2 + k], s[k % LP_LANES]);
+        }
+        out[j * ldo] = lp_tree8(s);
+    }
+}
+
+/* As lp_q8_dot_rows for q4_0 rows (18-byte blocks): the same 8-lane chains over the dequantized values. */
+#if LP_AVX2
+/* the 32 weights of a q4_0 block as four groups of 8 int8 (q - 8), in k order */
+static inline void lp_q4_unpack(const uint8_t *blk, __m128i *lo, __m128i *hi)
+{
+    __m128i b = _mm_loadu_si128((const __m128i *)(blk + 2)), m = _mm_set1_epi8(0x0F), e = _mm_set1_epi8(8);
+    *lo = _mm_sub_epi8(_mm_and_si128(b, m), e);
+    *hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(b, 4), m), e);
+}
+static inline __m256 lp_i8x8(__m128i v, __m256 d)
+{
+    return _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)));
+}
+#endif
+
+static inline void lp_q4_dot_rows(ptrdiff_t K, const float *x, const uint8_t *w, ptrdiff_t ldw, ptrdiff_t n,
+                                  float *out, ptrdiff_t ldo)
+{
+    ptrdiff_t nb = K / LP_QK, j = 0;
+#if LP_AVX2
+    for (; j + 2 <= n; j += 2) {
+        const uint8_t *r0 = w + j * ldw, *r1 = r0 + ldw;
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+        for (ptrdiff_t b = 0; b < nb; b++) {
+            const float *xb = x + b * LP_QK;
+            const uint8_t *b0 = r0 + b * LP_Q4_BYTES, *b1 = r1 + b * LP_Q4_BYTES;
+            __m256 d0 = _mm256_set1_ps(lp_q8_scale(b0)), d1 = _mm256_set1_ps(lp_q8_scale(b1));
+            __m128i l0, h0, l1, h1;
+            lp_q4_unpack(b0, &l0, &h0);
+            lp_q4_unpack(b1, &l1, &h1);
+            __m256 x0 = _mm256_loadu_ps(xb), x1 = _mm256_loadu_ps(xb + 8);
+            __m256 x2 = _mm256_loadu_ps(xb + 16), x3 = _mm256_loadu_ps(xb + 24);
+            a0 = _mm256_fmadd_ps(x0, lp_i8x8(l0, d0), a0);
+            a1 = _mm256_fmadd_ps(x0, lp_i8x8(l1, d1), a1);
+            a0 = _mm256_fmadd_ps(x1, lp_i8x8(_mm_srli_si128(l0, 8), d0), a0);
+            a1 = _mm256_fmadd_ps(x1, lp_i8x8(_mm_srli_si128(l1, 8), d1), a1);
+            a0 = _mm256_fmadd_ps(x2, lp_i8x8(h0, d0), a0);
+            a1 = _mm256_fmadd_ps(x2, lp_i8x8(h1, d1), a1);
+            a0 = _mm256_fmadd_ps(x3, lp_i8x8(_mm_srli_si128(h0, 8), d0), a0);
+            a1 = _mm256_fmadd_ps(x3, lp_i8x8(_mm_srli_si128(h1, 8), d1), a1);
+        }
+        out[j * ldo] = lp_hsum8(a0);
+        out[(j + 1) * ldo] = lp_hsum8(a1);
+    }
+#endif
+    for (; j < n; j++) {
+        const uint8_t *r0 = w + j * ldw;
+        float s[LP_LANES] = {0}, v[LP_QK];
+        for (ptrdiff_t b = 0; b < nb; b++) {
+            lp_q4_row_to_f32(r0 + b * LP_Q4_BYTES, v, LP_QK);
+            for (int k = 0; k < LP_QK; k++)
+                s[k % LP_LANES] = GPT2CY_MADD(x[b * LP_QK + k], v[k], s[k % LP_LANES]);
+        }
+        out[j * ldo] = lp_tree8(s);
+    }
+}
+
+/* Prefill tile over dequantized rows (the same 8-lane chains as lp_q8_dot_rows, so the same bits):
+ * c[i * ldc + j] = x_i . wd_j for i < mr, j < nr, x: [mr, K] row stride ldx, wd: [nr, K] floats (row
+ * stride K).  The full 3 x 4 tile holds 12 accumulators; ragged edges run one element at a time. */
+#define LP_Q8_MR 3
+#define LP_Q8_NR 4
+static inline void lp_dot_tile(ptrdiff_t K, const float *x, ptrdiff_t ldx, ptrdiff_t mr, const float *wd,
+                        ptrdiff_t nr, float *c, ptrdiff_t ldc)
+{
+#if LP_AVX2
+    if (mr == LP_Q8_MR && nr == LP_Q8_NR) {
+        const float *x0 = x, *x1 = x + ldx, *x2 = x + 2 * ldx;
+        const float *w0 = wd, *w1 = wd + K, *w2 = wd + 2 * K, *w3 = wd + 3 * K;
+        __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps(), c02 = _mm256_setzero_ps(),
+               c03 = _mm256_setzero_ps(), c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps(),
+               c12 = _mm256_setzero_ps(), c13 = _mm256_setzero_ps(), c20 = _mm256_setzero_ps(),
+               c21 = _mm256_setzero_ps(), c22 = _mm256_setzero_ps(), c23 = _mm256_setzero_ps();
+        for (ptrdiff_t k = 0; k < K; k += 8) {
+            __m256 b0 = _mm256_loadu_ps(w0 + k), b1 = _mm256_loadu_ps(w1 + k);
+            __m256 b2 = _mm256_loadu_ps(w2 + k), b3 = _mm256_loadu_ps(w3 + k), a;
+            a = _mm256_loadu_ps(x0 + k);
+            c00 = _mm256_fmadd_ps(a, b0, c00); c01 = _mm256_fmadd_ps(a, b1, c01);
+            c02 = _mm256_fmadd_ps(a, b2, c02); c03 = _mm256_fmadd_ps(a, b3, c03);
+            a = _mm256_loadu_ps(x1 + k);
+            c10 = _mm256_fmadd_ps(a, b0, c10); c11 = _mm256_fmadd_ps(a, b1, c11);
+            c12 = _mm256_fmadd_ps(a, b2, c12); c13 = _mm256_fmadd_ps(a, b3, c13);
+            a = _mm256_loadu_ps(x2 + k);
+            c20 = _mm256_fmadd_ps(a, b0, c20); c21 = _mm256_fmadd_ps(a, b1, c21);
+            c22 = _mm256_fmadd_ps(a, b2, c22); c23 = _mm256_fmadd_ps(a, b3, c23);
+        }
+        c[0] = lp_hsum8(c00); c[1] = lp_hsum8(c01); c[2] = lp_hsum8(c02); c[3] = lp_hsum8(c03);
+        c += ldc;
+        c[0] = lp_hsum8(c10); c[1] = lp_hsum8(c11); c[2] = lp_hsum8(c12); c[3] = lp_hsum8(c13);
+        c += ldc;
+        c[0] = lp_hsum8(c20); c[1] = lp_hsum8(c21); c[2] = lp_hsum8(c22); c[3] = lp_hsum8(c23);
+        return;
+    }
+#endif
+    for (ptrdiff_t i = 0; i < mr; i++) {
+        for (ptrdiff_t j = 0; j < nr; j++) {
+            const float *xi = x + i * ldx, *wj = wd + j * K;
+#if LP_AVX2
+            __m256 a = _mm256_setzero_ps();
+            for (ptrdiff_t k = 0; k < K; k += 8)
+                a = _mm256_fmadd_ps(_mm256_loadu_ps(xi + k), _mm256_loadu_ps(wj + k), a);
+            c[i * ldc + j] = lp_hsum8(a);
+#else
+            float s[LP_LANES] = {0};
+            for (ptrdiff_t k = 0; k < K; k++)
+                s[k % LP_LANES] = GPT2CY_MADD(xi[k], wj[k], s[k % LP_LANES]);
+            c[i * ldc + j] = lp_tree8(s);
+#endif
+        }
+    }
+}
+
+#endif /* GPT2CY_LOWP_H */

@@ -1,0 +1,261 @@
+"""bf16, q8_0 and q4_0 weights: the quantizers' bytes (q8_0, q4_0 against gguf-py's reference quantizer), each dtype's
+kernels against float64 numpy over the dequantized weights, the determinism contract per dtype (threads,
+decode = prefill, batched = alone), and whole models against the numpy reference given the same
+dequantized weights.
+
+Tolerances (max abs; activations are fp32 for every dtype, so only fp32 rounding separates the engine from the
+reference over the same weights):
+  kernels vs float64:                 1e-5 (as tests/test_matmul.py)
+  engine vs reference (dequantized):  1e-4 logits, for f32, bf16 and q8_0 alike
+  bf16 / q8_0 / q4_0 vs f32 logits (same checkpoint, random weights scaled like GPT-2, logits up to ~6;
+  measured on CFG, 48 positions: max abs 0.036 / 0.13 / 1.67, top-1 agreement 98% / 96% / 50%, mean KL
+  1.8e-5 / 1.7e-4 / 4.2e-2): bounds max abs < 0.1 / 0.3 / 3, top-1 >= 90% / 90% / 35%.  Random weights
+  have many near-ties among 50257 logits, so top-1 is a weak measure here; the KL figures of a real
+  checkpoint belong to the benchmarks.
+"""
+import mmap
+
+import numpy as np
+import pytest
+
+from gpt2cy.config import Config
+from gpt2cy.engine import _dtypes, _quantize
+from gpt2cy.engine.weights import DTYPES, convert, to_float32
+from gpt2cy.errors import CheckpointError
+from gpt2cy.model import Model
+
+import reference as ref
+from test_engine_batch import CFG, LENGTHS, run_schedule
+
+LOWP = ["bf16", "q8_0", "q4_0"]
+BLOCKS = {"q8_0": ("Q8_0", _quantize.to_q8_0, _quantize.to_q8_0_t, _quantize.q8_0_to_f32),
+          "q4_0": ("Q4_0", _quantize.to_q4_0, _quantize.to_q4_0_t, _quantize.q4_0_to_f32)}
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+def f32_bits_to_bf16_rne(a):
+    """numpy's own round-to-nearest-even of float32 bits to bf16 (finite inputs)."""
+    u = a.view(np.uint32).astype(np.uint64)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+# ------------------------------------------------------------------------------------ quantizers
+
+def awkward_blocks(rng, rows):
+    """Rows of 32-value blocks that reach every branch: zeros, subnormal scales, halfway roundings, huge."""
+    a = (rng.standard_normal((rows, 96)) * 0.05).astype(np.float32)
+    a[0, :32] = 0.0
+    a[1, :32] = 1e-30                                    # d underflows fp16 to a subnormal or zero
+    a[2, :32] = np.float32(3.1e-5) * np.arange(32)        # d a subnormal fp16
+    a[3, :32] = 7e4                                      # d * 127 overflows fp16
+    a[4, :32] = np.arange(32) - 15.5                     # x * id lands on halves
+    a[5, :32] = -(np.arange(32) + 0.5) * np.float32(127 / 31.5)
+    a[6, 32:64] = np.float32(65504 * 127)                # d = 65504 (fp16 max) exactly
+    a[7, :32] = -0.0
+    return a
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")   # gguf-py's fp16 cast of huge d
+@pytest.mark.parametrize("dtype", list(BLOCKS))
+@pytest.mark.parametrize("rows", [1, 8, 37])
+def test_block_bytes_equal_gguf_reference(rng, dtype, rows):
+    gguf_quants = pytest.importorskip("gguf.quants")
+    from gguf.constants import GGMLQuantizationType as Q
+    qname, rows_fn, t_fn, back_fn = BLOCKS[dtype]
+    a = awkward_blocks(rng, max(rows, 8))[:rows]
+    want = gguf_quants.quantize(a, getattr(Q, qname))
+    for n_threads in (1, 2):
+        assert np.array_equal(rows_fn(a, n_threads), want)
+        assert np.array_equal(t_fn(np.ascontiguousarray(a.T), n_threads), want)
+    # and the dequantized values are gguf's
+    assert np.array_equal(back_fn(want, a.shape[1]), gguf_quants.dequantize(want, getattr(Q, qname)))
+
+
+@pytest.mark.parametrize("dtype", list(BLOCKS))
+def test_block_types_store_a_conv1d_weight_transposed(rng, dtype):
+    gguf_quants = pytest.importorskip("gguf.quants")
+    from gguf.constants import GGMLQuantizationType as Q
+    w = (rng.standard_normal((160, 70)) * 0.02).astype(np.float32)       # [in, out], out not a multiple of 32
+    wt = convert("h0.mlp.c_fc.w", w, dtype, matmul=True)
+    assert wt.shape == (70, 160) and wt.layout == "out_in" and wt.transposed
+    assert np.array_equal(wt.data, gguf_quants.quantize(np.ascontiguousarray(w.T), getattr(Q, BLOCKS[dtype][0])))
+    assert to_float32(wt).shape == (160, 70)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        convert("h0.mlp.c_proj.w", w[:40], dtype, matmul=True)
+
+
+def test_bf16_rounds_to_nearest_even_and_keeps_nan(rng):
+    a = rng.standard_normal((33, 65)).astype(np.float32) * np.float32(1e3)
+    ties = np.array([[0x3F808000, 0x3F818000, 0x3F80_8001, 0x7F7F_FFFF, 0x0000_8000, 0x0001_8000,
+                      0x7F7F_8000, 0x8000_0001]], np.uint32).view(np.float32)
+    for x in (a, ties):
+        assert np.array_equal(_quantize.to_bf16(x, 2), f32_bits_to_bf16_rne(x))
+    special = np.array([[np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0]], np.float32)
+    special = np.concatenate([special, np.array([[0x7F800001, 0xFFBFFFFF]], np.uint32).view(np.float32)], 1)
+    back = _quantize.bf16_to_f32(_quantize.to_bf16(special))[0]
+    assert np.isnan(back[[0, 1, 6, 7]]).all()                     # signalling NaNs too, never inf
+    assert np.signbit(back[[1, 7]]).all()
+    assert back[2] == np.inf and back[3] == -np.inf and np.signbit(back[5]) and back[4] == 0
+
+
+# ------------------------------------------------------------------------------------ kernels
+
+SHAPES = [(1, 64, 100), (3, 96, 130), (16, 128, 33), (17, 64, 65), (40, 256, 200), (100, 32, 1)]
+
+
+def problem(rng, m, k, n):
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    return x, w, b
+
+
+def gelu64(v):
+    return 0.5 * v * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (v + 0.044715 * v ** 3)))
+
+
+@pytest.mark.parametrize("dtype", LOWP)
+@pytest.mark.parametrize("m,k,n", SHAPES, ids=str)
+def test_linear_matches_float64_over_dequantized_weights(rng, dtype, m, k, n):
+    x, w, b = problem(rng, m, k, n)
+    wt = convert("h0.attn.c_attn.w", w, dtype, matmul=True)
+    wd = to_float32(wt).astype(np.float64)
+    want = x @ wd + b
+    np.testing.assert_allclose(_dtypes.linear_py(wt, x, b, n_threads=2), want, **TOL)
+    np.testing.assert_allclose(_dtypes.linear_py(wt, x, b, act=1, n_threads=2), gelu64(want), **TOL)
+    r = rng.standard_normal((m, n)).astype(np.float32)
+    out = r.copy()
+    _dtypes.linear_py(wt, x, b, out=out, accumulate=True, n_threads=2)
+    np.testing.assert_allclose(out, r + want, **TOL)
+
+
+@pytest.mark.parametrize("dtype", LOWP)
+@pytest.mark.parametrize("m,k,n", [(1, 768, 300), (9, 64, 130), (40, 256, 200)], ids=str)
+@pytest.mark.parametrize("act", [0, 1], ids=["none", "gelu"])
+def test_linear_bits_do_not_depend_on_threads_or_rows(rng, dtype, m, k, n, act):
+    x, w, b = problem(rng, m, k, n)
+    wt = convert("h0.mlp.c_fc.w", w, dtype, matmul=True)
+    one = _dtypes.linear_py(wt, x, b, act=act, n_threads=1)
+    assert np.array_equal(_dtypes.linear_py(wt, x, b, act=act, n_threads=2), one)
+    assert np.array_equal(_dtypes.linear_py(wt, x, b, act=act, n_threads=3), one)
+    for i in {0, m // 2, m - 1}:                                 # a decode row = the same row of a prefill
+        assert np.array_equal(_dtypes.linear_py(wt, x[i:i + 1], b, act=act, n_threads=2)[0], one[i])
+
+
+@pytest.mark.parametrize("dtype", LOWP)
+@pytest.mark.parametrize("v,c", [(300, 64), (1000, 96), (37, 32)], ids=str)
+def test_tied_head_and_embedding_rows(rng, dtype, v, c):
+    e = (rng.standard_normal((v, c)) * 0.1).astype(np.float32)
+    wt = convert("wte", e, dtype, matmul=False)
+    assert wt.layout == "out_in" and not wt.transposed and wt.shape == (v, c)
+    ed = to_float32(wt)
+    x = rng.standard_normal((7, c)).astype(np.float32)
+    want = x.astype(np.float64) @ ed.T.astype(np.float64)
+    rows = _dtypes.logits_py(wt, x, dense=False, n_threads=2)
+    np.testing.assert_allclose(rows, want, **TOL)
+    np.testing.assert_allclose(_dtypes.logits_py(wt, x, dense=True, n_threads=2), want, **TOL)
+    assert np.array_equal(_dtypes.logits_py(wt, x, dense=False, n_threads=1), rows)
+    assert np.array_equal(_dtypes.logits_py(wt, x[3:4], dense=False, n_threads=2)[0], rows[3])
+    ids = [3, 0, v - 1, 3]
+    assert np.array_equal(_dtypes.embed_py(wt, ids), ed[ids])
+
+
+def test_dtype_tables_agree_with_layouts():
+    assert {n: d.code for n, d in DTYPES.items()} == _dtypes.supported()
+    assert {n: d.matmul_layout for n, d in DTYPES.items()} == _dtypes.matmul_layouts()
+    assert DTYPES["bf16"].row_bytes(768) == 1536 and DTYPES["q8_0"].row_bytes(768) == 24 * 34
+    assert DTYPES["q4_0"].row_bytes(768) == 24 * 18
+
+
+# ------------------------------------------------------------------------------------ models
+
+@pytest.fixture(scope="module")
+def tensors():
+    return ref.random_tensors(CFG, seed=11)
+
+
+@pytest.fixture(scope="module")
+def seqs():
+    rng = np.random.default_rng(11)
+    return {k: rng.integers(0, CFG.n_vocab, size=n) for k, n in LENGTHS.items()}
+
+
+@pytest.fixture(scope="module", params=LOWP)
+def lowp(request, tensors):
+    return request.param, Model.from_tensors(CFG, tensors, threads=2, dtype=request.param)
+
+
+def test_engine_matches_reference_over_dequantized_weights(lowp, tensors, seqs):
+    dtype, model = lowp
+    assert model.dtype == dtype and f"dtype={dtype}" in repr(model)
+    deq = model.dequantized()
+    for name in tensors:
+        assert deq[name].shape == tensors[name].shape and deq[name].dtype == np.float32
+    ids = seqs["A"][:48]
+    want = ref.forward(deq, CFG, ids)
+    assert np.abs(model.logits(ids) - want).max() < 1e-4
+    model.reset()
+    stepped = np.stack([model.step(int(t)) for t in ids])
+    assert np.abs(stepped - want).max() < 1e-4
+    # against the f32 model on the same checkpoint
+    f32 = Model.from_tensors(CFG, tensors, threads=2).logits(ids)
+    bound, agree = {"bf16": (0.1, 0.9), "q8_0": (0.3, 0.9), "q4_0": (3.0, 0.35)}[dtype]
+    assert 0 < np.abs(want - f32).max() < bound
+    assert np.mean(want.argmax(1) == f32.argmax(1)) >= agree
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batched_rows_equal_each_sequence_alone(lowp, tensors, seqs, threads):
+    dtype, _ = lowp
+    alone_model = Model.from_tensors(CFG, tensors, threads=1, dtype=dtype)
+    alone = {}
+    for k, ids in seqs.items():
+        alone_model.reset()
+        alone[k] = np.stack([alone_model.step(int(t)) for t in ids])
+    model = Model.from_tensors(CFG, tensors, threads=threads, n_slots=4, max_rows=16, dtype=dtype)
+    for (k, pos), logits in run_schedule(model, seqs).items():
+        assert np.array_equal(logits, alone[k][pos]), f"{dtype}: sequence {k} position {pos}"
+    for k in (1, 9, 41):                                          # a prefill's last row = the decoded one
+        alone_model.reset()
+        assert np.array_equal(alone_model.prefill(seqs["C"][:k]), alone["C"][k - 1])
+
+
+def test_bf16_checkpoint_tensors_are_used_where_they_lie(tensors, seqs):
+    bf = {n: (_quantize.to_bf16(a) if a.ndim == 2 and n != "wpe" else a) for n, a in tensors.items()}
+    dtypes = {n: "bf16" for n, a in tensors.items() if a.ndim == 2 and n != "wpe"}
+    model = Model.from_tensors(CFG, bf, threads=2, dtypes=dtypes, dtype="bf16")
+    assert model._weights.tensors["h0.attn.c_attn.w"] is bf["h0.attn.c_attn.w"]
+    converted = Model.from_tensors(CFG, tensors, threads=2, dtype="bf16")
+    ids = seqs["B"]
+    assert np.array_equal(model.logits(ids), converted.logits(ids))
+
+
+def test_load_takes_dtype_and_keeps_no_float32_pages(tmp_path, vocab_dir):
+    from gpt2cy import load
+    from gpt2cy.testing import write_random_model
+    cfg = Config(n_vocab=50257, n_ctx=64, n_embd=64, n_head=2, n_layer=2)
+    path = write_random_model(str(tmp_path / "m"), cfg, seed=3, vocab_dir=vocab_dir)
+    ids = np.random.default_rng(3).integers(0, cfg.n_vocab, size=20)
+    f32 = load(path, threads=2).logits(ids)
+    for dtype in LOWP:
+        model = load(path, threads=2, dtype=dtype)
+        assert model.dtype == dtype
+        for name, a in model._weights.tensors.items():             # nothing still views the mapped file
+            base = a
+            while base is not None and not isinstance(base, mmap.mmap):
+                base = getattr(base, "base", None)
+            assert base is None, name
+        got = model.logits(ids)
+        assert np.abs(got - ref.forward(model.dequantized(), cfg, ids)).max() < 1e-4
+        assert np.abs(got - f32).max() < (3.0 if dtype == "q4_0" else 0.3)
+    for bad in ("q5_0", "F32", 8, ""):
+        with pytest.raises(ValueError, match="dtype"):
+            load(path, dtype=bad)
+
+
+@pytest.mark.parametrize("dtype", list(BLOCKS))
+def test_block_types_need_inputs_in_whole_blocks(tensors, dtype):
+    cfg = Config(n_vocab=50257, n_ctx=16, n_embd=16, n_head=2, n_layer=1)
+    with pytest.raises(CheckpointError, match="multiple of 32"):
+        Model.from_tensors(cfg, ref.random_tensors(cfg, seed=1), dtype=dtype)
+    assert Model.from_tensors(cfg, ref.random_tensors(cfg, seed=1), dtype="bf16").dtype == "bf16"
