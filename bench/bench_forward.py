@@ -3,13 +3,13 @@
 Run: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/pytest bench/bench_forward.py --benchmark-only -s
 Groups (transformers+torch in the same group where installed, same thread count):
   decode:ctx64 / decode:ctx512   tokens/s of model.step with the cache holding 64 / 512 positions, for
-                                 each weight dtype (f32, bf16, q8_0, q4_0). The machine's read bandwidth is
+                                 each weight dtype (f32, bf16, q8_0). The machine's read bandwidth is
                                  measured before every round (it drifts with the neighbours of a shared
                                  machine); extra_info has the median over rounds of tokens/s / (bandwidth /
                                  bytes read per token: that dtype's weights + KV cache)
   prefill:512                    a 512-token prompt -> last position's logits, per dtype
   load                           gpt2cy.load(dir) to first logits; peak RSS measured in a subprocess
-  convert                        gpt2cy.load(dir, dtype=...) for bf16, q8_0, q4_0: load with the conversion
+  convert                        gpt2cy.load(dir, dtype=...) for bf16 and q8_0: load with the conversion
 """
 import json
 import os
@@ -27,7 +27,7 @@ import gpt2cy.formats.checkpoint
 STEPS = 32                                 # decode steps per timed round
 ROUNDS = 7
 IMPLS = ["gpt2cy", "transformers"]
-DTYPES = ["f32", "bf16", "q8_0", "q4_0"]
+DTYPES = ["f32", "bf16", "q8_0"]
 BYTES_PER_WEIGHT = {"f32": 4.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 
 
@@ -263,7 +263,7 @@ def test_load(benchmark, model_124m_dir):
           f"(budget weights {data / 2 ** 20:.0f} + KV {kv / 2 ** 20:.0f} + 150 = {budget:.0f} MB)")
 
 
-@pytest.mark.parametrize("dtype", ["bf16", "q8_0", "q4_0"])
+@pytest.mark.parametrize("dtype", ["bf16", "q8_0"])
 def test_convert(benchmark, model_124m_dir, dtype):
     """Load with the conversion of every matmul weight and wte (compiled, parallel) to first logits."""
     benchmark.group = "convert"

@@ -2,7 +2,7 @@
 
 Run: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/pytest bench/bench_matmul.py --benchmark-only
 Groups: matmul:<shape> (prefill, GFLOP/s), lm_head:<shape> (x @ wte.T), decode:<what> (one row, GB/s of
-weights streamed), and per weight dtype (bf16, q8_0, q4_0 beside f32) lowp-decode:<what> and lowp-prefill:<shape>.
+weights streamed), and per weight dtype (bf16, q8_0 beside f32) lowp-decode:<what> and lowp-prefill:<shape>.
 Every result is checked against numpy before it counts (for bf16 and q8_0: numpy over the dequantized
 weights).
 """
@@ -95,7 +95,7 @@ def test_decode_matvec(benchmark, layers_124m, impl):
 
 # ------------------------------------------------------------------------------------ weight dtypes
 
-DTYPES = ["f32", "bf16", "q8_0", "q4_0"]
+DTYPES = ["f32", "bf16", "q8_0"]
 
 
 @pytest.fixture(scope="module")

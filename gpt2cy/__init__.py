@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 # Heavier pieces load on first use, so `gpt2cy --help` and `import gpt2cy` stay fast.
 _LAZY = {
-    "load": ("model", "load"),
+    "load": ("loading", "load"),
     "Model": ("model", "Model"),
     "Config": ("config", "Config"),
     "Tokenizer": ("text.tokenizer", "Tokenizer"),
@@ -22,6 +22,9 @@ _LAZY = {
     "GenerationChunk": ("generation.loop", "GenerationChunk"),
     "Response": ("generation.response", "Response"),
     "complete": ("generation.loop", "complete"),
+    "complete_batch": ("generation.batch", "complete_batch"),
+    "generate_batch": ("generation.batch", "generate_batch"),
+    "Scheduler": ("generation.scheduler", "Scheduler"),
     "set_notice_handler": ("notices", "set_notice_handler"),
     "verify": ("formats.checkpoint", "verify"),
 }
@@ -29,10 +32,13 @@ _LAZY = {
 if TYPE_CHECKING:                                    # what type checkers and IDEs see
     from .config import Config
     from .formats.checkpoint import verify
+    from .generation.batch import complete_batch, generate_batch
     from .generation.chat import Chat
     from .generation.loop import GenerationChunk, complete
     from .generation.response import Response
-    from .model import Model, load
+    from .generation.scheduler import Scheduler
+    from .loading import load
+    from .model import Model
     from .notices import set_notice_handler
     from .hub.models import get_tokenizer
     from .text.tokenizer import Tokenizer

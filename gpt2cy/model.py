@@ -16,13 +16,11 @@ Every id, slot and position is checked here, before the compiled engine indexes 
 from __future__ import annotations
 
 import os
-import sys
 from types import SimpleNamespace
 from typing import List, Sequence, Tuple
 
 import numpy as np
 
-from .hub import models as hub
 from .config import Config
 from .errors import CheckpointError, ContextLengthError, TokenizerError
 from .ids import check_id, check_ids, is_int
@@ -31,7 +29,7 @@ from .tensors import EMBEDDING, MATMUL, tensor_specs
 from .threads import check_threads
 
 
-DTYPE_CHOICES = ("f32", "bf16", "q8_0", "q4_0")     # what load(..., dtype=) and Model(..., dtype=) accept
+DTYPE_CHOICES = ("f32", "bf16", "q8_0")     # what load(..., dtype=) and Model(..., dtype=) accept
 
 
 def check_dtype(dtype) -> str:
@@ -50,7 +48,7 @@ def engine_weights(config: Config, weights, dtype: str = "f32", threads: int = 1
 
     This is the one place where stored types change (`weights.dtypes`; a missing entry means f32): a tensor
     already stored in `dtype` is used where it lies; any other is widened to float32 (f16, bf16: exact) and,
-    for bf16, q8_0 and q4_0, converted by the compiled, parallel quantizers (`threads`). Widening a stored type to
+    for bf16 and q8_0, converted by the compiled, parallel quantizers (`threads`). Widening a stored type to
     f32 for dtype "f32" gives a notice (it takes 4 bytes per weight). A misaligned f32 view (a tensor at an
     odd offset of a TF bundle) is copied, since C kernels may not read a float at an unaligned address.
     Raises ValueError naming the tensor for anything else wrong."""
@@ -329,10 +327,15 @@ class Model:
         from .engine.weights import to_float32
         return {name: to_float32(wt) for name, wt in self._described.items()}
 
-    def generate(self, *args, **kwargs):
-        """Generate text or tokens; see gpt2cy.generation.generate for the arguments."""
+    def generate(self, prompt, *args, **kwargs):
+        """Generate text or tokens; see gpt2cy.generation.generate for the arguments. A list of prompts
+        (str, token ids, or dicts with per-prompt settings) runs them together, one forward over all of
+        them a step, and returns a list: see gpt2cy.generation.batch.generate_batch."""
+        from .generation.batch import generate_batch, is_prompt_list
+        if is_prompt_list(prompt):
+            return generate_batch(self, prompt, *args, **kwargs)
         from .generation.loop import generate
-        return generate(self, *args, **kwargs)
+        return generate(self, prompt, *args, **kwargs)
 
     def __repr__(self) -> str:
         c = self.config
@@ -358,27 +361,3 @@ def _own(wt):
     # an f32 WeightTensor over its own copy of the data (not a view of a mapped file)
     from dataclasses import replace
     return replace(wt, data=np.array(wt.data))
-
-
-def load(path_or_name, threads=None, download=True, offline=None, n_ctx=None, n_slots=1, dtype="f32") -> Model:
-    """Load GPT-2 from a model directory (OpenAI's or HuggingFace's files) or a name ("124M", "gpt2-xl", ...).
-
-    threads: kernel threads (default: GPT2CY_NUM_THREADS, else OMP_NUM_THREADS, else the CPUs available).
-    download/offline: passed to gpt2cy.hub.resolve_model. n_ctx: the context to allocate the KV cache for (default and maximum: the
-    checkpoint's, 1024; smaller bounds memory: 1558M's KV cache is 600 MiB at 1024, 150 MiB at 256), per slot.
-    n_slots: sequences the KV cache holds at once (Model.forward_batch runs them in one pass).
-    dtype: what the four matmul weights of every block and wte are held and multiplied in: "f32" (default),
-    "bf16" (half the bytes; round to nearest even), "q8_0" (ggml's 8-bit blocks: 34 bytes per 32 weights,
-    about 27% of f32) or "q4_0" (ggml's 4-bit blocks: 18 bytes per 32 weights, 14%). Converted at load, compiled and in parallel; the float32 file pages are not kept.
-    Biases, layer norms, wpe, activations and the KV cache stay f32.
-    Raises CheckpointError for bad files, ModelNotFound for unknown names, ValueError for a bad n_ctx or dtype.
-    """
-    from .formats.checkpoint import load_weights
-    threads = check_threads(threads)
-    dtype = check_dtype(dtype)
-    if n_ctx is not None:
-        check_n_ctx(n_ctx, sys.maxsize)             # a bad type or sign fails before any download
-    if not is_int(n_slots) or n_slots < 1:
-        raise ValueError(f"n_slots must be a positive integer, got {n_slots!r}")
-    path = hub.resolve_model(path_or_name, download=download, offline=offline)
-    return Model(load_weights(path), threads=threads, path=path, n_ctx=n_ctx, n_slots=n_slots, dtype=dtype)

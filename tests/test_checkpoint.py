@@ -180,7 +180,7 @@ def _gpt2_simple_dir(tiny_dir, d):
 def test_checkpoint_file_prefix_loads_through_gpt2cy_load(tiny_dir, tmp_path):
     """One layout detector: what load_weights reads, gpt2cy.load (through the hub's path rules) reads too."""
     from gpt2cy.hub import models as hub
-    from gpt2cy.model import load
+    from gpt2cy.loading import load
     d = _gpt2_simple_dir(tiny_dir, tmp_path / "run1")
     assert hub.model_layout(d) == "openai" and hub.resolve_model(d) == d
     model = load(d, threads=1)

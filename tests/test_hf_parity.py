@@ -8,7 +8,8 @@ transformers = pytest.importorskip("transformers")
 
 from gpt2cy.formats.checkpoint import load_weights  # noqa: E402
 from gpt2cy.config import PUBLISHED, Config  # noqa: E402
-from gpt2cy.model import Model, load  # noqa: E402
+from gpt2cy.loading import load  # noqa: E402
+from gpt2cy.model import Model  # noqa: E402
 from gpt2cy.testing import write_random_model  # noqa: E402
 
 import reference as ref  # noqa: E402

@@ -657,7 +657,7 @@ def test_list_models(home, server, source):
 
 def test_cli_generate_fetches_verifies_and_generates(home, server, served_root):
     pytest.importorskip("gpt2cy.cli.main")
-    model_mod = pytest.importorskip("gpt2cy.model")
+    model_mod = pytest.importorskip("gpt2cy.loading")
     env = dict(os.environ, GPT2CY_NO_PROGRESS="1")
     r = subprocess.run([sys.executable, "-m", "gpt2cy", "generate", "-m", "124M", "-p", "Hello", "-n", "5",
                         "--temp", "0", "--json"], env=env, capture_output=True, text=True, timeout=120)

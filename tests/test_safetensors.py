@@ -361,7 +361,8 @@ def test_16_bit_model_loads_through_gpt2cy_load(tmp_path, vocab_dir, dtype):
     """The reader hands out the stored type; the model widens what the engine has no kernels for, so the
     logits are those of the same weights widened to float32 by hand."""
     from types import SimpleNamespace
-    from gpt2cy.model import Model, load
+    from gpt2cy.loading import load
+    from gpt2cy.model import Model
     d = write_random_model(str(tmp_path / dtype), TINY, seed=4, fmt="safetensors", dtype=dtype,
                            vocab_dir=vocab_dir)
     model = load(d, threads=1)

@@ -89,7 +89,7 @@ def load_model(args):
     """gpt2cy.load with the command line's settings; returns (model, load time in ms)."""
     from ..generation.response import model_name
     from ..hub.progress import format_bytes
-    from ..model import load
+    from ..loading import load
     threads = _threads(args)
     if args.ctx_size is not None:                   # a published model's limit is known before loading it
         from ..hub.models import PUBLISHED, canonical_name
@@ -100,7 +100,7 @@ def load_model(args):
     t0 = time.perf_counter()
     try:
         model = load(args.model or DEFAULT_MODEL, threads=threads, offline=True if args.offline else None,
-                     n_ctx=args.ctx_size)
+                     n_ctx=args.ctx_size, dtype=getattr(args, "dtype", "f32"))
     except ValueError as e:
         if args.ctx_size is not None and "n_ctx" in str(e):
             raise UsageError(f"gpt2cy: --ctx-size {args.ctx_size}: {e} (see gpt2cy --help)") from None
@@ -111,7 +111,7 @@ def load_model(args):
     if args.verbose:
         kv = _kv_cache_bytes(model)
         notice(f"loaded {model_name(model)} from {getattr(model, 'path', '?')} in {load_ms:.0f} ms; "
-               f"{_n(model.threads, 'thread')}; context {model.n_ctx}"
+               f"{_n(model.threads, 'thread')}; context {model.n_ctx}; weights {model.dtype}"
                + (f"; KV cache {format_bytes(kv)}" if kv is not None else ""))
     return model, load_ms
 

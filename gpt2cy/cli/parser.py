@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-c", "--ctx-size", type=_number(int, "ctx-size", 1), default=None, metavar="N",
                    help="context size in tokens (default and max: the model's, 1024); smaller bounds the "
                         "KV cache's memory")
+    g.add_argument("--dtype", choices=("f32", "bf16", "q8_0"), default="f32",
+                   help="weight type of the matmuls and wte: f32 (default), bf16 (half the bytes) or q8_0 "
+                        "(ggml's 8-bit blocks, 27%% of f32's bytes); converted at load")
     g.add_argument("--offline", action="store_true", help="never touch the network ($GPT2CY_OFFLINE=1)")
     g.add_argument("-v", "--verbose", action="store_true", help="load time, seed and speed on stderr")
     g.add_argument("--debug", action="store_true", help="show a traceback on errors")

@@ -1,7 +1,8 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """The per-dtype kernel table (see _dtypes.pxd): which functions multiply by, and look rows up in, a weight
 of each storage type: f32, bf16 (uint16 bit patterns; _matmul's kernels widen them in registers and while
-packing), q8_0 and q4_0 (ggml's 34- and 18-byte blocks, matmul weights stored [out, in]; _qblocks.pyx).  Adding a type = its
+packing) and q8_0 (ggml's 34-byte blocks, matmul weights stored [out, in]; _qblocks.pyx, which also has
+q4_0's kernels, not registered yet).  Adding a type = its
 kernels + one entry here + its geometry in weights.py's DTYPES."""
 from libc.stdint cimport uint8_t, uint16_t
 from libc.string cimport memcpy
@@ -17,8 +18,8 @@ cdef enum:
     F32 = 0
     BF16 = 1
     Q8_0 = 2
-    Q4_0 = 3
-    N_CODES = 4
+    Q4_0 = 3                   # kernels below; not in the table yet (see weights.Q4_0_DTYPE)
+    N_CODES = 3
 
 
 # ---------------------------------------------------------------------------------------------------- f32
@@ -131,12 +132,9 @@ _TABLE[Q8_0].linear = _q_linear
 _TABLE[Q8_0].logits_rows = _q_logits_rows
 _TABLE[Q8_0].logits_dense = _q_logits_dense
 _TABLE[Q8_0].embed_rows = _q_embed_rows
-_TABLE[Q4_0].name = "q4_0"
-_TABLE[Q4_0].matmul_layout = LAYOUT_OUT_IN
-_TABLE[Q4_0].linear = _q_linear
-_TABLE[Q4_0].logits_rows = _q_logits_rows
-_TABLE[Q4_0].logits_dense = _q_logits_dense
-_TABLE[Q4_0].embed_rows = _q_embed_rows
+# q4_0, when registered (N_CODES = 4):
+# _TABLE[Q4_0].name = "q4_0"; matmul_layout = LAYOUT_OUT_IN; linear = _q_linear; logits_rows = _q_logits_rows;
+# logits_dense = _q_logits_dense; embed_rows = _q_embed_rows
 
 
 cdef const DTypeKernels* dtype_kernels(int code) noexcept nogil:

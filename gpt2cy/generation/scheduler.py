@@ -16,15 +16,17 @@ reasons) is made per sequence exactly as generation.loop makes it, so each outpu
 `generate(...)` of the same prompt and seed on a one-slot model, whatever runs beside it.
 
 Prefix reuse: each slot remembers which tokens its cache holds (checked against Model.cache_version and
-Model.past before it is trusted, so a slot someone else used is rebuilt, never continued). A new sequence
-takes the free slot whose cache shares the longest prefix with its prompt and prefills only the rest;
-the record outlives the Scheduler (one per model), so the next batch, or the next turn of a chat pinned
-to its slot with Request(slot=...), reuses it too.
+Model.past before it is trusted, so a slot someone else used is rebuilt from what it must hold, never
+continued). A new sequence takes the free slot whose cache shares the longest prefix with its prompt
+(else the least recently used) and prefills only the rest; the records are kept per model, so the next
+batch, or the next turn of a chat pinned to its slot with Request(slot=...), reuses them too.
 
 Driving it: call `step()` in a loop (`run_until_idle()`), or iterate a handle, which steps the scheduler
 itself when no engine thread runs; or `start()` an engine thread, after which other threads only
-`submit`, iterate their handles (blocking) and `cancel()` (the slot is freed at the next step). Exactly
-one thread steps at a time; one Scheduler per model (two would hand out the same slots).
+`submit`, iterate their handles (blocking) and `cancel()` (the slot is freed at the next step). One step
+runs at a time per model. `Scheduler.for_model(model)` is the model's shared scheduler (generate_batch's),
+so batches from several threads run in the same steps; separate Schedulers over one model also work
+(they never hand out the same slot, and take turns at the engine) but batch only their own sequences.
 """
 from __future__ import annotations
 
@@ -493,7 +495,7 @@ class Scheduler:
 
     def _taken(self, slot: int) -> bool:
         owner = self._slots[slot].owner
-        return slot in self._active
+        return slot in self._active or (owner is not None and owner() is not None)
 
     def _pick_slot(self, handle: Handle) -> Optional[int]:
         want = handle.request.slot
