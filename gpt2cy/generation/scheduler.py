@@ -43,7 +43,7 @@ import numpy as np
 from ..errors import ContextLengthError, GPT2CyError
 from ..ids import check_ids, is_int
 from ..notices import notice
-from .loop import GenerationChunk, _Run, check_finite, context_size
+from .loop import GenerationChunk, _Run, _common_prefix, check_finite, context_size
 from .response import Response
 from .stopping import StopMatcher
 
@@ -210,21 +210,6 @@ def _shared(model) -> _Shared:
         if state is None or len(state.slots) != n_slots:
             state = _SHARED[model] = _Shared(n_slots)
         return state
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """Length of the longest common prefix of two id lists (list slices compare at C speed)."""
-    n = min(len(a), len(b))
-    if a[:n] == b[:n]:
-        return n
-    lo, hi = 0, n                                  # a[:lo] == b[:lo], a[:hi] != b[:hi]
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if a[:mid] == b[:mid]:
-            lo = mid
-        else:
-            hi = mid
-    return lo
 
 
 def _stops(stop) -> List[str]:
