@@ -1,6 +1,6 @@
 """Continuous batching on a random 124M-shaped checkpoint: aggregate decode tokens/s of 1, 4 and 8 sequences
-in one batch (generate_batch, one forward over all of them a step) beside the same prompts generated one
-after another (generation.loop.generate), in the same group.
+in one batch (generate_batch, one forward over all of them a step) for 1, 2, 4, 8 and 16 sequences, beside
+the same prompts generated one after another (generation.loop.generate) for 1, 4 and 8, in the same group.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE pytest bench/bench_batch.py --benchmark-only
 
@@ -23,7 +23,8 @@ from conftest import bench_threads
 
 SMALL = os.environ.get("GPT2CY_BENCH_SMALL") == "1"
 N_PROMPT, N_NEW = (8, 4) if SMALL else (32, 64)
-SIZES = [1, 4, 8]
+SIZES = [1, 2, 4, 8, 16]            # sequences per step (batched)
+SEQUENTIAL = [1, 4, 8]              # the same prompts one after another, for reference
 GREEDY = dict(temperature=0, ignore_eos=True, max_new_tokens=N_NEW, on_notice=None)
 
 
@@ -66,8 +67,7 @@ def sequential(model, prompts):
     return out
 
 
-@pytest.mark.parametrize("impl", ["batched", "sequential"])
-@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("n,impl", [(n, "batched") for n in SIZES] + [(n, "sequential") for n in SEQUENTIAL])
 def test_batch_generate(benchmark, n, impl, models, prompts):
     one, many = models
     benchmark.group = f"batch-124M-{n}seq" if not SMALL else f"batch-small-{n}seq"

@@ -54,3 +54,114 @@ def check_threads(threads) -> int:
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads must be a positive integer, got {threads!r}")
     return min(threads, MAX_THREADS)
+
+
+# ------------------------------------------------------------------------------------------------ adapting
+
+def _levels(max_threads: int) -> Tuple[int, ...]:
+    # the counts tried: max, max/2, max/4, ... 1 (halving keeps the number of probes logarithmic)
+    out, n = [], max(1, int(max_threads))
+    while n > 1:
+        out.append(n)
+        n //= 2
+    out.append(1)
+    return tuple(sorted(set(out)))
+
+
+class _Kind:
+    """What the governor knows about one kind of call (a range of rows per call)."""
+    __slots__ = ("cur", "cost", "calls", "interval", "probe", "probe_costs", "slow", "down")
+
+    def __init__(self, top: int):
+        self.cur = top                 # index into levels of the count in use
+        self.cost = {}                 # level index -> moving average of seconds per row
+        self.calls = 0                 # calls since the last probe
+        self.interval = ThreadGovernor.FIRST_INTERVAL
+        self.probe = None              # level index being tried, or None
+        self.probe_costs = []
+        self.slow = 0                  # consecutive calls well above the moving average
+        self.down = True               # which neighbour the next probe tries
+
+
+class ThreadGovernor:
+    """Chooses the thread count of each engine call from how fast the recent calls ran.
+
+    On a quiet machine every thread helps; beside a CPU-bound neighbour, a kernel's threads wait at every
+    barrier for the one that was descheduled, and a 2-thread decode on 2 cores can run 10x slower than a
+    1-thread one. So the governor keeps a moving average of seconds per row for the count in use, and now
+    and then runs a few calls one level down or up (max, max/2, ..., 1), switching when that level is
+    clearly faster. A probe that loses costs time, so the next one waits longer: long enough that probes
+    cost about 2% of the time, doubling up to MAX_INTERVAL calls; a sudden slowdown of the level in use
+    (a neighbour started) brings the next probe forward. Calls are grouped by their number of rows (decode
+    steps, small batches, prefill chunks), whose best counts differ. Results never depend on it: every
+    kernel gives the same bits at any thread count.
+    """
+    FIRST_INTERVAL = 8
+    MAX_INTERVAL = 1024
+    PROBE_CALLS = 2
+    SWITCH_GAIN = 0.9              # switch when the probed level costs below this fraction of the current
+    SLOW = 1.5                     # a call this much above the moving average counts as slow...
+    SLOW_CALLS = 3                 # ...and this many in a row bring the next probe forward
+    BUDGET = 0.02                  # the share of time a losing probe may cost
+
+    def __init__(self, max_threads: int):
+        self.levels = _levels(max_threads)
+        self._kinds = {}
+
+    @staticmethod
+    def kind_of(rows: int) -> int:
+        """The group of a call of `rows` rows: 1, 2-4, 5-16, 17-64, 65+."""
+        return 0 if rows <= 1 else 1 if rows <= 4 else 2 if rows <= 16 else 3 if rows <= 64 else 4
+
+    def _state(self, kind: int) -> _Kind:
+        st = self._kinds.get(kind)
+        if st is None:
+            st = self._kinds[kind] = _Kind(len(self.levels) - 1)
+        return st
+
+    def current(self, kind: int = 0) -> int:
+        """The thread count in use for calls of this kind (probes aside)."""
+        return self.levels[self._state(kind).cur]
+
+    def choose(self, kind: int) -> int:
+        """The thread count for the next call of this kind."""
+        st = self._state(kind)
+        if st.probe is None and len(self.levels) > 1 and st.cur in st.cost and (
+                st.calls >= st.interval or st.slow >= self.SLOW_CALLS):
+            top = len(self.levels) - 1
+            down = st.down if 0 < st.cur < top else st.cur == top
+            st.down = not st.down
+            st.probe = st.cur - 1 if down else st.cur + 1
+            st.probe_costs = []
+            st.slow = 0
+        return self.levels[st.cur if st.probe is None else st.probe]
+
+    def record(self, kind: int, threads: int, seconds: float, rows: int) -> None:
+        """What a call of this kind took (seconds, for `rows` rows) at `threads` threads."""
+        st = self._state(kind)
+        cost = seconds / max(1, rows)
+        if st.probe is not None and threads == self.levels[st.probe]:
+            st.probe_costs.append(cost)
+            if len(st.probe_costs) < self.PROBE_CALLS:
+                return
+            tried = sum(st.probe_costs) / len(st.probe_costs)
+            here = st.cost.get(st.cur, tried)
+            if tried < self.SWITCH_GAIN * here:
+                st.cost[st.probe] = tried
+                st.cur = st.probe
+                st.interval = self.FIRST_INTERVAL
+            else:
+                loss = (tried / here - 1.0) * self.PROBE_CALLS if here > 0 else 0.0
+                st.interval = min(self.MAX_INTERVAL, max(2 * st.interval, int(loss / self.BUDGET) + 1))
+            st.probe = None
+            st.calls = 0
+            return
+        if threads != self.levels[st.cur]:
+            return                                        # set from outside meanwhile: not ours to judge
+        avg = st.cost.get(st.cur)
+        if avg is None:
+            st.cost[st.cur] = cost
+        else:
+            st.slow = st.slow + 1 if cost > self.SLOW * avg else 0
+            st.cost[st.cur] = 0.75 * avg + 0.25 * cost
+        st.calls += 1

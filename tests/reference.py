@@ -37,26 +37,49 @@ def causal_attention(q, k, v, n_head):
     return a.transpose(1, 0, 2).reshape(T, C)                              # [T, C]
 
 
-def forward(tensors, config, ids, dtype=np.float64):
-    """Logits [len(ids), n_vocab] for token ids at positions 0..len(ids)-1, computed in `dtype`."""
+def quantize_activations(a):
+    """gpt2cy's 8-bit activation blocks (engine/_q8act.h), in numpy: per 32 values of a row, in float32,
+    dx = amax / 127, q = round half away from zero (a * (1 / dx)); returns (q int8, dx float32)."""
+    a32 = np.asarray(a, dtype=np.float32)
+    blocks = a32.reshape(*a32.shape[:-1], -1, 32)
+    amax = np.abs(blocks).max(axis=-1)
+    d = (amax / np.float32(127)).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d != 0, np.float32(1) / np.where(d != 0, d, np.float32(1)), np.float32(0)).astype(np.float32)
+    v = (blocks * inv[..., None]).astype(np.float32).astype(np.float64)
+    q = np.clip(np.sign(v) * np.floor(np.abs(v) + 0.5), -127, 127).astype(np.int8)
+    return q.reshape(a32.shape), d
+
+
+def q8_activations(a):
+    """The values gpt2cy's q8_0 / q4_0 kernels multiply the weights by: quantize_activations, dequantized."""
+    q, d = quantize_activations(a)
+    shape = q.shape
+    return (q.reshape(*shape[:-1], -1, 32).astype(np.float64) * d[..., None]).reshape(shape)
+
+
+def forward(tensors, config, ids, dtype=np.float64, act=None):
+    """Logits [len(ids), n_vocab] for token ids at positions 0..len(ids)-1, computed in `dtype`.
+    act: applied to every matmul's input (q8_activations: what gpt2cy's 8-bit-activation kernels see)."""
     ids = np.asarray(ids)
     T = len(ids)
     assert 0 < T <= config.n_ctx and ids.min() >= 0 and ids.max() < config.n_vocab
     w = lambda name: np.asarray(tensors[name], dtype=dtype)
     C = config.n_embd
+    act = act if act is not None else (lambda v: v)
     wte = w("wte")
     x = wte[ids] + w("wpe")[:T]                                            # [T, C]
     for i in range(config.n_layer):
         p = f"h{i}."
         a = layer_norm(x, w(p + "ln_1.g"), w(p + "ln_1.b"))
-        qkv = a @ w(p + "attn.c_attn.w") + w(p + "attn.c_attn.b")         # [T, 3C]
+        qkv = act(a) @ w(p + "attn.c_attn.w") + w(p + "attn.c_attn.b")    # [T, 3C]
         a = causal_attention(qkv[:, :C], qkv[:, C:2 * C], qkv[:, 2 * C:], config.n_head)
-        x = x + (a @ w(p + "attn.c_proj.w") + w(p + "attn.c_proj.b"))
+        x = x + (act(a) @ w(p + "attn.c_proj.w") + w(p + "attn.c_proj.b"))
         m = layer_norm(x, w(p + "ln_2.g"), w(p + "ln_2.b"))
-        m = gelu(m @ w(p + "mlp.c_fc.w") + w(p + "mlp.c_fc.b"))            # [T, 4C]
-        x = x + (m @ w(p + "mlp.c_proj.w") + w(p + "mlp.c_proj.b"))
+        m = gelu(act(m) @ w(p + "mlp.c_fc.w") + w(p + "mlp.c_fc.b"))       # [T, 4C]
+        x = x + (act(m) @ w(p + "mlp.c_proj.w") + w(p + "mlp.c_proj.b"))
     x = layer_norm(x, w("ln_f.g"), w("ln_f.b"))
-    return x @ wte.T                                                       # [T, n_vocab]
+    return act(x) @ wte.T                                                  # [T, n_vocab]
 
 
 def canonical_names(n_layer):

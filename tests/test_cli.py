@@ -182,9 +182,15 @@ def test_version_help_info(env):
     assert r.returncode == 0 and r.out.startswith("gpt2cy ")
     r = gpt2cy(env, "--info")
     assert r.returncode == 0 and "openmp_enabled:" in r.out and "threads:" in r.out
-    assert "OMP_WAIT_POLICY: unset" in r.out and "-t 1" in r.out
+    assert "OMP_WAIT_POLICY: unset" in r.out
+    from gpt2cy.engine._matmul import isa
+    assert f"kernels: built for {isa()[0]}" in r.out
+    for dtype in ("f32", "bf16", "q8_0", "q4_0"):
+        assert f"  {dtype} " in r.out
+    env = {k: v for k, v in env.items() if k not in ("GPT2CY_NUM_THREADS", "OMP_NUM_THREADS")}
+    assert "threads: adapting between 1 and" in gpt2cy(env, "--info").out
     r = gpt2cy(dict(env, OMP_WAIT_POLICY="passive", GPT2CY_NUM_THREADS="1"), "--info")
-    assert "OMP_WAIT_POLICY: passive" in r.out and "threads: 1 (from GPT2CY_NUM_THREADS" in r.out
+    assert "OMP_WAIT_POLICY: passive" in r.out and "threads: 1 (from GPT2CY_NUM_THREADS; fixed" in r.out
 
 
 @pytest.mark.parametrize("policy", ["passive", "active"])
@@ -256,7 +262,8 @@ def test_chat_with_own_preamble(env, tiny_model_dir, tmp_path):
 
 # -- in-process: argument handling only (no model is loaded) ----------------------------------------
 @pytest.mark.parametrize("argv", [
-    ["--temp", "-1"], ["--top-p", "0"], ["--top-p", "1.5"], ["--top-k", "-3"], ["--min-p", "2"],
+    ["--temp", "-1"], ["--top-p", "-0.1"], ["--top-p", "1.5"], ["--top-k", "-3"], ["--min-p", "2"],
+    ["--samplers", "top_k;bogus"], ["-l", "5"], ["--presence-penalty", "3"],
     ["--repeat-penalty", "0"], ["-n", "-2"], ["-t", "0"], ["-s", "abc"], ["--nope"],
     ["generate", "-p", "x", "-f", "y"], ["generate", "--context-overflow", "maybe"], ["chat", "-r", ""],
     ["generate", "-p", "x", "--json", "--jsonl"], ["-c", "0"], ["generate", "-c", "x", "-p", "y"],

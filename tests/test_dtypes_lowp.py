@@ -1,13 +1,21 @@
-"""bf16 and q8_0 weights: the quantizers' bytes (q8_0 and the not yet registered q4_0 against gguf-py's
-reference quantizer), each dtype's kernels against float64 numpy over the dequantized weights, the
+"""bf16, q8_0 and q4_0 weights: the quantizers' bytes (q8_0 and q4_0 against gguf-py's reference quantizer), each dtype's kernels against float64 numpy over the dequantized weights, the
 determinism contract per dtype (threads, decode = prefill, batched = alone), and whole models against the
 numpy reference given the same dequantized weights.
 
-Tolerances (max abs; activations are fp32 for every dtype, so only fp32 rounding separates the engine from the
-reference over the same weights):
-  kernels vs float64:                 1e-5 (as tests/test_matmul.py)
-  engine vs reference (dequantized):  1e-4 logits, for f32, bf16 and q8_0 alike
-  bf16 / q8_0 (/ q4_0 once registered) vs f32 logits (same checkpoint, random weights scaled like GPT-2,
+Activations: fp32 for f32 and bf16; q8_0 and q4_0 quantize each matmul's input rows to 8-bit blocks of 32
+(engine/_q8act.h, as llama.cpp does) and multiply in integers. reference.quantize_activations is that rule in
+numpy, and must give the same bytes as the engine's.
+
+Tolerances (max abs):
+  kernels vs float64 over the dequantized weights (and, for q8_0/q4_0, the dequantized 8-bit activations
+  the kernel itself made): 1e-5 (as tests/test_matmul.py)
+  engine vs reference (dequantized weights; q8_0/q4_0: reference.q8_activations at every matmul input):
+    f32, bf16: 1e-4 logits.  q8_0, q4_0: the same 1e-4 on most positions (measured ~1e-6), but the reference
+    runs in float64, so an activation within float32 rounding of a rounding boundary of the quantizer can
+    land on the other side there: one such value moves that position's and later positions' logits by about
+    dx * |w| (measured: up to 0.055 in 1 run of 6). So: every logit within 0.1, and the median position
+    within 1e-4 (a wrong kernel misses that everywhere).
+  bf16 / q8_0 / q4_0 vs f32 logits (same checkpoint, random weights scaled like GPT-2,
   logits up to ~6; measured on CFG, 48 positions: max abs 0.036 / 0.13 / 1.67, top-1 agreement 98% / 96% /
   50%, mean KL 1.8e-5 / 1.7e-4 / 4.2e-2): bounds max abs < 0.1 / 0.3 / 3, top-1 >= 90% / 90% / 35%.  Random weights
   have many near-ties among 50257 logits, so top-1 is a weak measure here; the KL figures of a real
@@ -27,7 +35,20 @@ from gpt2cy.model import Model
 import reference as ref
 from test_engine_batch import CFG, LENGTHS, run_schedule
 
-LOWP = ["bf16", "q8_0"]          # registered; q4_0's quantizer is tested below, its kernels once registered
+LOWP = ["bf16", "q8_0", "q4_0"]
+QACT = ("q8_0", "q4_0")          # quantized activations
+
+
+def act_of(dtype):
+    """What a dtype's kernels multiply the weights by: x itself, or its 8-bit blocks dequantized."""
+    return ref.q8_activations if dtype in QACT else (lambda v: np.asarray(v, np.float64))
+
+
+def close_to_reference(got, want, dtype):
+    diff = np.abs(got - want)
+    if dtype not in QACT:
+        return diff.max() < 1e-4
+    return diff.max() < 0.1 and np.median(diff.max(axis=1)) < 1e-4
 BLOCKS = {"q8_0": ("Q8_0", _quantize.to_q8_0, _quantize.to_q8_0_t, _quantize.q8_0_to_f32),
           "q4_0": ("Q4_0", _quantize.to_q4_0, _quantize.to_q4_0_t, _quantize.q4_0_to_f32)}
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -71,7 +92,7 @@ def test_block_bytes_equal_gguf_reference(rng, dtype, rows):
     assert np.array_equal(back_fn(want, a.shape[1]), gguf_quants.dequantize(want, getattr(Q, qname)))
 
 
-@pytest.mark.parametrize("dtype", ["q8_0"])
+@pytest.mark.parametrize("dtype", ["q8_0", "q4_0"])
 def test_block_types_store_a_conv1d_weight_transposed(rng, dtype):
     gguf_quants = pytest.importorskip("gguf.quants")
     from gguf.constants import GGMLQuantizationType as Q
@@ -120,7 +141,7 @@ def test_linear_matches_float64_over_dequantized_weights(rng, dtype, m, k, n):
     x, w, b = problem(rng, m, k, n)
     wt = convert("h0.attn.c_attn.w", w, dtype, matmul=True)
     wd = to_float32(wt).astype(np.float64)
-    want = x @ wd + b
+    want = act_of(dtype)(x) @ wd + b
     np.testing.assert_allclose(_dtypes.linear_py(wt, x, b, n_threads=2), want, **TOL)
     np.testing.assert_allclose(_dtypes.linear_py(wt, x, b, act=1, n_threads=2), gelu64(want), **TOL)
     r = rng.standard_normal((m, n)).astype(np.float32)
@@ -142,30 +163,74 @@ def test_linear_bits_do_not_depend_on_threads_or_rows(rng, dtype, m, k, n, act):
         assert np.array_equal(_dtypes.linear_py(wt, x[i:i + 1], b, act=act, n_threads=2)[0], one[i])
 
 
-@pytest.mark.parametrize("dtype", LOWP)
-@pytest.mark.parametrize("v,c", [(300, 64), (1000, 96), (37, 32)], ids=str)
+@pytest.mark.parametrize("dtype", ["f32"] + LOWP)
+@pytest.mark.parametrize("v,c", [(300, 64), (1000, 96), (37, 32), (3001, 96)], ids=str)
 def test_tied_head_and_embedding_rows(rng, dtype, v, c):
     e = (rng.standard_normal((v, c)) * 0.1).astype(np.float32)
     wt = convert("wte", e, dtype, matmul=False)
     assert wt.layout == "out_in" and not wt.transposed and wt.shape == (v, c)
     ed = to_float32(wt)
     x = rng.standard_normal((7, c)).astype(np.float32)
-    want = x.astype(np.float64) @ ed.T.astype(np.float64)
+    want = act_of(dtype)(x) @ ed.T.astype(np.float64)
     rows = _dtypes.logits_py(wt, x, dense=False, n_threads=2)
     np.testing.assert_allclose(rows, want, **TOL)
     np.testing.assert_allclose(_dtypes.logits_py(wt, x, dense=True, n_threads=2), want, **TOL)
     assert np.array_equal(_dtypes.logits_py(wt, x, dense=False, n_threads=1), rows)
-    assert np.array_equal(_dtypes.logits_py(wt, x[3:4], dense=False, n_threads=2)[0], rows[3])
+    # each row of a batch of last rows has the bits it has alone (3001 x 96: many chunks of wte per thread)
+    for m in range(len(x)):
+        assert np.array_equal(_dtypes.logits_py(wt, x[m:m + 1], dense=False, n_threads=2)[0], rows[m])
+    x17 = rng.standard_normal((17, c)).astype(np.float32)                # past the decode paths' 16 rows
+    rows17 = _dtypes.logits_py(wt, x17, dense=False, n_threads=2)
+    assert np.array_equal(_dtypes.logits_py(wt, x17[16:], dense=False, n_threads=1)[0], rows17[16])
     ids = [3, 0, v - 1, 3]
     assert np.array_equal(_dtypes.embed_py(wt, ids), ed[ids])
+
+
+def activation_rows(rng):
+    """Rows of 32-value blocks that reach every branch of the activation quantizer."""
+    a = (rng.standard_normal((9, 64)) * 2).astype(np.float32)
+    a[0, :32] = 0.0
+    a[1, :32] = np.float32(1e-40)                                   # subnormal amax
+    a[2, :32] = (np.arange(32) - 15.5).astype(np.float32)            # x / d on halves
+    a[2, 31] = 127.0                                                 # ... with d = 1 exactly
+    a[3, :32] = 3e38                                                 # near float32's max
+    a[4, 5] = np.nan
+    a[5, 40] = np.inf
+    a[6, :32] = -0.0
+    return a
+
+
+def test_activation_quantizer_is_the_numpy_rule(rng):
+    from gpt2cy.engine import _qblocks
+    a = activation_rows(rng)
+    q, d = _qblocks.quantize_activations(a)
+    with np.errstate(invalid="ignore", over="ignore"):
+        q_ref, d_ref = ref.quantize_activations(a)
+    finite = np.isfinite(a.reshape(len(a), -1, 32)).all(axis=2)
+    assert np.array_equal(d[finite], d_ref[finite])
+    assert np.array_equal(q.reshape(len(a), -1, 32)[finite], q_ref.reshape(len(a), -1, 32)[finite])
+    assert np.isnan(d[~finite]).all() and (~finite).sum() == 2     # NaN or inf: the block's scale is NaN
+    assert np.abs(q).max() <= 127 and d[0, 0] == 0 and not q[0, :32].any()
+    assert list(q[2, :4]) == [-16, -15, -14, -13]                   # halves round away from zero
+    assert _qblocks.kernel_isa() in ("vnni", "avx2", "scalar")
+
+
+@pytest.mark.parametrize("dtype", QACT)
+def test_non_finite_activations_give_nan_not_a_number(rng, dtype):
+    w = (rng.standard_normal((64, 40)) * 0.05).astype(np.float32)
+    wt = convert("h0.mlp.c_fc.w", w, dtype, matmul=True)
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+    x[1, 3] = np.nan
+    x[2, 60] = np.inf
+    out = _dtypes.linear_py(wt, x, n_threads=2)
+    assert np.isfinite(out[0]).all() and np.isnan(out[1]).all() and np.isnan(out[2]).all()
 
 
 def test_dtype_tables_agree_with_layouts():
     assert {n: d.code for n, d in DTYPES.items()} == _dtypes.supported()
     assert {n: d.matmul_layout for n, d in DTYPES.items()} == _dtypes.matmul_layouts()
     assert DTYPES["bf16"].row_bytes(768) == 1536 and DTYPES["q8_0"].row_bytes(768) == 24 * 34
-    from gpt2cy.engine.weights import Q4_0_DTYPE
-    assert "q4_0" not in DTYPES and Q4_0_DTYPE.row_bytes(768) == 24 * 18
+    assert DTYPES["q4_0"].row_bytes(768) == 24 * 18
 
 
 # ------------------------------------------------------------------------------------ models
@@ -193,11 +258,11 @@ def test_engine_matches_reference_over_dequantized_weights(lowp, tensors, seqs):
     for name in tensors:
         assert deq[name].shape == tensors[name].shape and deq[name].dtype == np.float32
     ids = seqs["A"][:48]
-    want = ref.forward(deq, CFG, ids)
-    assert np.abs(model.logits(ids) - want).max() < 1e-4
+    want = ref.forward(deq, CFG, ids, act=act_of(dtype) if dtype in QACT else None)
+    assert close_to_reference(model.logits(ids), want, dtype)
     model.reset()
     stepped = np.stack([model.step(int(t)) for t in ids])
-    assert np.abs(stepped - want).max() < 1e-4
+    assert close_to_reference(stepped, want, dtype)
     # against the f32 model on the same checkpoint
     f32 = Model.from_tensors(CFG, tensors, threads=2).logits(ids)
     bound, agree = {"bf16": (0.1, 0.9), "q8_0": (0.3, 0.9), "q4_0": (3.0, 0.35)}[dtype]
@@ -247,9 +312,10 @@ def test_load_takes_dtype_and_keeps_no_float32_pages(tmp_path, vocab_dir):
                 base = getattr(base, "base", None)
             assert base is None, name
         got = model.logits(ids)
-        assert np.abs(got - ref.forward(model.dequantized(), cfg, ids)).max() < 1e-4
+        want = ref.forward(model.dequantized(), cfg, ids, act=act_of(dtype) if dtype in QACT else None)
+        assert close_to_reference(got, want, dtype)
         assert np.abs(got - f32).max() < (3.0 if dtype == "q4_0" else 0.3)
-    for bad in ("q4_0", "F32", 8, ""):
+    for bad in ("q4_1", "F32", 8, ""):
         with pytest.raises(ValueError, match="dtype"):
             load(path, dtype=bad)
 

@@ -220,7 +220,7 @@ def test_describe(tensors):
     assert describe("wte", tensors["wte"], layout="out_in").layout == "out_in"
     assert describe("h0.ln_1.g", tensors["h0.ln_1.g"]).layout == "vector"
     with pytest.raises(ValueError, match="kernels for: f32"):
-        describe("wte", tensors["wte"], dtype="q4_0")
+        describe("wte", tensors["wte"], dtype="q5_k")
     with pytest.raises(ValueError, match="float32"):
         describe("wte", tensors["wte"].astype(np.float64))
     with pytest.raises(ValueError, match="C-contiguous"):

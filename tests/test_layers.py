@@ -20,6 +20,8 @@ ALLOWED = {
     "model": {"engine", "formats", "text", "generation"},
     "loading": {"engine", "formats", "text", "generation", "hub", "model"},
     "testing": {"formats"},
+    "serve": {"formats", "text", "generation", "hub", "model", "loading"},
+    "evaluation": {"formats", "text", "generation", "hub", "model", "loading"},
 }
 TOP = {"__init__", "__main__", "cli"}          # the public face and the command line may import anything
 

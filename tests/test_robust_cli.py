@@ -111,7 +111,7 @@ def test_info_says_an_invalid_thread_variable_is_invalid(monkeypatch, capsys, va
     assert main(["--info"]) == 0
     out = capsys.readouterr().out
     threads = next(line for line in out.splitlines() if line.startswith("threads:"))
-    assert f"from {var}" not in threads and "from the CPUs available" in threads
+    assert f"from {var}" not in threads and "adapting between 1 and" in threads and "(the CPUs available)" in threads
     assert f"invalid: {var}={value!r} is not a positive integer; ignored" in out
 
 

@@ -85,8 +85,9 @@ def _n(count: int, what: str) -> str:
     return f"{count} {what}" if count == 1 else f"{count} {what}s"
 
 
-def load_model(args):
-    """gpt2cy.load with the command line's settings; returns (model, load time in ms)."""
+def load_model(args, n_slots: int = 1):
+    """gpt2cy.load with the command line's settings (n_slots: sequences at once, for serve); returns
+    (model, load time in ms)."""
     from ..generation.response import model_name
     from ..hub.progress import format_bytes
     from ..loading import load
@@ -100,7 +101,7 @@ def load_model(args):
     t0 = time.perf_counter()
     try:
         model = load(args.model or DEFAULT_MODEL, threads=threads, offline=True if args.offline else None,
-                     n_ctx=args.ctx_size, dtype=getattr(args, "dtype", "f32"))
+                     n_ctx=args.ctx_size, dtype=getattr(args, "dtype", "f32"), n_slots=n_slots)
     except ValueError as e:
         if args.ctx_size is not None and "n_ctx" in str(e):
             raise UsageError(f"gpt2cy: --ctx-size {args.ctx_size}: {e} (see gpt2cy --help)") from None
@@ -111,7 +112,7 @@ def load_model(args):
     if args.verbose:
         kv = _kv_cache_bytes(model)
         notice(f"loaded {model_name(model)} from {getattr(model, 'path', '?')} in {load_ms:.0f} ms; "
-               f"{_n(model.threads, 'thread')}; context {model.n_ctx}; weights {model.dtype}"
+               f"{_n(model.threads, 'thread')}{' (adapting to the load)' if getattr(model, 'adaptive_threads', False) else ''}; context {model.n_ctx}; weights {model.dtype}"
                + (f"; KV cache {format_bytes(kv)}" if kv is not None else ""))
     return model, load_ms
 
@@ -278,28 +279,70 @@ def cmd_list(args) -> int:
     return EXIT_OK
 
 
+_KERNELS = {
+    "f32": "register tiles (prefill), row-streaming matrix-vector (decode), row dots (lm_head)",
+    "bf16": "the f32 kernels, weights widened exactly in registers and while packing",
+    "q8_0": "blocks dequantized on the fly against fp32 activations (decode: streamed rows; prefill: panels)",
+    "q4_0": "blocks dequantized on the fly against fp32 activations (decode: streamed rows; prefill: panels)",
+}
+_ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+              "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8", "neon", "asimd")
+
+
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def _cpu_model() -> str:
+    import platform
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def cmd_info() -> int:
-    """Build and runtime facts that explain speed: OpenMP, the thread count and where it comes from,
-    and the OpenMP wait policy (spinning workers are fastest on a quiet machine but collapse when
-    another busy process shares the cores)."""
+    """Build and runtime facts that explain speed: OpenMP, the instruction set the kernels were built for
+    and which kernels run each weight type, the thread count and where it comes from, the CPU's flags."""
     import platform
     import numpy
     from ..engine._omp import openmp_enabled
+    from ..engine._matmul import isa
+    from ..engine.weights import DTYPES
     from ..threads import cpu_count, thread_setting
     threads, source, problem = thread_setting()
     cpus = cpu_count()
-    where = "the CPUs available" if source == "cpus" else source
     print(f"gpt2cy {__version__}")
     print(f"openmp_enabled: {openmp_enabled()}")
-    print(f"threads: {threads} (from {where}; {cpus} CPUs available; -t N or GPT2CY_NUM_THREADS to change)")
+    if source == "cpus":
+        print(f"threads: adapting between 1 and {threads} (the CPUs available) to how fast recent steps ran; "
+              f"-t N or GPT2CY_NUM_THREADS fixes the count")
+    else:
+        print(f"threads: {threads} (from {source}; fixed; {cpus} CPUs available)")
     if problem:
         print(f"  invalid: {problem}")
         if "GPT2CY_NUM_THREADS=" in problem:
             print("  (chat and generate refuse an invalid GPT2CY_NUM_THREADS: exit 2)")
     policy = os.environ.get("OMP_WAIT_POLICY")
     print(f"OMP_WAIT_POLICY: {policy if policy else 'unset (libgomp default: idle workers spin a while, then sleep)'}")
-    print("  on a machine busy with other work, spinning workers slow every token down: use -t 1, or "
-          "fewer threads than free cores, or OMP_WAIT_POLICY=passive")
+    name, mr, nr = isa()
+    print(f"kernels: built for {name} (f32 tile {mr}x{nr})")
+    for dt in DTYPES:
+        print(f"  {dt:5s} {_KERNELS.get(dt, '')}")
+    flags = _cpu_flags()
+    if flags is not None:
+        print(f"cpu: {_cpu_model()}; flags: {' '.join(f for f in _ISA_FLAGS if f in flags) or 'none of note'}")
     print(f"python: {platform.python_version()} ({sys.executable})")
     print(f"numpy: {numpy.__version__}")
     return EXIT_OK

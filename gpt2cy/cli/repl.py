@@ -33,7 +33,7 @@ Commands:
   /undo                     drop the last exchange
   /set PARAM VALUE          temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed,
                             max_tokens (-1 = no limit), stop (no value clears), multiline on|off,
-                            threads (1 on a machine busy with other work)
+                            threads (fixes the count; by default it adapts to the machine's load)
   /set verbose | quiet      stats after each reply on | off
   /show [params|model|context|stats]   (stats: the last reply's tokens, speed, finish, seed)
   /save FILE | /load FILE   write | restore the conversation as a JSON transcript
@@ -420,7 +420,7 @@ class Repl:
                        f"n_layer {cfg.n_layer}, n_head {cfg.n_head}, n_embd {cfg.n_embd}, "
                        f"n_ctx {chat.n_ctx}{'' if chat.n_ctx == cfg.n_ctx else f' (of {cfg.n_ctx})'}, "
                        f"n_vocab {cfg.n_vocab}; "
-                       f"threads {getattr(m, 'threads', '?')}; path {getattr(m, 'path', '?')}")
+                       f"threads {getattr(m, 'threads', '?')}{' (adapting)' if getattr(m, 'adaptive_threads', False) else ''}; path {getattr(m, 'path', '?')}")
         if what in ("", "context"):
             used, n_ctx = chat.context_used, chat.n_ctx
             full = " (full: the next message drops the oldest turns)" if used >= n_ctx else ""

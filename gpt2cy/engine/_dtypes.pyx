@@ -1,14 +1,15 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """The per-dtype kernel table (see _dtypes.pxd): which functions multiply by, and look rows up in, a weight
 of each storage type: f32, bf16 (uint16 bit patterns; _matmul's kernels widen them in registers and while
-packing) and q8_0 (ggml's 34-byte blocks, matmul weights stored [out, in]; _qblocks.pyx, which also has
-q4_0's kernels, not registered yet).  Adding a type = its
+packing), q8_0 and q4_0 (ggml's 34- and 18-byte blocks, matmul weights stored [out, in]; _qblocks.pyx).
+Adding a type = its
 kernels + one entry here + its geometry in weights.py's DTYPES."""
 from libc.stdint cimport uint8_t, uint16_t
 from libc.string cimport memcpy
 import numpy as np
 
-from ._matmul cimport matmul, matmul_nt, matmul_typed, matmul_nt_typed, W_BF16, ACT_NONE, ACT_GELU
+from ._matmul cimport (matmul, matmul_nt, matmul_typed, matmul_nt_typed, matmul_nt_rows_typed, W_F32, W_BF16,
+                       ACT_NONE, ACT_GELU)
 from ._qblocks cimport q_linear, q_rows, Q_Q8, Q_Q4
 
 cdef extern from "_lowp.h" nogil:
@@ -18,8 +19,8 @@ cdef enum:
     F32 = 0
     BF16 = 1
     Q8_0 = 2
-    Q4_0 = 3                   # kernels below; not in the table yet (see weights.Q4_0_DTYPE)
-    N_CODES = 3
+    Q4_0 = 3
+    N_CODES = 4
 
 
 # ---------------------------------------------------------------------------------------------------- f32
@@ -32,10 +33,8 @@ cdef void _f32_linear(const float* x, Py_ssize_t ldx, const WeightDesc* w, const
 
 cdef void _f32_logits_rows(const float* x, Py_ssize_t ldx, const WeightDesc* w, float* out, Py_ssize_t ldo,
                            Py_ssize_t M, int n_threads) noexcept nogil:
-    # one matmul_nt call per row: M == 1 is the row-dot path, the bits of a single sequence's last row
-    cdef Py_ssize_t m
-    for m in range(M):
-        matmul_nt(x + m * ldx, ldx, <const float*>w.data, out + m * ldo, ldo, 1, w.cols, w.rows, n_threads)
+    # every row with the row-dot path's bits (those of a single sequence's last row), wte read once
+    matmul_nt_rows_typed(W_F32, x, ldx, w.data, out, ldo, M, w.cols, w.rows, n_threads)
 
 
 cdef void _f32_logits_dense(const float* x, Py_ssize_t ldx, const WeightDesc* w, float* out, Py_ssize_t ldo,
@@ -61,9 +60,7 @@ cdef void _bf16_linear(const float* x, Py_ssize_t ldx, const WeightDesc* w, cons
 
 cdef void _bf16_logits_rows(const float* x, Py_ssize_t ldx, const WeightDesc* w, float* out, Py_ssize_t ldo,
                             Py_ssize_t M, int n_threads) noexcept nogil:
-    cdef Py_ssize_t m
-    for m in range(M):
-        matmul_nt_typed(W_BF16, x + m * ldx, ldx, w.data, out + m * ldo, ldo, 1, w.cols, w.rows, n_threads)
+    matmul_nt_rows_typed(W_BF16, x, ldx, w.data, out, ldo, M, w.cols, w.rows, n_threads)
 
 
 cdef void _bf16_logits_dense(const float* x, Py_ssize_t ldx, const WeightDesc* w, float* out, Py_ssize_t ldo,
@@ -94,10 +91,9 @@ cdef void _q_linear(const float* x, Py_ssize_t ldx, const WeightDesc* w, const f
 
 cdef void _q_logits_rows(const float* x, Py_ssize_t ldx, const WeightDesc* w, float* out, Py_ssize_t ldo,
                          Py_ssize_t M, int n_threads) noexcept nogil:
-    cdef Py_ssize_t m
-    for m in range(M):
-        q_linear(_qtype(w), x + m * ldx, ldx, <const uint8_t*>w.data, w.ld, NULL, out + m * ldo, ldo, 1,
-                 w.cols, w.rows, ACT_NONE, False, n_threads)
+    # q_linear's bits do not depend on M (_qblocks.pyx), so all rows go in one call: wte is streamed once
+    q_linear(_qtype(w), x, ldx, <const uint8_t*>w.data, w.ld, NULL, out, ldo, M, w.cols, w.rows, ACT_NONE,
+             False, n_threads)
 
 
 cdef void _q_logits_dense(const float* x, Py_ssize_t ldx, const WeightDesc* w, float* out, Py_ssize_t ldo,
@@ -132,9 +128,12 @@ _TABLE[Q8_0].linear = _q_linear
 _TABLE[Q8_0].logits_rows = _q_logits_rows
 _TABLE[Q8_0].logits_dense = _q_logits_dense
 _TABLE[Q8_0].embed_rows = _q_embed_rows
-# q4_0, when registered (N_CODES = 4):
-# _TABLE[Q4_0].name = "q4_0"; matmul_layout = LAYOUT_OUT_IN; linear = _q_linear; logits_rows = _q_logits_rows;
-# logits_dense = _q_logits_dense; embed_rows = _q_embed_rows
+_TABLE[Q4_0].name = "q4_0"
+_TABLE[Q4_0].matmul_layout = LAYOUT_OUT_IN
+_TABLE[Q4_0].linear = _q_linear
+_TABLE[Q4_0].logits_rows = _q_logits_rows
+_TABLE[Q4_0].logits_dense = _q_logits_dense
+_TABLE[Q4_0].embed_rows = _q_embed_rows
 
 
 cdef const DTypeKernels* dtype_kernels(int code) noexcept nogil:

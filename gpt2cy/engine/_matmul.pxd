@@ -36,6 +36,13 @@ cdef void matmul_nt(const float* x, Py_ssize_t ldx, const float* wt,
                     float* out, Py_ssize_t ldo, Py_ssize_t M, Py_ssize_t K, Py_ssize_t N,
                     int n_threads) noexcept nogil
 
+# out[m, n] = sum_k x[m, k] * wt[n, k] for M rows of x, each row's bits those of matmul_nt with M == 1 (the
+# decode row dots), wt read from memory once for all M rows (the last rows of a batch of sequences, each of
+# which must get the logits it gets alone).  Shapes as matmul_nt; wtype as below.
+cdef void matmul_nt_rows_typed(int wtype, const float* x, Py_ssize_t ldx, const void* wt, float* out,
+                               Py_ssize_t ldo, Py_ssize_t M, Py_ssize_t K, Py_ssize_t N,
+                               int n_threads) noexcept nogil
+
 # The same two products with w (wt) of element type wtype (W_F32: float, W_BF16: uint16 bf16 bits), same
 # shapes, strides and determinism; matmul and matmul_nt are the W_F32 cases.
 cdef void matmul_typed(int wtype, const float* x, Py_ssize_t ldx, const void* w, const float* bias,

@@ -12,7 +12,9 @@ Notes on speed (AMD Zen 5 figures in bench/bench_matmul.py; kernels in _gemm.h):
   sums meet in a thread-local scratch, combined in block order after a barrier; where that does not fit or
   balance, each thread takes one contiguous range of columns instead.  No heap allocation.
 - lm_head (matmul_nt): M = 1 is row dot products over contiguous rows of wte; M > 1 packs wte rows with
-  in-register 8x8 transposes into the same panels as above.
+  in-register 8x8 transposes into the same panels as above.  matmul_nt_rows (the last rows of a batch of
+  sequences) gives every row the M = 1 row dots' bits, reading wte once for all rows: L2-sized chunks of wte,
+  each dotted with every row of x before the next is read.
 - bf16 weights (W_BF16) run the same drivers and tiles: _lowp.h widens them (a 16-bit shift, exact) while
   packing, inside the matrix-vector block and in the row dots, so their bits are those of f32 over the
   widened weights, and the contract below holds for them unchanged.
@@ -65,6 +67,7 @@ cdef extern from "_lowp.h" nogil:
 
 cdef enum:
     MIN_PAR_FLOPS = 1 << 18    # below this many multiply-adds a second thread costs more than it saves
+    ROWS_CHUNK_BYTES = 65536   # matmul_nt_rows: bytes of wt per task (L2-resident while every x row uses it)
 
 
 # The element type of w (W_F32 or W_BF16, _matmul.pxd): the drivers below are shared; only the packing, the
@@ -99,6 +102,10 @@ cdef inline Py_ssize_t _cdiv(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
 
 cdef inline Py_ssize_t _min(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return a if a < b else b
+
+
+cdef inline Py_ssize_t _max(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return a if a > b else b
 
 
 cdef inline int _threads_for(Py_ssize_t work, int n_threads) noexcept nogil:
@@ -336,6 +343,37 @@ cdef void _dot_rows(const float* x, int wtype, const void* wt, float* out, Py_ss
             lp_dot_rows_bf16(K, x, <const uint16_t*>wt + n0 * K, K, _min(per, N - n0), out + n0)
         else:
             gemm_dot_rows(K, x, <const float*>wt + n0 * K, K, _min(per, N - n0), out + n0)
+
+
+cdef void _dot_rows_chunk(const float* x, Py_ssize_t ldx, Py_ssize_t M, int wtype, const void* wt, float* out,
+                          Py_ssize_t ldo, Py_ssize_t K, Py_ssize_t n0, Py_ssize_t n1) noexcept nogil:
+    # out[m, n] = x[m] . wt[n] for n in [n0, n1), every m: the chunk of wt is read from memory for the first
+    # row of x and from cache for the others; each element is the M == 1 row dot's exact arithmetic
+    cdef Py_ssize_t m
+    for m in range(M):
+        if wtype == W_BF16:
+            lp_dot_rows_bf16(K, x + m * ldx, <const uint16_t*>wt + n0 * K, K, n1 - n0, out + m * ldo + n0)
+        else:
+            gemm_dot_rows(K, x + m * ldx, <const float*>wt + n0 * K, K, n1 - n0, out + m * ldo + n0)
+
+
+cdef void matmul_nt_rows_typed(int wtype, const float* x, Py_ssize_t ldx, const void* wt, float* out,
+                               Py_ssize_t ldo, Py_ssize_t M, Py_ssize_t K, Py_ssize_t N,
+                               int n_threads) noexcept nogil:
+    cdef Py_ssize_t esize = 2 if wtype == W_BF16 else 4
+    # rows of wt per task: ~64 KiB (L2 on every x86 core of note), so M rows of x re-read it from cache;
+    # tasks are small and dealt out dynamically, so a thread slowed by a neighbour holds up one chunk only
+    cdef Py_ssize_t rows = _max(4, ROWS_CHUNK_BYTES // (K * esize))
+    cdef Py_ssize_t n_tasks, t
+    cdef int nt = _threads_for(M * K * N, n_threads)
+    if M <= 0 or N <= 0:
+        return
+    if M == 1:
+        _dot_rows(x, wtype, wt, out, K, N, n_threads)
+        return
+    n_tasks = _cdiv(N, rows)
+    for t in prange(n_tasks, num_threads=nt, schedule="dynamic"):
+        _dot_rows_chunk(x, ldx, M, wtype, wt, out, ldo, K, t * rows, _min((t + 1) * rows, N))
 
 
 # ---------------------------------------------------------------------------------------------------------

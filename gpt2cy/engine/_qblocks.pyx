@@ -2,22 +2,23 @@
 # (the callers check every shape; the kernels index raw pointers)
 """Block-quantised products (ggml's q8_0 and q4_0 layouts, _lowp.h): weights [N, K] as N rows of K / 32
 blocks (34 bytes for q8_0, 18 for q4_0); qtype LP_Q8 or LP_Q4 picks the block decoder, nothing else differs.
-
-Dequantized on the fly with float32 activations: d * q is exact in float32, so this is the product by the
-dequantized weights, and the numpy reference given those weights agrees to fp32 rounding.
-
+The activations are quantized to 8 bits per block of 32 first (_q8act.h), once per call for all M rows, and
+every product is an integer dot per block scaled by both blocks' scales: one instruction per 32 products
+where the CPU has VNNI, instead of widening each weight to a float (what kept the earlier kernels at a
+third of the memory bound).  The numpy reference with the same activation quantization agrees to fp32
+rounding (tests/test_dtypes_lowp.py); the quantization itself is the price, as in llama.cpp.
 - Decode (M <= 16): each thread takes a contiguous range of output rows (multiples of CHUNK) and streams
-  their blocks once per row of x (the few rows of a batch re-read them from L2), four rows at a time.
-- Prefill: one task = PANEL output rows x MC rows of x; the panel is dequantized into a thread-local float
-  buffer (PANEL x K floats, in L2) and 3 x 4 register tiles run over it.
-- Determinism: every output element is one 8-lane fused multiply-add chain over k from 0, lanes summed in a
-  fixed tree (lp_q8_dot_rows and lp_dot_tile agree bit for bit), then `+ bias`, then `out +` when
-  accumulating, GELU in the same NR-wide pieces from column 0 of a CHUNK.  One element is never split
-  between threads, so neither the thread count nor M (decode or prefill, alone or batched) changes a bit.
+  their blocks once, every row of x against a CHUNK of weight rows while it is in L1/L2.
+- Prefill: one task = PANEL output rows x MC rows of x (scheduled dynamically), the same row dots.
+- Determinism: every output element is _q8act.h's one computation (8 lanes of exact block dots, one fused
+  multiply-add chain per lane over the blocks, a fixed tree), then `+ bias`, then `out +` when
+  accumulating, GELU in the same NR-wide pieces from column 0 of a CHUNK.  So neither the thread count nor
+  M (decode or prefill, alone or batched) changes a bit.
 """
 from cython.parallel cimport prange, parallel
-from libc.stdint cimport uint8_t
+from libc.stdint cimport uint8_t, int8_t, int32_t
 from libc.stdlib cimport malloc, free
+from libc.math cimport NAN
 
 from ._matmul cimport ACT_GELU
 
@@ -36,24 +37,24 @@ cdef extern from "_gemm.h" nogil:
 cdef extern from "_lowp.h" nogil:
     enum:
         LP_QK
-        LP_Q8_BYTES
-        LP_Q8_MR
-        LP_Q8_NR
         LP_Q8
         LP_Q4
-    void lp_q8_dot_rows(Py_ssize_t K, const float* x, const uint8_t* w, Py_ssize_t ldw, Py_ssize_t n,
-                        float* out, Py_ssize_t ldo)
-    void lp_q4_dot_rows(Py_ssize_t K, const float* x, const uint8_t* w, Py_ssize_t ldw, Py_ssize_t n,
-                        float* out, Py_ssize_t ldo)
     void lp_q8_row_to_f32(const uint8_t* src, float* dst, Py_ssize_t n)
     void lp_q4_row_to_f32(const uint8_t* src, float* dst, Py_ssize_t n)
-    void lp_dot_tile(Py_ssize_t K, const float* x, Py_ssize_t ldx, Py_ssize_t mr, const float* wd,
-                     Py_ssize_t nr, float* c, Py_ssize_t ldc)
+
+cdef extern from "_q8act.h" nogil:
+    enum:
+        QA_MR
+    const char* QA_ISA
+    void qa_quantize_row(const float* x, Py_ssize_t K, int8_t* qx, float* dx, int32_t* ns)
+    void qa_dot_block(int qtype, Py_ssize_t K, Py_ssize_t mr, const int8_t* qx, const float* dx,
+                      const int32_t* ns, const uint8_t* w, Py_ssize_t ldw, Py_ssize_t n, float* out,
+                      Py_ssize_t ldo)
 
 cdef enum:
     CHUNK = 64               # output rows per epilogue piece (a multiple of every GEMM_NR: 8, 16, 32)
-    PANEL = 64               # prefill: output rows dequantized at once
-    MC = 96                  # prefill: rows of x per task (a multiple of LP_Q8_MR)
+    PANEL = 64               # prefill: output rows per task
+    MC = 32                  # prefill: rows of x per task
     DECODE_MAXM = 16         # up to this many rows: the streaming path
     MIN_PAR_FLOPS = 1 << 18
 
@@ -85,14 +86,6 @@ cdef void _epilogue(const float* dots, const float* bias, float* out, Py_ssize_t
             j = j + GEMM_NR
 
 
-cdef inline void _dot_rows(int qtype, Py_ssize_t K, const float* x, const uint8_t* w, Py_ssize_t ldw,
-                           Py_ssize_t n, float* out) noexcept nogil:
-    if qtype == LP_Q4:
-        lp_q4_dot_rows(K, x, w, ldw, n, out, 1)
-    else:
-        lp_q8_dot_rows(K, x, w, ldw, n, out, 1)
-
-
 cdef inline void _row_to_f32(int qtype, const uint8_t* src, float* dst, Py_ssize_t n) noexcept nogil:
     if qtype == LP_Q4:
         lp_q4_row_to_f32(src, dst, n)
@@ -100,76 +93,99 @@ cdef inline void _row_to_f32(int qtype, const uint8_t* src, float* dst, Py_ssize
         lp_q8_row_to_f32(src, dst, n)
 
 
-cdef void _decode_range(int qtype, const float* x, Py_ssize_t ldx, const uint8_t* w, Py_ssize_t ldw, const float* bias,
-                        float* out, Py_ssize_t ldo, Py_ssize_t M, Py_ssize_t K, Py_ssize_t n0, Py_ssize_t n1,
-                        int act, bint accumulate) noexcept nogil:
-    cdef float dots[CHUNK]
-    cdef Py_ssize_t c0, cw, m
+cdef void _rows_range(int qtype, const int8_t* qx, const float* dx, const int32_t* ns, const uint8_t* w,
+                      Py_ssize_t ldw, const float* bias, float* out, Py_ssize_t ldo, Py_ssize_t m0,
+                      Py_ssize_t m1, Py_ssize_t K, Py_ssize_t n0, Py_ssize_t n1, int act,
+                      bint accumulate) noexcept nogil:
+    # out[m0:m1, n0:n1] from the quantized rows qx [M, K] / dx [M, K / 32] / ns [M, K / 4]; n0 at a CHUNK
+    # start.  QA_MR rows of x at a time against a CHUNK of weight rows (in L1/L2 while they are used).
+    cdef float dots[QA_MR * CHUNK]
+    cdef Py_ssize_t c0, cw, m, mr, i, nb = K // LP_QK
     c0 = n0
     while c0 < n1:
         cw = _min(CHUNK, n1 - c0)
-        for m in range(M):
-            _dot_rows(qtype, K, x + m * ldx, w + c0 * ldw, ldw, cw, dots)
-            _epilogue(dots, bias + c0 if bias != NULL else NULL, out + m * ldo + c0, cw, act, accumulate)
+        m = m0
+        while m < m1:
+            mr = _min(QA_MR, m1 - m)
+            qa_dot_block(qtype, K, mr, qx + m * K, dx + m * nb, ns + m * nb * 8, w + c0 * ldw, ldw, cw, dots,
+                         CHUNK)
+            for i in range(mr):
+                _epilogue(dots + i * CHUNK, bias + c0 if bias != NULL else NULL, out + (m + i) * ldo + c0, cw,
+                          act, accumulate)
+            m = m + mr
         c0 = c0 + CHUNK
-
-
-cdef void _prefill_task(int qtype, const float* x, Py_ssize_t ldx, const uint8_t* w, Py_ssize_t ldw, const float* bias,
-                        float* out, Py_ssize_t ldo, Py_ssize_t m0, Py_ssize_t m1, Py_ssize_t K,
-                        Py_ssize_t n0, Py_ssize_t n1, int act, bint accumulate,
-                        float* wd) noexcept nogil:   # SCRATCH [PANEL, K]
-    cdef float dots[MC * PANEL]
-    cdef Py_ssize_t j, i, nw = n1 - n0, mr, nr, c0
-    for j in range(nw):
-        _row_to_f32(qtype, w + (n0 + j) * ldw, wd + j * K, K)
-    i = m0
-    while i < m1:
-        mr = _min(LP_Q8_MR, m1 - i)
-        j = 0
-        while j < nw:
-            nr = _min(LP_Q8_NR, nw - j)
-            lp_dot_tile(K, x + i * ldx, ldx, mr, wd + j * K, nr, dots + (i - m0) * PANEL + j, PANEL)
-            j = j + LP_Q8_NR
-        i = i + LP_Q8_MR
-    for i in range(m1 - m0):
-        c0 = 0
-        while c0 < nw:
-            _epilogue(dots + i * PANEL + c0, bias + n0 + c0 if bias != NULL else NULL,
-                      out + (m0 + i) * ldo + n0 + c0, _min(CHUNK, nw - c0), act, accumulate)
-            c0 = c0 + CHUNK
 
 
 cdef void q_linear(int qtype, const float* x, Py_ssize_t ldx, const uint8_t* w, Py_ssize_t ldw, const float* bias,
                     float* out, Py_ssize_t ldo, Py_ssize_t M, Py_ssize_t K, Py_ssize_t N, int act,
                     bint accumulate, int n_threads) noexcept nogil:
     cdef int nt = 1 if M * K * N < MIN_PAR_FLOPS or n_threads < 1 else n_threads
-    cdef Py_ssize_t n_chunks = _cdiv(N, CHUNK), n_tasks, per, t, n_pt, n_mt, pt, mt
-    cdef float* wd = NULL
+    cdef Py_ssize_t n_chunks = _cdiv(N, CHUNK), n_tasks, per, t, n_pt, n_mt, pt, mt, m, j, nb = K // LP_QK
+    cdef int8_t* qx
+    cdef float* dx
+    cdef int32_t* ns
     if M <= 0 or N <= 0:
         return
+    qx = <int8_t*>malloc(M * K * sizeof(int8_t) + 1)
+    dx = <float*>malloc(M * nb * sizeof(float) + 1)
+    ns = <int32_t*>malloc(M * nb * 8 * sizeof(int32_t) + 1)
+    if qx == NULL or dx == NULL or ns == NULL:   # no memory for the quantized rows: NaN, which the caller reports
+        free(qx)
+        free(dx)
+        free(ns)
+        for m in range(M):
+            for j in range(N):
+                out[m * ldo + j] = NAN
+        return
     if M <= DECODE_MAXM:
+        for m in range(M):
+            qa_quantize_row(x + m * ldx, K, qx + m * K, dx + m * nb, ns + m * nb * 8)
         n_tasks = _min(nt, n_chunks)
         per = _cdiv(n_chunks, n_tasks) * CHUNK
         n_tasks = _cdiv(N, per)
         for t in prange(n_tasks, num_threads=nt, schedule="static"):
-            _decode_range(qtype, x, ldx, w, ldw, bias, out, ldo, M, K, t * per, _min((t + 1) * per, N), act,
-                          accumulate)
-        return
-    n_pt = _cdiv(N, PANEL)
-    n_mt = _cdiv(M, MC)
-    with parallel(num_threads=nt):
-        wd = <float*>malloc(PANEL * K * sizeof(float))
-        for t in prange(n_pt * n_mt, schedule="dynamic"):
+            _rows_range(qtype, qx, dx, ns, w, ldw, bias, out, ldo, 0, M, K, t * per, _min((t + 1) * per, N),
+                        act, accumulate)
+    else:
+        n_pt = _cdiv(N, PANEL)
+        n_mt = _cdiv(M, MC)
+        with parallel(num_threads=nt):
+            for m in prange(M, schedule="static"):
+                qa_quantize_row(x + m * ldx, K, qx + m * K, dx + m * nb, ns + m * nb * 8)
+        for t in prange(n_pt * n_mt, num_threads=nt, schedule="dynamic"):
             pt = t % n_pt
             mt = t // n_pt
-            if wd != NULL:
-                _prefill_task(qtype, x, ldx, w, ldw, bias, out, ldo, mt * MC, _min((mt + 1) * MC, M), K,
-                              pt * PANEL, _min((pt + 1) * PANEL, N), act, accumulate, wd)
-            else:                     # out of memory for the panel: the streaming path, same bits
-                _decode_range(qtype, x + mt * MC * ldx, ldx, w, ldw, bias, out + mt * MC * ldo, ldo,
-                              _min(MC, M - mt * MC), K, pt * PANEL, _min((pt + 1) * PANEL, N), act,
-                              accumulate)
-        free(wd)
+            _rows_range(qtype, qx, dx, ns, w, ldw, bias, out, ldo, mt * MC, _min((mt + 1) * MC, M), K,
+                        pt * PANEL, _min((pt + 1) * PANEL, N), act, accumulate)
+    free(qx)
+    free(dx)
+    free(ns)
+
+
+def kernel_isa():
+    """Which integer dot the q8_0 / q4_0 kernels were built with: "vnni", "avx2" or "scalar"."""
+    return QA_ISA.decode()
+
+
+def quantize_activations(x):
+    """float32 [M, K] (K a multiple of 32) -> (qx int8 [M, K], dx float32 [M, K / 32]): the activation
+    quantization of q_linear (tests compare it with a numpy version of the rule)."""
+    import numpy as np
+    a = np.ascontiguousarray(x, dtype=np.float32)
+    if a.ndim != 2 or a.shape[1] % LP_QK:
+        raise ValueError(f"x must be 2-D with a multiple of {LP_QK} columns")
+    q = np.empty(a.shape, np.int8)
+    d = np.empty((a.shape[0], a.shape[1] // LP_QK), np.float32)
+    ns = np.empty((a.shape[0], a.shape[1] // 4), np.int32)
+    cdef const float[:, ::1] av = a
+    cdef int8_t[:, ::1] qv = q
+    cdef float[:, ::1] dv = d
+    cdef int32_t[:, ::1] nv = ns
+    cdef Py_ssize_t m
+    for m in range(a.shape[0]):
+        if a.shape[1]:
+            qa_quantize_row(&av[m, 0], a.shape[1], &qv[m, 0], &dv[m, 0], &nv[m, 0])
+    return q, d
 
 
 cdef void q_rows(int qtype, const uint8_t* w, Py_ssize_t ldw, Py_ssize_t K, const Py_ssize_t* ids,

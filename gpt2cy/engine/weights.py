@@ -53,10 +53,8 @@ DTYPES: Dict[str, DType] = {
     "f32": DType("f32", 0, np.dtype(np.float32)),
     "bf16": DType("bf16", 1, np.dtype(np.uint16), block_bytes=2),
     "q8_0": DType("q8_0", 2, np.dtype(np.uint8), block=32, block_bytes=34, matmul_layout=OUT_IN),
+    "q4_0": DType("q4_0", 3, np.dtype(np.uint8), block=32, block_bytes=18, matmul_layout=OUT_IN),
 }
-# q4_0 (code 3): kernels and quantizer are in place (_lowp.h, _qblocks.pyx, _quantize.pyx) but not registered
-# yet; registering it is Q4_0_DTYPE here, the Q4_0 entry of _dtypes.pyx's table and model.DTYPE_CHOICES.
-Q4_0_DTYPE = DType("q4_0", 3, np.dtype(np.uint8), block=32, block_bytes=18, matmul_layout=OUT_IN)
 
 
 def supported() -> str:
