@@ -1,4 +1,4 @@
-/* gpt2cy/engine/_lowp.h: weights in fewer bytes (bf16, q8_0): conversions, quantizers and kernels.
+/* gpt2cy/engine/_lowp.h: weights in fewer bytes (bf16, q8_0, q4_0): conversions, quantizers, bf16 kernels.
  *
  * Our own code.  The q8_0 block layout is ggml's (ggml-common.h `block_q8_0`), so a GGUF file's q8_0 data is
  * read where it lies:
@@ -15,9 +15,9 @@
  * Determinism:
  *   bf16 [in, out] (matmul weights): widened while packing into _gemm.h's panels / inside the matrix-vector
  *        block, the same one multiply-add chain per element as f32, so the f32 contract holds unchanged.
- *   bf16 rows and q8_0 (row dots): out = tree(lanes), lane l = sum over k = l (mod LANES) of x[k] * w[k]
- *        in increasing k (one fused multiply-add chain), tree a fixed pairwise sum.  q8_0 uses 8 lanes in
- *        decode and in the prefill tiles alike; bf16's logits rows use _gemm.h's 32-lane order.
+ *   bf16 rows (row dots): out = tree(lanes), lane l = sum over k = l (mod 32) of x[k] * w[k] in increasing k
+ *        (one fused multiply-add chain), _gemm.h's 32-lane order.
+ *   q8_0 / q4_0 products run on 8-bit activations: _q8act.h.
  */
 #ifndef GPT2CY_LOWP_H
 #define GPT2CY_LOWP_H
@@ -342,8 +342,8 @@ static inline void lp_dot_rows_bf16(ptrdiff_t K, const float *x, const uint16_t 
 }
 
 /* ------------------------------------------------------------------------------------------------------
- * q8_0 [out, in] row dots, 8 lanes: lane l = chain over k = l (mod 8) in increasing k, then
- * ((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7)), the tree of lp_hsum8.
+ * The 8-lane sum of the q8_0 / q4_0 products (_q8act.h): ((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7)),
+ * lp_tree8 in C and lp_hsum8 in registers, the same bits.
  */
 static inline float lp_tree8(const float *s)
 {
@@ -359,170 +359,6 @@ static inline float lp_hsum8(__m256 v)
     __m128 u = _mm_add_ps(t, _mm_movehl_ps(t, t));                                   /* u0 = t0+t2, u1 = t1+t3 */
     return _mm_cvtss_f32(_mm_add_ss(u, _mm_movehdup_ps(u)));                         /* u0 + u1 */
 }
-
-/* 8 int8 weights scaled by d: exact floats */
-static inline __m256 lp_q8x8(const uint8_t *q, __m256 d)
-{
-    __m128i b = _mm_loadl_epi64((const __m128i *)q);
-    return _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b)));
-}
 #endif
-
-/* out[j * ldo] = x . row_j for j < n: q8_0 rows of K weights (row stride ldw bytes).  Decode and the
- * logits rows: 4 rows at a time, one 8-lane chain each. */
-static inline void lp_q8_dot_rows(ptrdiff_t K, const float *x, const uint8_t *w, ptrdiff_t ldw, ptrdiff_t n,
-                           float *out, ptrdiff_t ldo)
-{
-    ptrdiff_t nb = K / LP_QK, j = 0;
-#if LP_AVX2
-    for (; j + 4 <= n; j += 4) {
-        const uint8_t *r0 = w + j * ldw, *r1 = r0 + ldw, *r2 = r1 + ldw, *r3 = r2 + ldw;
-        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(),
-               a3 = _mm256_setzero_ps();
-        for (ptrdiff_t b = 0; b < nb; b++) {
-            const float *xb = x + b * LP_QK;
-            const uint8_t *b0 = r0 + b * LP_Q8_BYTES, *b1 = r1 + b * LP_Q8_BYTES;
-            const uint8_t *b2 = r2 + b * LP_Q8_BYTES, *b3 = r3 + b * LP_Q8_BYTES;
-            __m256 d0 = _mm256_set1_ps(lp_q8_scale(b0)), d1 = _mm256_set1_ps(lp_q8_scale(b1));
-            __m256 d2 = _mm256_set1_ps(lp_q8_scale(b2)), d3 = _mm256_set1_ps(lp_q8_scale(b3));
-#pragma GCC unroll 4
-            for (int g = 0; g < 4; g++) {
-                __m256 xv = _mm256_loadu_ps(xb + 8 * g);
-                a0 = _mm256_fmadd_ps(xv, lp_q8x8(b0 + 2 + 8 * g, d0), a0);
-                a1 = _mm256_fmadd_ps(xv, lp_q8x8(b1 + 2 + 8 * g, d1), a1);
-                a2 = _mm256_fmadd_ps(xv, lp_q8x8(b2 + 2 + 8 * g, d2), a2);
-                a3 = _mm256_fmadd_ps(xv, lp_q8x8(b3 + 2 + 8 * g, d3), a3);
-            }
-        }
-        out[j * ldo] = lp_hsum8(a0);
-        out[(j + 1) * ldo] = lp_hsum8(a1);
-        out[(j + 2) * ldo] = lp_hsum8(a2);
-        out[(j + 3) * ldo] = lp_hsum8(a3);
-    }
-#endif
-    for (; j < n; j++) {
-        const uint8_t *r0 = w + j * ldw;
-        float s[LP_LANES] = {0};
-        for (ptrdiff_t b = 0; b < nb; b++) {
-            const uint8_t *blk = r0 + b * LP_Q8_BYTES;
-            float d = lp_q8_scale(blk);
-            for (int k = 0; k < LP_QK; k++)
-                s[k % LP_LANES] = GPT2CY_MADD(x[b * LP_QK + k], d * (float)(int8_t)blk[2 + k], s[k % LP_LANES]);
-        }
-        out[j * ldo] = lp_tree8(s);
-    }
-}
-
-/* As lp_q8_dot_rows for q4_0 rows (18-byte blocks): the same 8-lane chains over the dequantized values. */
-#if LP_AVX2
-/* the 32 weights of a q4_0 block as four groups of 8 int8 (q - 8), in k order */
-static inline void lp_q4_unpack(const uint8_t *blk, __m128i *lo, __m128i *hi)
-{
-    __m128i b = _mm_loadu_si128((const __m128i *)(blk + 2)), m = _mm_set1_epi8(0x0F), e = _mm_set1_epi8(8);
-    *lo = _mm_sub_epi8(_mm_and_si128(b, m), e);
-    *hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(b, 4), m), e);
-}
-static inline __m256 lp_i8x8(__m128i v, __m256 d)
-{
-    return _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)));
-}
-#endif
-
-static inline void lp_q4_dot_rows(ptrdiff_t K, const float *x, const uint8_t *w, ptrdiff_t ldw, ptrdiff_t n,
-                                  float *out, ptrdiff_t ldo)
-{
-    ptrdiff_t nb = K / LP_QK, j = 0;
-#if LP_AVX2
-    for (; j + 2 <= n; j += 2) {
-        const uint8_t *r0 = w + j * ldw, *r1 = r0 + ldw;
-        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-        for (ptrdiff_t b = 0; b < nb; b++) {
-            const float *xb = x + b * LP_QK;
-            const uint8_t *b0 = r0 + b * LP_Q4_BYTES, *b1 = r1 + b * LP_Q4_BYTES;
-            __m256 d0 = _mm256_set1_ps(lp_q8_scale(b0)), d1 = _mm256_set1_ps(lp_q8_scale(b1));
-            __m128i l0, h0, l1, h1;
-            lp_q4_unpack(b0, &l0, &h0);
-            lp_q4_unpack(b1, &l1, &h1);
-            __m256 x0 = _mm256_loadu_ps(xb), x1 = _mm256_loadu_ps(xb + 8);
-            __m256 x2 = _mm256_loadu_ps(xb + 16), x3 = _mm256_loadu_ps(xb + 24);
-            a0 = _mm256_fmadd_ps(x0, lp_i8x8(l0, d0), a0);
-            a1 = _mm256_fmadd_ps(x0, lp_i8x8(l1, d1), a1);
-            a0 = _mm256_fmadd_ps(x1, lp_i8x8(_mm_srli_si128(l0, 8), d0), a0);
-            a1 = _mm256_fmadd_ps(x1, lp_i8x8(_mm_srli_si128(l1, 8), d1), a1);
-            a0 = _mm256_fmadd_ps(x2, lp_i8x8(h0, d0), a0);
-            a1 = _mm256_fmadd_ps(x2, lp_i8x8(h1, d1), a1);
-            a0 = _mm256_fmadd_ps(x3, lp_i8x8(_mm_srli_si128(h0, 8), d0), a0);
-            a1 = _mm256_fmadd_ps(x3, lp_i8x8(_mm_srli_si128(h1, 8), d1), a1);
-        }
-        out[j * ldo] = lp_hsum8(a0);
-        out[(j + 1) * ldo] = lp_hsum8(a1);
-    }
-#endif
-    for (; j < n; j++) {
-        const uint8_t *r0 = w + j * ldw;
-        float s[LP_LANES] = {0}, v[LP_QK];
-        for (ptrdiff_t b = 0; b < nb; b++) {
-            lp_q4_row_to_f32(r0 + b * LP_Q4_BYTES, v, LP_QK);
-            for (int k = 0; k < LP_QK; k++)
-                s[k % LP_LANES] = GPT2CY_MADD(x[b * LP_QK + k], v[k], s[k % LP_LANES]);
-        }
-        out[j * ldo] = lp_tree8(s);
-    }
-}
-
-/* Prefill tile over dequantized rows (the same 8-lane chains as lp_q8_dot_rows, so the same bits):
- * c[i * ldc + j] = x_i . wd_j for i < mr, j < nr, x: [mr, K] row stride ldx, wd: [nr, K] floats (row
- * stride K).  The full 3 x 4 tile holds 12 accumulators; ragged edges run one element at a time. */
-#define LP_Q8_MR 3
-#define LP_Q8_NR 4
-static inline void lp_dot_tile(ptrdiff_t K, const float *x, ptrdiff_t ldx, ptrdiff_t mr, const float *wd,
-                        ptrdiff_t nr, float *c, ptrdiff_t ldc)
-{
-#if LP_AVX2
-    if (mr == LP_Q8_MR && nr == LP_Q8_NR) {
-        const float *x0 = x, *x1 = x + ldx, *x2 = x + 2 * ldx;
-        const float *w0 = wd, *w1 = wd + K, *w2 = wd + 2 * K, *w3 = wd + 3 * K;
-        __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps(), c02 = _mm256_setzero_ps(),
-               c03 = _mm256_setzero_ps(), c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps(),
-               c12 = _mm256_setzero_ps(), c13 = _mm256_setzero_ps(), c20 = _mm256_setzero_ps(),
-               c21 = _mm256_setzero_ps(), c22 = _mm256_setzero_ps(), c23 = _mm256_setzero_ps();
-        for (ptrdiff_t k = 0; k < K; k += 8) {
-            __m256 b0 = _mm256_loadu_ps(w0 + k), b1 = _mm256_loadu_ps(w1 + k);
-            __m256 b2 = _mm256_loadu_ps(w2 + k), b3 = _mm256_loadu_ps(w3 + k), a;
-            a = _mm256_loadu_ps(x0 + k);
-            c00 = _mm256_fmadd_ps(a, b0, c00); c01 = _mm256_fmadd_ps(a, b1, c01);
-            c02 = _mm256_fmadd_ps(a, b2, c02); c03 = _mm256_fmadd_ps(a, b3, c03);
-            a = _mm256_loadu_ps(x1 + k);
-            c10 = _mm256_fmadd_ps(a, b0, c10); c11 = _mm256_fmadd_ps(a, b1, c11);
-            c12 = _mm256_fmadd_ps(a, b2, c12); c13 = _mm256_fmadd_ps(a, b3, c13);
-            a = _mm256_loadu_ps(x2 + k);
-            c20 = _mm256_fmadd_ps(a, b0, c20); c21 = _mm256_fmadd_ps(a, b1, c21);
-            c22 = _mm256_fmadd_ps(a, b2, c22); c23 = _mm256_fmadd_ps(a, b3, c23);
-        }
-        c[0] = lp_hsum8(c00); c[1] = lp_hsum8(c01); c[2] = lp_hsum8(c02); c[3] = lp_hsum8(c03);
-        c += ldc;
-        c[0] = lp_hsum8(c10); c[1] = lp_hsum8(c11); c[2] = lp_hsum8(c12); c[3] = lp_hsum8(c13);
-        c += ldc;
-        c[0] = lp_hsum8(c20); c[1] = lp_hsum8(c21); c[2] = lp_hsum8(c22); c[3] = lp_hsum8(c23);
-        return;
-    }
-#endif
-    for (ptrdiff_t i = 0; i < mr; i++) {
-        for (ptrdiff_t j = 0; j < nr; j++) {
-            const float *xi = x + i * ldx, *wj = wd + j * K;
-#if LP_AVX2
-            __m256 a = _mm256_setzero_ps();
-            for (ptrdiff_t k = 0; k < K; k += 8)
-                a = _mm256_fmadd_ps(_mm256_loadu_ps(xi + k), _mm256_loadu_ps(wj + k), a);
-            c[i * ldc + j] = lp_hsum8(a);
-#else
-            float s[LP_LANES] = {0};
-            for (ptrdiff_t k = 0; k < K; k++)
-                s[k % LP_LANES] = GPT2CY_MADD(xi[k], wj[k], s[k % LP_LANES]);
-            c[i * ldc + j] = lp_tree8(s);
-#endif
-        }
-    }
-}
 
 #endif /* GPT2CY_LOWP_H */
