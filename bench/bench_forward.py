@@ -3,13 +3,17 @@
 Run: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/pytest bench/bench_forward.py --benchmark-only -s
 Groups (transformers+torch in the same group where installed, same thread count):
   decode:ctx64 / decode:ctx512   tokens/s of model.step with the cache holding 64 / 512 positions, for
-                                 each weight dtype (f32, bf16, q8_0). The machine's read bandwidth is
+                                 each weight dtype (f32, bf16, q8_0, q4_0). The machine's read bandwidth is
                                  measured before every round (it drifts with the neighbours of a shared
                                  machine); extra_info has the median over rounds of tokens/s / (bandwidth /
                                  bytes read per token: that dtype's weights + KV cache)
   prefill:512                    a 512-token prompt -> last position's logits, per dtype
   load                           gpt2cy.load(dir) to first logits; peak RSS measured in a subprocess
-  convert                        gpt2cy.load(dir, dtype=...) for bf16 and q8_0: load with the conversion
+  convert                        gpt2cy.load(dir, dtype=...) for bf16, q8_0, q4_0: load with the conversion
+  accuracy                       each dtype against f32 on the same checkpoint over 512 positions, as
+                                 `llama-perplexity --kl-divergence` reports it: mean KL(f32 || dtype), its
+                                 99th percentile, and how often the top token agrees (extra_info; the timing
+                                 is just the 512-token forward)
 """
 import json
 import os
@@ -27,7 +31,7 @@ import gpt2cy.formats.checkpoint
 STEPS = 32                                 # decode steps per timed round
 ROUNDS = 7
 IMPLS = ["gpt2cy", "transformers"]
-DTYPES = ["f32", "bf16", "q8_0"]
+DTYPES = ["f32", "bf16", "q8_0", "q4_0"]
 BYTES_PER_WEIGHT = {"f32": 4.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 
 
@@ -263,7 +267,7 @@ def test_load(benchmark, model_124m_dir):
           f"(budget weights {data / 2 ** 20:.0f} + KV {kv / 2 ** 20:.0f} + 150 = {budget:.0f} MB)")
 
 
-@pytest.mark.parametrize("dtype", ["bf16", "q8_0"])
+@pytest.mark.parametrize("dtype", ["bf16", "q8_0", "q4_0"])
 def test_convert(benchmark, model_124m_dir, dtype):
     """Load with the conversion of every matmul weight and wte (compiled, parallel) to first logits."""
     benchmark.group = "convert"
@@ -275,3 +279,26 @@ def test_convert(benchmark, model_124m_dir, dtype):
 
     benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
     benchmark.extra_info.update(threads=nt, dtype=dtype, ms=round(benchmark.stats.stats.median * 1e3, 1))
+
+
+def _log_softmax(z):
+    z = z.astype(np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "q8_0", "q4_0"])
+def test_accuracy(benchmark, models, dtype):
+    """KL divergence and top-1 agreement of a dtype's logits against f32's over 512 positions of one text."""
+    benchmark.group = "accuracy"
+    ids = np.random.default_rng(7).integers(0, 50256, 512).tolist()
+    base = _log_softmax(models("f32").logits(ids))
+    model = models(dtype)
+    got = benchmark.pedantic(lambda: model.logits(ids), rounds=3, iterations=1, warmup_rounds=1)
+    lq = _log_softmax(got)
+    kl = (np.exp(base) * (base - lq)).sum(axis=1)
+    info = dict(dtype=dtype, positions=len(ids), kl_mean=float(kl.mean()), kl_p99=float(np.quantile(kl, 0.99)),
+                top1_agree=float(np.mean(base.argmax(1) == lq.argmax(1))))
+    benchmark.extra_info.update(info)
+    print(f"\n{dtype} vs f32: mean KL {info['kl_mean']:.3g}, p99 KL {info['kl_p99']:.3g}, "
+          f"top-1 agreement {info['top1_agree']:.1%}")

@@ -5,7 +5,8 @@
 
 Groups: tokenizer-encode / tokenizer-decode on a ~4 MB mixed text (prose, code, and 1/8 multilingual: CJK, RTL,
 emoji, combining marks); tokenizer-long-* on one piece without spaces of 10 KB, 100 KB and 1 MB (letters, or
-one emoji repeated), where a quadratic merge loop would show.
+one emoji repeated), where a quadratic merge loop would show; tokenizer-batch-{1,2}t: encode_ordinary_batch of the
+corpus cut into ~4 KB documents on 1 and 2 threads (gpt2cy and tiktoken; both merge without the GIL).
 gpt2cy's piece cache is cleared before every encode round, so each round starts cold.
 """
 import os
@@ -61,6 +62,8 @@ def corpus_text():
 
 
 def _record(benchmark, n_bytes, n_tokens):
+    if benchmark.stats is None:                      # --benchmark-disable: a check run, no figures
+        return
     median = benchmark.stats.stats.median
     benchmark.extra_info.update(bytes=n_bytes, tokens=n_tokens, MB_per_s=round(n_bytes / median / 1e6, 2),
                                 tokens_per_s=round(n_tokens / median))
@@ -100,6 +103,27 @@ def test_long_piece(benchmark, toks, name, kind, size):
     benchmark.group = f"tokenizer-long-{kind}"
     ids = benchmark.pedantic(encode, args=(text,), setup=reset, rounds=3, warmup_rounds=1)
     _record(benchmark, len(text.encode("utf-8")), len(ids))
+
+
+BATCH_DOC_BYTES = 4000
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("name", ["gpt2cy", "tiktoken"])
+def test_encode_batch(benchmark, toks, corpus_text, name, threads):
+    if name not in toks:
+        pytest.skip(f"{name} not installed")
+    docs = [corpus_text[i:i + BATCH_DOC_BYTES] for i in range(0, len(corpus_text), BATCH_DOC_BYTES)]
+    if name == "gpt2cy":
+        from gpt2cy.text.tokenizer import Tokenizer
+        tok = Tokenizer.from_dir(_vocab_dir())
+        run, reset = (lambda d: tok.encode_ordinary_batch(d, num_threads=threads)), tok._core.clear_cache
+    else:
+        tk = tokenizer_peers.peers(_vocab_dir())[0]
+        run, reset = (lambda d: tk.encode_ordinary_batch(d, num_threads=threads)), None
+    benchmark.group = f"tokenizer-batch-{threads}t"
+    out = benchmark.pedantic(run, args=(docs,), setup=reset, rounds=5, warmup_rounds=1)
+    _record(benchmark, sum(len(d.encode("utf-8")) for d in docs), sum(map(len, out)))
 
 
 def _median_time(fn, arg, reset=None, rounds=5):

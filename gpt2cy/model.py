@@ -26,10 +26,10 @@ from .errors import CheckpointError, ContextLengthError, TokenizerError
 from .ids import check_id, check_ids, is_int
 from .notices import notice
 from .tensors import EMBEDDING, MATMUL, tensor_specs
-from .threads import check_threads
+from .threads import ThreadGovernor, check_threads, thread_setting
 
 
-DTYPE_CHOICES = ("f32", "bf16", "q8_0")     # what load(..., dtype=) and Model(..., dtype=) accept
+DTYPE_CHOICES = ("f32", "bf16", "q8_0", "q4_0")     # what load(..., dtype=) and Model(..., dtype=) accept
 
 
 def check_dtype(dtype) -> str:
@@ -50,7 +50,9 @@ def engine_weights(config: Config, weights, dtype: str = "f32", threads: int = 1
     already stored in `dtype` is used where it lies; any other is widened to float32 (f16, bf16: exact) and,
     for bf16 and q8_0, converted by the compiled, parallel quantizers (`threads`). Widening a stored type to
     f32 for dtype "f32" gives a notice (it takes 4 bytes per weight). A misaligned f32 view (a tensor at an
-    odd offset of a TF bundle) is copied, since C kernels may not read a float at an unaligned address.
+    odd offset of a TF bundle) or a transposed one (a GGUF file's float matmul weights) is copied, since the
+    C kernels read aligned, C-contiguous [in, out] arrays. ggml blocks stored by a GGUF file (q8_0, q4_0, rows
+    along the output dimension) are used where they lie when `dtype` is theirs, else dequantized first.
     Raises ValueError naming the tensor for anything else wrong."""
     from .engine.weights import convert, describe_all
     from .formats.dtypes import to_float32
@@ -64,9 +66,18 @@ def engine_weights(config: Config, weights, dtype: str = "f32", threads: int = 1
             continue                                   # describe_all names what is missing
         d = dtypes.get(spec.name, "f32")
         want = dtype if spec.role in (MATMUL, EMBEDDING) else "f32"
+        if d in _BLOCK_STORED:
+            wt = _stored_blocks(spec, a, d)
+            if d == want:
+                arrays[spec.name] = wt                 # the file's blocks, where they lie
+                continue
+            from .engine.weights import to_float32 as dequantize
+            a, d = dequantize(wt).reshape(spec.shape), "f32"
+            if want == "f32":
+                widened[wt.dtype] = widened.get(wt.dtype, 0) + 1
         if d == want and (want == "f32" or want == "bf16" and isinstance(a, np.ndarray) and a.ndim == 2):
-            if isinstance(a, np.ndarray) and not a.flags.aligned:
-                a = np.array(a)                        # an aligned copy
+            if isinstance(a, np.ndarray) and not (a.flags.aligned and a.flags.c_contiguous):
+                a = np.array(a, order="C")             # an aligned, C-contiguous copy
             arrays[spec.name], kinds[spec.name] = a, d
             continue
         if d != "f32":
@@ -79,7 +90,7 @@ def engine_weights(config: Config, weights, dtype: str = "f32", threads: int = 1
         elif isinstance(a, np.ndarray) and not a.flags.aligned:
             a = np.array(a)
         if want == "f32":
-            arrays[spec.name], kinds[spec.name] = a, "f32"
+            arrays[spec.name], kinds[spec.name] = np.ascontiguousarray(a), "f32"
         else:
             if not isinstance(a, np.ndarray) or a.shape != spec.shape:
                 raise ValueError(f"tensor '{spec.name}' has shape {getattr(a, 'shape', None)}, expected "
@@ -92,13 +103,29 @@ def engine_weights(config: Config, weights, dtype: str = "f32", threads: int = 1
     return describe_all(config, arrays, kinds)
 
 
+_BLOCK_STORED = ("q8_0", "q4_0")       # ggml block types a reader may hand over (formats/gguf.py)
+
+
+def _stored_blocks(spec, a, dtype):
+    # a GGUF file's q8_0/q4_0 tensor as a WeightTensor: matmul weights [out, in] (transposed), wte [V, C]
+    from dataclasses import replace
+    from .engine.weights import OUT_IN, WeightTensor, describe
+    transposed = spec.role == MATMUL
+    shape = tuple(spec.shape[::-1]) if transposed else tuple(spec.shape)
+    if len(shape) == 1:
+        shape = (1, shape[0])
+    if spec.role not in (MATMUL, EMBEDDING):           # only dequantized: no kernel reads it as blocks
+        return WeightTensor(spec.name, dtype, shape, np.ascontiguousarray(a).reshape(shape[0], -1), None, OUT_IN)
+    return replace(describe(spec.name, np.ascontiguousarray(a), dtype, OUT_IN, shape), transposed=transposed)
+
+
 class Model:
     """GPT-2 with KV-cache slots. Build with `gpt2cy.load(...)`, or `Model(weights)` from
     `gpt2cy.formats.checkpoint.load_weights(dir)`, or `Model.from_tensors(config, tensors)`.
 
     config: the checkpoint's hparams (Config). n_ctx: the context in use per slot (config.n_ctx unless a
     smaller one was asked for). path: the model directory (None when built from tensors).
-    threads: threads the kernels use (settable). n_slots: sequences the KV cache holds at once; each call
+    threads: threads the kernels use (settable; None adapts them to the machine's load, see .threads). n_slots: sequences the KV cache holds at once; each call
     takes slot= (default 0). max_rows: rows one pass over the weights carries (longer inputs are split).
     n_past: positions held in slot 0's cache (past(slot) for any slot).
     """
@@ -110,7 +137,9 @@ class Model:
         self.path = path if path is not None else getattr(weights, "path", None)
         self._weights = weights                    # owns the mapped file the engine points into
         self._tokenizer = None
+        self._vocab = getattr(weights, "vocab", None)   # the tokenizer a GGUF file carries
         self.dtype = check_dtype(dtype)
+        adaptive = threads is None and thread_setting()[1] == "cpus"   # nobody asked for a count
         threads = check_threads(threads)
         n_ctx = check_n_ctx(n_ctx, self.config.n_ctx)
         if not is_int(n_slots) or n_slots < 1:
@@ -130,6 +159,9 @@ class Model:
                     tensors={n: wt.data for n, wt in described.items()})
             self._engine = Engine(self.config, described, threads, n_ctx, int(n_slots),
                                   None if max_rows is None else int(max_rows))
+            if adaptive and threads > 1:
+                from .engine.adaptive import AdaptiveEngine
+                self._engine = AdaptiveEngine(self._engine, ThreadGovernor(threads))
         except ValueError as e:
             raise CheckpointError(f"{where}{e}") from None
         self._described = described                # name -> WeightTensor, as the engine reads them
@@ -148,8 +180,16 @@ class Model:
 
     @property
     def threads(self) -> int:
-        """Threads the kernels use; assign a positive integer to change it."""
+        """Threads the kernels use now; assign a positive integer to fix it. Unless a count was given (here,
+        -t, $GPT2CY_NUM_THREADS or $OMP_NUM_THREADS), it adapts between 1 and the CPUs available to how fast
+        the recent calls ran (gpt2cy.threads.ThreadGovernor), so a busy machine does not make it the slow
+        case; the results are the same bits at any count."""
         return self._engine.threads
+
+    @property
+    def adaptive_threads(self) -> bool:
+        """True while the thread count adapts (no count was given, none assigned since)."""
+        return getattr(self._engine, "governor", None) is not None
 
     @threads.setter
     def threads(self, n) -> None:
@@ -191,13 +231,24 @@ class Model:
 
     @property
     def tokenizer(self):
-        """The model's tokenizer (from encoder.json and vocab.bpe in its directory), loaded on first use."""
+        """The model's tokenizer (from encoder.json and vocab.bpe in its directory, or a GGUF file's own),
+        loaded on first use."""
         if self._tokenizer is None:
             if self.path is None:
                 raise TokenizerError("this model was built from tensors and has no directory to read "
                                      "its tokenizer from; use gpt2cy.get_tokenizer()")
             from .text.tokenizer import Tokenizer
-            self._tokenizer = Tokenizer.from_dir(self.path)
+            if self._vocab is not None:
+                try:
+                    self._tokenizer = Tokenizer(self._vocab.encoder, self._vocab.merges,
+                                                name=self.config.name or "gpt2")
+                except TokenizerError as e:
+                    raise TokenizerError(f"{self._vocab.source}: {e}") from None
+            elif os.path.isfile(self.path):
+                raise TokenizerError(f"{self.path}: the file holds no tokenizer (tokenizer.ggml.tokens and "
+                                     f"tokenizer.ggml.merges)")
+            else:
+                self._tokenizer = Tokenizer.from_dir(self.path)
         return self._tokenizer
 
     # ------------------------------------------------------------------------------------ forward
@@ -305,6 +356,61 @@ class Model:
             for j, k in enumerate(want):
                 results[pieces[k][0]] = out[j]
         return results
+
+    # ------------------------------------------------------------------------------------ scoring
+
+    def forward_rows(self, requests: Sequence[Tuple[int, object]]) -> List[np.ndarray]:
+        """forward_batch with every row's logits: append ids to several slots in one pass over the weights
+        and return float32 [len(ids), n_vocab] per request, in order (the dense, tiled lm_head, as logits()
+        uses). The scorer's prefill: several windows or texts, each in its own slot. Checked as
+        forward_batch checks; rows beyond max_rows go in further passes."""
+        checked, seen = [], set()
+        for item in requests:
+            if not isinstance(item, (tuple, list)) or len(item) != 2:
+                raise ValueError(f"forward_rows takes (slot, ids) pairs, got {item!r}")
+            slot = self._slot(item[0])
+            if slot in seen:
+                raise ValueError(f"slot {slot} appears twice in one batch; concatenate its ids instead")
+            seen.add(slot)
+            arr = check_ids(item[1], self.config.n_vocab)
+            self._check_room(len(arr), slot)
+            checked.append((slot, arr))
+        eng, V, R = self._engine, self.config.n_vocab, self._engine.max_rows
+        parts: List[list] = [[] for _ in checked]
+        pending = [(i, slot, arr, 0) for i, (slot, arr) in enumerate(checked) if len(arr)]
+        while pending:                      # one engine call per max_rows rows; a long request spans calls
+            call, rows, rest = [], 0, []
+            for i, slot, arr, start in pending:
+                take = min(R - rows, len(arr) - start)
+                if take > 0:
+                    call.append((i, slot, arr[start:start + take], eng.past(slot)))
+                    rows += take
+                if start + max(take, 0) < len(arr):
+                    rest.append((i, slot, arr, start + max(take, 0)))
+            ids = np.concatenate([c[2] for c in call]).astype(np.intp, copy=False)
+            slots = np.concatenate([np.full(len(c[2]), c[1], np.intp) for c in call])
+            pos = np.concatenate([np.arange(c[3], c[3] + len(c[2]), dtype=np.intp) for c in call])
+            out = np.empty((rows, V), dtype=np.float32)
+            eng.forward_batch(ids, slots, pos, np.empty(0, np.intp), out, True)
+            at = 0
+            for i, _, piece, _ in call:
+                parts[i].append(out[at:at + len(piece)])
+                at += len(piece)
+            pending = rest
+        return [p[0] if len(p) == 1 else np.concatenate(p) if p else np.empty((0, V), np.float32)
+                for p in parts]
+
+    def score(self, text_or_ids, **kwargs):
+        """Per-token log-probabilities of a text (or token ids), with a sliding window past the context:
+        a gpt2cy.generation.scoring.Score (token_ids, logprobs, perplexity, ...). Keywords: n_ctx, stride,
+        top_n, allowed_special; see gpt2cy.generation.scoring.score. Uses (and resets) the model's slots."""
+        from .generation.scoring import score
+        return score(self, text_or_ids, **kwargs)
+
+    def score_batch(self, texts, **kwargs):
+        """score() of each text (str or ids), their windows batched through the prefill: a list of Score."""
+        from .generation.scoring import score_batch
+        return score_batch(self, texts, **kwargs)
 
     def truncate(self, n, slot: int = 0) -> None:
         """Keep the first n cached positions of `slot` (0 <= n <= its n_past) and forget the rest, so a

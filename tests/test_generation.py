@@ -83,8 +83,10 @@ def test_a_cut_utf8_character_at_the_limit_is_flushed_as_replacement():
 
 def test_ignore_eos_keeps_going():
     model, _ = scripted(["lo"])
-    out = greedy(model, ignore_eos=True, max_new_tokens=3)
-    assert out == "lo<|endoftext|><|endoftext|>"
+    r = greedy(model, ignore_eos=True, max_new_tokens=3, return_response=True)
+    # <|endoftext|> is never sampled (llama.cpp and transformers): the next best token comes instead
+    assert r.text.startswith("lo") and "<|endoftext|>" not in r.text and r.finish_reason == "length"
+    assert len(r.token_ids) == 3 and model.tokenizer.eot_token not in r.token_ids
 
 
 def test_prompt_longer_than_context():
@@ -130,7 +132,9 @@ def test_prompt_forms_and_bad_ids():
     with pytest.raises(ValueError):
         greedy(model, "x", stop=[""])
     with pytest.raises(ValueError):
-        generate(model, "x", top_p=0)
+        generate(model, "x", top_p=-0.5)
+    with pytest.raises(ValueError):
+        generate(model, "x", logit_bias={model.config.n_vocab: 1.0})   # checked before the first token
 
 
 def test_special_text_in_a_prompt_is_text_by_default():

@@ -19,7 +19,7 @@ def softmax(x, t=1.0):
 
 @pytest.mark.parametrize("bad", [
     dict(temperature=-0.1), dict(temperature=float("nan")), dict(temperature=float("inf")), dict(top_k=-1),
-    dict(top_k=2.5), dict(top_p=0.0), dict(top_p=1.5), dict(min_p=-0.1), dict(min_p=1.1),
+    dict(top_k=2.5), dict(top_p=-0.01), dict(top_p=1.5), dict(min_p=-0.1), dict(min_p=1.1),
     dict(repetition_penalty=0.0), dict(repeat_last_n=-2), dict(temperature=True), dict(top_k="3")])
 def test_bad_params_are_rejected(bad):
     with pytest.raises(ValueError):

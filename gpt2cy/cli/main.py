@@ -1,8 +1,10 @@
-"""The `gpt2cy` command: chat (the default), generate, tokenize, download, list, verify.
+"""The `gpt2cy` command: chat (the default), generate, tokenize, download, list, verify, serve, perplexity,
+convert.
 
     parser.py    the arguments and their checks (every bad value exits 2 before a model loads)
     commands.py  one function per command, over the library's public calls
     repl.py      the terminal chat
+    serve.py, perplexity.py, convert.py  those commands: their arguments (add_arguments) and run(args)
     main.py      this: dispatch, notices to stderr, exceptions to exit statuses
 
 stdout carries only model text (or the command's own output); banners, notices and timings go to stderr.
@@ -21,6 +23,7 @@ from ..notices import set_notice_handler, to_stderr
 from .commands import (EXIT_CONTEXT, EXIT_DOWNLOAD, EXIT_ERROR, EXIT_INTERRUPT, EXIT_NOT_FOUND, EXIT_OK,
                        EXIT_USAGE, cmd_chat, cmd_download, cmd_generate, cmd_info, cmd_list, cmd_tokenize,
                        cmd_verify, describe, error_line)
+from . import convert, perplexity, serve
 from .parser import UsageError, build_parser, with_default_command
 
 EXIT_PIPE = 141
@@ -65,7 +68,8 @@ def _run(argv: List[str]) -> int:
         if args.info:
             return cmd_info()
         return {"chat": cmd_chat, "generate": cmd_generate, "tokenize": cmd_tokenize,
-                "download": cmd_download, "list": cmd_list, "verify": cmd_verify}[args.command](args)
+                "download": cmd_download, "list": cmd_list, "verify": cmd_verify,
+                "serve": serve.run, "perplexity": perplexity.run, "convert": convert.run}[args.command](args)
     except UsageError as e:
         print(str(e), file=sys.stderr, flush=True)
         return EXIT_USAGE

@@ -345,13 +345,15 @@ cdef class Engine:
 
     def forward_batch(self, const Py_ssize_t[::1] ids not None, const Py_ssize_t[::1] slots not None,
                       const Py_ssize_t[::1] pos not None, const Py_ssize_t[::1] logit_rows not None,
-                      float[:, ::1] out not None):
+                      float[:, ::1] out not None, bint all_rows=False):
         """Run a batch of rows, row t being token ids[t] of the sequence in slot slots[t] at position pos[t],
         and append each row to its slot's cache.
 
         The rows of a slot must be one contiguous run of the batch at consecutive positions starting at
         that slot's n_past, within n_ctx. logit_rows: increasing row indices whose logits go to out
         [len(logit_rows), n_vocab], each computed alone (the bits of a single sequence's last row).
+        all_rows: every row's logits into out [len(ids), n_vocab] by the dense (tiled) path, as forward's
+        all_rows (scoring); logit_rows must then be empty.
         """
         cdef Py_ssize_t T = ids.shape[0], R = logit_rows.shape[0], t, s, n_seg = 0, row0 = 0
         if not self._ready:
@@ -361,8 +363,11 @@ cdef class Engine:
         if slots.shape[0] != T or pos.shape[0] != T:
             raise ValueError(f"ids, slots and pos must have the same length, got {T}, {slots.shape[0]}, "
                              f"{pos.shape[0]}")
-        if out.shape[0] != R or out.shape[1] != self.n_vocab:
-            raise ValueError(f"out has shape ({out.shape[0]}, {out.shape[1]}), expected ({R}, {self.n_vocab})")
+        if all_rows and R:
+            raise ValueError("all_rows takes every row's logits: logit_rows must be empty")
+        if out.shape[0] != (T if all_rows else R) or out.shape[1] != self.n_vocab:
+            raise ValueError(f"out has shape ({out.shape[0]}, {out.shape[1]}), expected "
+                             f"({T if all_rows else R}, {self.n_vocab})")
         for t in range(R):
             if logit_rows[t] < 0 or logit_rows[t] >= T or (t and logit_rows[t] <= logit_rows[t - 1]):
                 raise ValueError(f"logit_rows must be increasing rows of the batch [0, {T}), got "
@@ -395,7 +400,7 @@ cdef class Engine:
             for t in range(R):
                 self._lrows[t] = logit_rows[t]
             with nogil:
-                self._run(&ids[0], T, n_seg, R, &out[0, 0] if R else NULL)
+                self._run(&ids[0], T, n_seg, R, &out[0, 0] if R or all_rows else NULL)
             for s in range(n_seg):
                 self._past[self._segs[s].slot] += self._segs[s].count
                 self._version[self._segs[s].slot] += 1

@@ -1,8 +1,9 @@
 """Load a GPT-2 model directory as views of the mapped weight file, checked against its hparams.
 
-Two layouts are understood (formats/layout.py finds which, and where its files are):
+Three layouts are understood (formats/layout.py finds which, and where its files are):
   OpenAI  hparams.json + model.ckpt.index + model.ckpt.data-00000-of-00001   (TF tensor bundle)
   HF      config.json + model.safetensors
+  GGUF    one FILE.gguf (llama.cpp's format; formats/gguf.py): hparams, weights and tokenizer
 
 Every tensor is exposed under a canonical name ('wte', 'h0.attn.c_attn.w', ...; gpt2cy/tensors.py) as a
 read-only, C-contiguous numpy view of a read-only mmap in its stored type (`Weights.dtypes`: f32 as float32,
@@ -22,7 +23,7 @@ from ..config import Config
 from ..errors import CheckpointError
 from ..tensors import expected_shapes, tensor_specs
 from . import dtypes as st_types
-from .layout import HF_CONFIG, HF_WEIGHTS, HPARAMS, SAFETENSORS, TF, Layout, find_layout
+from .layout import GGUF, HF_CONFIG, HF_WEIGHTS, HPARAMS, SAFETENSORS, TF, Layout, find_layout
 from .names import hf_name, tf_name, tf_shape, tf_shapes
 
 __all__ = ["Weights", "VerifyResult", "find_layout", "load_config", "load_weights", "match_tf_entries", "verify"]
@@ -33,15 +34,19 @@ class Weights:
     """A loaded model: its config and every weight as a read-only view in its stored type.
 
     tensors: canonical name -> numpy array (f32: float32; f16: float16; bf16: uint16 bit patterns).
-    dtypes: canonical name -> "f32", "f16" or "bf16" (formats/dtypes.py). Widening a type the engine has no
-    kernels for is gpt2cy.model's business (formats.dtypes.to_float32), not the reader's.
+    dtypes: canonical name -> "f32", "f16" or "bf16" (formats/dtypes.py), and from a GGUF file also "q8_0" or
+    "q4_0": ggml's blocks as uint8 rows along the output dimension ([out, in/32 x block bytes] for a matmul
+    weight, [n_vocab, ...] for wte; formats/gguf.py). A GGUF file's float matmul weights are transposed views
+    (not C-contiguous). Widening or converting a type is gpt2cy.model's business, not the reader's.
+    vocab: the tokenizer a GGUF file carries (formats.gguf.Vocab), else None (the directory's vocab files).
     """
     config: Config
     tensors: dict[str, np.ndarray]
-    path: str                    # the model directory
-    format: str                  # "tf" or "safetensors"
+    path: str                    # the model directory (GGUF: the file)
+    format: str                  # "tf", "safetensors" or "gguf"
     files: tuple[str, ...]       # the files the weights live in
     dtypes: dict[str, str] = field(default_factory=dict)
+    vocab: object = None
 
     @property
     def nbytes(self) -> int:
@@ -55,7 +60,7 @@ class VerifyResult:
     format: str
     n_tensors: int
     n_bytes: int
-    checksummed: bool            # False for safetensors, which store no checksums
+    checksummed: bool            # False for safetensors and GGUF, which store no checksums
 
 
 # --- config ---------------------------------------------------------------------------------------
@@ -74,6 +79,9 @@ def load_config(model_dir, layout: Layout | None = None) -> Config:
     from the tensor shapes, when they are those of a published size.
     """
     layout = layout or find_layout(model_dir)
+    if layout.kind == GGUF:
+        from .gguf import GGUFFile, gguf_config
+        return gguf_config(GGUFFile(layout.weights))
     name = os.path.basename(os.path.normpath(os.path.abspath(layout.path)))
     source = layout.config
     if source is None:
@@ -184,7 +192,8 @@ def _load_safetensors(layout: Layout, config: Config, config_path: str) -> Weigh
 
 
 def load_weights(model_dir, layout: Layout | None = None) -> Weights:
-    """Open a model directory (OpenAI or HF layout) and view every weight without reading the data.
+    """Open a model directory (OpenAI or HF layout) or a GGUF file and view every weight without reading the
+    data.
 
     layout: the directory's Layout when the caller already has it (find_layout(model_dir)).
     Raises CheckpointError("<file>: <what is wrong>") for anything missing, malformed, or inconsistent
@@ -192,6 +201,9 @@ def load_weights(model_dir, layout: Layout | None = None) -> Weights:
     check the tensor bytes.
     """
     layout = layout or find_layout(os.fspath(model_dir))
+    if layout.kind == GGUF:
+        from .gguf import load_gguf
+        return load_gguf(layout.weights)
     config = load_config(layout.path, layout)
     source = _config_label(layout)
     if layout.kind == TF:
@@ -206,6 +218,10 @@ def verify(model_dir, check_finite: bool = True) -> VerifyResult:
     Raises CheckpointError naming the file and tensor on the first problem.
     """
     layout = find_layout(os.fspath(model_dir))
+    if layout.kind == GGUF:
+        from .gguf import verify_gguf
+        n_tensors, n_bytes = verify_gguf(layout.weights, check_finite)
+        return VerifyResult(layout.path, layout.kind, n_tensors, n_bytes, False)
     config = load_config(layout.path, layout)
     source = _config_label(layout)
     if layout.kind == TF:

@@ -5,6 +5,7 @@ vocabulary files are. Both the loader (formats/checkpoint.py) and the hub's path
             vocab.bpe. The prefix is model.ckpt, else the one a TF `checkpoint` file names (gpt-2-simple's
             model-1000), else the directory's only *.index.
     HF      model.safetensors [+ config.json] + vocab.json + merges.txt
+    GGUF    one FILE.gguf (llama.cpp's format): weights, hparams and tokenizer in one file (formats/gguf.py)
 
 A directory holding both kinds of weights is read as OpenAI's. Either pair of vocabulary file names is
 accepted with either kind of weights (Tokenizer.from_dir reads both).
@@ -23,7 +24,8 @@ HF_WEIGHTS = "model.safetensors"
 HF_CONFIG = "config.json"
 OPENAI_VOCAB = ("encoder.json", "vocab.bpe")
 HF_VOCAB = ("vocab.json", "merges.txt")
-TF, SAFETENSORS = "tf", "safetensors"
+TF, SAFETENSORS, GGUF = "tf", "safetensors", "gguf"
+GGUF_MAGIC = b"GGUF"
 
 
 def tf_data_file(prefix: str, shard: int = 0, num_shards: int = 1) -> str:
@@ -34,9 +36,9 @@ def tf_data_file(prefix: str, shard: int = 0, num_shards: int = 1) -> str:
 @dataclass(frozen=True)
 class Layout:
     """A model directory's files. Paths are joined onto `path`; only `weights` is known to exist."""
-    kind: str                        # TF ("tf": OpenAI's bundle) or SAFETENSORS ("safetensors": HF's)
-    path: str                        # the model directory, as given
-    weights: str                     # TF: the bundle prefix (dir/model.ckpt); HF: the .safetensors file
+    kind: str                        # TF ("tf": OpenAI's bundle), SAFETENSORS ("safetensors": HF's), GGUF
+    path: str                        # the model directory, as given (GGUF: the file)
+    weights: str                     # TF: the bundle prefix (dir/model.ckpt); HF: the .safetensors file; GGUF: it
     weight_files: tuple[str, ...]    # the files the weights live in (TF: index + data shard)
     config: str | None               # the file the config is read from; None: HF without config.json
     vocab: tuple[str, str] | None    # (encoder, merges) when both files are present, else None
@@ -44,12 +46,16 @@ class Layout:
     @property
     def complete(self) -> bool:
         """Weights, config and vocabulary all present: everything `gpt2cy.load` and the tokenizer need."""
+        if self.kind == GGUF:                                  # one file holds all three
+            return os.path.isfile(self.weights)
         return (all(os.path.isfile(f) for f in self.weight_files) and self.vocab is not None
                 and (self.config is None or os.path.isfile(self.config)))
 
     def missing(self) -> list[str]:
         """The files of this layout that are absent (names as users know them)."""
         out = [os.path.basename(f) for f in self.weight_files if not os.path.isfile(f)]
+        if self.kind == GGUF:
+            return out
         if self.config is not None and not os.path.isfile(self.config):
             out.append(os.path.basename(self.config))
         if self.vocab is None:
@@ -90,9 +96,29 @@ def _tf_prefix(model_dir: str) -> str | None:
     return None
 
 
+def is_gguf_file(path) -> bool:
+    """True for a regular file named *.gguf or starting with GGUF's magic bytes (a damaged *.gguf still goes to
+    the GGUF reader, which names what is wrong)."""
+    try:
+        path = os.fspath(path)
+    except TypeError:
+        return False
+    if not isinstance(path, str) or not os.path.isfile(path):
+        return False
+    if path.lower().endswith(".gguf"):
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == GGUF_MAGIC
+    except OSError:
+        return False
+
+
 def find_layout(model_dir) -> Layout:
-    """The Layout of a model directory, or CheckpointError when it holds no GPT-2 weights."""
+    """The Layout of a model directory or GGUF file, or CheckpointError when it holds no GPT-2 weights."""
     model_dir = os.fspath(model_dir)
+    if is_gguf_file(model_dir):
+        return Layout(GGUF, model_dir, model_dir, (model_dir,), None, None)
     if not os.path.isdir(model_dir):
         what = "no such directory" if not os.path.exists(model_dir) else "not a directory"
         raise CheckpointError(f"{model_dir}: {what}")

@@ -11,7 +11,7 @@ gpt2cy.generation.sampling.candidates is the readable reference; tests check thi
 """
 import numpy as np
 cimport numpy as cnp
-from libc.math cimport exp, NAN
+from libc.math cimport exp, INFINITY, NAN
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 
@@ -50,7 +50,7 @@ cdef Py_ssize_t _top_k(const float* x,          # IN  [V] logits
                        float* val,              # OUT [k] best values, best first
                        Py_ssize_t* idx          # OUT [k] their ids
                        ) noexcept nogil:
-    """The k best entries of x (NaN never chosen), sorted best first; returns how many (<= k)."""
+    """The k best entries of x (NaN and -inf never chosen), sorted best first; returns how many (<= k)."""
     cdef Py_ssize_t i, n = 0, j, b, end
     cdef float v, floor
     cdef int hit
@@ -68,7 +68,7 @@ cdef Py_ssize_t _top_k(const float* x,          # IN  [V] logits
                 continue
         for i in range(b, end):
             v = x[i]
-            if v != v:
+            if v != v or v == -INFINITY:        # NaN, or masked (logit_bias, ignore_eos)
                 continue
             if n < k:                           # fill, then heapify once full
                 val[n], idx[n] = v, i
@@ -101,7 +101,7 @@ cdef Py_ssize_t _top_k(const float* x,          # IN  [V] logits
 
 
 def top_k(const float[::1] logits not None, Py_ssize_t k):
-    """Ids of the k largest logits, largest first (ties: lower id first; NaN never chosen)."""
+    """Ids of the k largest logits, largest first (ties: lower id first; NaN and -inf never chosen)."""
     if k <= 0:
         raise ValueError(f"k must be positive, got {k}")
     cdef Py_ssize_t V = logits.shape[0]
@@ -117,9 +117,10 @@ def top_k(const float[::1] logits not None, Py_ssize_t k):
 
 
 def sample_top_k(const float[::1] logits not None, Py_ssize_t k, double temperature, double top_p,
-                 double min_p, double u):
-    """Draw one token: top-k, then softmax(v / temperature) over the k, then top-p and min-p cuts,
-    then the first survivor whose cumulative probability exceeds u (in [0, 1)) times the kept mass.
+                 double min_p, double u, Py_ssize_t min_keep=1):
+    """Draw one token: top-k, then softmax(v / temperature) over the k, then top-p and min-p cuts (each
+    keeping at least min_keep), then the first survivor whose cumulative probability exceeds u (in
+    [0, 1)) times the kept mass. NaN and -inf logits are never candidates; ValueError when none is left.
 
     Same rules and arithmetic order as gpt2cy.generation.sampling.candidates + Sampler (float64 over the k).
     """
@@ -154,10 +155,14 @@ def sample_top_k(const float[::1] logits not None, Py_ssize_t k, double temperat
                     if cum / total >= top_p:
                         keep = j + 1
                         break
+                if keep < min_keep:
+                    keep = min_keep if min_keep < n else n
             if min_p > 0.0:                     # p[0] is the largest
                 j = 1
                 while j < keep and p[j] >= min_p * p[0]:
                     j += 1
+                if j < min_keep:
+                    j = min_keep if min_keep < keep else keep
                 keep = j
             total = 0.0
             for j in range(keep):
@@ -172,7 +177,8 @@ def sample_top_k(const float[::1] logits not None, Py_ssize_t k, double temperat
                     break
     free(val); free(idx); free(p)
     if chosen < 0:
-        raise ValueError("every logit is NaN")
+        raise ValueError("nothing can be sampled: every logit is -inf or NaN (masked by logit_bias, "
+                         "ignore_eos or the caller)")
     return chosen
 
 

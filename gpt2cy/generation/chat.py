@@ -42,6 +42,67 @@ PREAMBLE = (
 )
 
 TEMPLATES = ("carlini",)
+ROLES = ("system", "user", "assistant")
+
+
+# -- the template: the one place that says how a conversation becomes GPT-2's prompt (the REPL's Chat and
+#    the server's /v1/chat/completions both render through these) --------------------------------------
+def user_turn(text: str) -> str:
+    """The text one user message adds: Alice's line, then Bob's cue (his reply continues from it)."""
+    return f"\n{USER}: {text}\n{BOT}:"
+
+
+def reply_text(content: str) -> str:
+    """An earlier reply of Bob's as the prompt holds it: after "Bob:" with one space (as generated)."""
+    return content if content.startswith(" ") else " " + content
+
+
+def reply_stops(multiline: bool = False, extra: Iterable[str] = ()) -> List[str]:
+    """The strings that end Bob's reply: the next "Alice:" line and, unless multiline, any newline."""
+    return [f"\n{USER}:", *extra] if multiline else ["\n", f"\n{USER}:", *extra]
+
+
+def reply_enders(tokenizer, n_vocab: int) -> np.ndarray:
+    """Ids that would end a reply before it starts: <|endoftext|> and the tokens that open with a newline
+    (a one-off scan of the vocabulary, ~15 ms)."""
+    ids = [i for i in range(n_vocab)
+           if i != tokenizer.eot_token and tokenizer.decode_bytes([i]).startswith(b"\n")]
+    return np.array(ids + [tokenizer.eot_token], dtype=np.intp)
+
+
+def no_empty_reply(sampler: Callable, enders: np.ndarray) -> Callable:
+    """A sampler for one reply whose first token may not be one of `enders` (no empty replies)."""
+    first = [True]
+
+    def pick(logits, ids):
+        if first[0]:
+            first[0] = False
+            logits = logits.copy()
+            logits[enders] = -np.inf
+        return sampler(logits, ids)
+    return pick
+
+
+def render_messages(tokenizer, messages: Iterable[Tuple[str, str]], preamble: Optional[str] = None) -> List[int]:
+    """An OpenAI-style conversation [(role, text)] as prompt ids, laid out as Chat lays out its turns:
+    the system texts first (joined by newlines), then the preamble, then per user message user_turn(text)
+    and per assistant message reply_text(text), each piece encoded on its own (as Chat's history is).
+    After a user message the prompt ends at Bob's cue; after an assistant message it continues that reply.
+    `<|endoftext|>` in the texts is text, not the special token."""
+    preamble = PREAMBLE if preamble is None else preamble
+    system, pieces = [], []
+    for role, text in messages:
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r} (known: {', '.join(ROLES)})")
+        if role == "system":
+            system.append(text)
+        else:
+            pieces.append(user_turn(text) if role == "user" else reply_text(text))
+    head = "\n".join(system) + preamble
+    ids = tokenizer.encode(head) if head else [tokenizer.eot_token]
+    for piece in pieces:
+        ids += tokenizer.encode(piece)
+    return ids
 TRANSCRIPT_VERSION = 1
 _REPLY_PARAMS = ("max_tokens", "stop", "multiline")     # transcript "params" beyond SamplingParams
 
@@ -185,7 +246,7 @@ class Chat:
             reply = t.get("reply", "")
             turns.append(Turn(user=t["user"], reply=reply,
                               finish_reason=finish if isinstance(finish, str) else None,
-                              user_ids=tok.encode(f"\n{USER}: {t['user']}\n{BOT}:"),
+                              user_ids=tok.encode(user_turn(t["user"])),
                               reply_ids=tok.encode(reply) if reply else []))
         self.params, self.max_new_tokens = params, (None if max_tokens == -1 else max_tokens)
         self.stop, self.multiline, self.turns = list(stop), multiline, turns
@@ -234,7 +295,7 @@ class Chat:
         """
         if not isinstance(text, str):
             raise TypeError(f"text must be str, got {type(text).__name__}")
-        turn = Turn(user=text, user_ids=self.model.tokenizer.encode(f"\n{USER}: {text}\n{BOT}:"))
+        turn = Turn(user=text, user_ids=self.model.tokenizer.encode(user_turn(text)))
         prompt = self._fit(turn)
         chunks = self._reply(turn, prompt)
         if stream:
@@ -284,30 +345,19 @@ class Chat:
         """Ids that would end the reply before it starts: <|endoftext|> and tokens that open with a
         newline (a one-off scan of the vocabulary, ~15 ms)."""
         if self._enders is None:
-            tok = self.model.tokenizer
-            ids = [i for i in range(self.model.config.n_vocab)
-                   if i != tok.eot_token and tok.decode_bytes([i]).startswith(b"\n")]
-            self._enders = np.array(ids + [tok.eot_token], dtype=np.intp)
+            self._enders = reply_enders(self.model.tokenizer, self.model.config.n_vocab)
         return self._enders
 
     def _pick(self):
         """The sampler for one reply: the first token may not end the turn (no empty replies)."""
-        enders, first = self._no_empty_reply(), [True]
-
-        def pick(logits, ids):
-            if first[0]:
-                first[0] = False
-                logits = logits.copy()
-                logits[enders] = -np.inf
-            return self._sampler(logits, ids)
-        return pick
+        return no_empty_reply(self._sampler, self._no_empty_reply())
 
     def _reply(self, turn: Turn, prompt: List[int]) -> Iterator[GenerationChunk]:
         self._sampler.params = self.params
         pick = self._pick()
         gen: List[int] = []
         parts: List[str] = []
-        stops = [f"\n{USER}:", *self.stop] if self.multiline else ["\n", f"\n{USER}:", *self.stop]
+        stops = reply_stops(self.multiline, self.stop)
         chunks = stream_generate(self.model, prompt, pick, max_new_tokens=self.max_new_tokens, stop=stops,
                                  cache=self._cache, seed=self.seed, on_notice=self.on_notice)
         try:

@@ -27,7 +27,7 @@ from ..errors import CheckpointError, ContextLengthError
 from ..ids import check_ids
 from ..notices import notice
 from .response import FINISH_REASONS, Response, Timings, Usage, model_name
-from .sampling import Sampler, SamplingParams
+from .sampling import DEFAULT_ORDER, Sampler, SamplingParams, mask_tokens
 from .stopping import StopMatcher
 
 NoticeFn = Optional[Callable[[str], None]]
@@ -407,7 +407,7 @@ def _loop(model, ids, sampler, run: _Run, limit, matcher: StopMatcher, ignore_eo
     n_gen = 0
     while True:
         check_finite(logits, model, len(held))
-        token = sampler(logits, ids)
+        token = sampler(mask_tokens(logits, (eos,)) if ignore_eos and eos is not None else logits, ids)
         ids.append(token)
         n_gen += 1
         finish = None
@@ -456,14 +456,19 @@ def generate(model, prompt_or_ids: Union[str, Sequence[int]], max_new_tokens: Op
              seed: Optional[int] = None, stream: bool = False, truncate: bool = False,
              context_shift: bool = False, ignore_eos: bool = False, allowed_special=frozenset(),
              on_notice: NoticeFn = notice, *, return_response: bool = False, slot: int = 0,
-             max_tokens: Optional[int] = None, repeat_penalty: Optional[float] = None):
+             max_tokens: Optional[int] = None, repeat_penalty: Optional[float] = None,
+             presence_penalty: float = 0.0, frequency_penalty: float = 0.0, logit_bias=None,
+             min_keep: int = 1, samplers=DEFAULT_ORDER):
     """Continue a prompt (text or token ids) with GPT-2.
 
     Returns the generated text (stop strings left out); with return_response=True the Response (text,
     token ids, finish_reason, usage, timings, seed, model); with stream=True a Stream of GenerationChunk,
     one per token, whose last chunk carries the Response. temperature=0 is greedy argmax; a seed makes the
     output identical on one machine and thread count (without one, a seed is drawn and reported in the
-    Response). `max_tokens` and `repeat_penalty` are aliases (llama-cpp-python).
+    Response). `max_tokens` and `repeat_penalty` are aliases (llama-cpp-python). presence_penalty,
+    frequency_penalty, logit_bias ({id: bias}), min_keep and samplers (the stage order, llama.cpp's
+    "penalties;top_k;top_p;min_p;temperature" spelling or a list) are SamplingParams' (see
+    generation.sampling). ignore_eos: <|endoftext|> is never sampled (its logit is -inf).
     A prompt longer than the context raises ContextLengthError unless truncate=True (keep the newest
     tokens, leaving room to generate); reaching the end of the context ends with "length" and a notice,
     or with context_shift=True continues from the newest half. An empty prompt starts from <|endoftext|>.
@@ -478,7 +483,10 @@ def generate(model, prompt_or_ids: Union[str, Sequence[int]], max_new_tokens: Op
                                        or not isinstance(max_new_tokens, (int, np.integer))):
         raise ValueError(f"max_new_tokens must be an integer or None, got {max_new_tokens!r}")
     params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                            repetition_penalty=repetition_penalty, repeat_last_n=repeat_last_n)
+                            repetition_penalty=repetition_penalty, repeat_last_n=repeat_last_n,
+                            presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
+                            logit_bias=logit_bias, min_keep=min_keep, order=samplers)
+    params.check_vocab(model.config.n_vocab)
     sampler = Sampler(params, seed)
     stops = [stop] if isinstance(stop, str) else list(stop or ())
     StopMatcher(stops)                                  # validate now, not at the first token

@@ -45,6 +45,7 @@ from ..ids import check_ids, is_int
 from ..notices import notice
 from .loop import GenerationChunk, _Run, _common_prefix, check_finite, context_size
 from .response import Response
+from .sampling import mask_tokens
 from .stopping import StopMatcher
 
 __all__ = ["DEFAULT_TOKEN_BUDGET", "Handle", "QueueFullError", "Request", "Scheduler"]
@@ -253,7 +254,8 @@ class _Sequence:
             n_new = run.n_prompt - run.n_cached
             self.prompt_tps = n_new / (now - run.t0) if n_new > 0 and now > run.t0 else 0.0
         check_finite(logits, self.model, len(self.held))
-        token = self.sampler(logits, self.ids)
+        banned = self.ignore_eos and self.eos is not None           # ignore_eos: <|endoftext|> never sampled
+        token = self.sampler(mask_tokens(logits, (self.eos,)) if banned else logits, self.ids)
         self.ids.append(token)
         self.n_gen += 1
         finish = None

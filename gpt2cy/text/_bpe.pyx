@@ -483,6 +483,61 @@ cdef class BPECore:
             PyList_SET_ITEM(out, k, <object>item)
         return out
 
+    def encode_batch(self, list texts not None) -> list:
+        """encode() of each text, the merging of all of them in one GIL-free stretch, so that threads
+        running encode_batch on different lists run in parallel. A text that is not valid as UTF-8 (a lone
+        surrogate) gives None in its place, for the caller to clean and encode alone; TypeError for a
+        non-str."""
+        cdef Py_ssize_t i, k, m, n_texts = PyList_GET_SIZE(texts), n, total = 0
+        cdef vector[const uint8_t*] starts
+        cdef vector[Py_ssize_t] sizes
+        cdef vector[vector[int32_t]] outs
+        cdef const uint8_t* s
+        cdef bint locked
+        cdef list keep = list(texts)         # our own references: the UTF-8 buffers live as long as they do
+        starts.resize(n_texts)
+        sizes.resize(n_texts)
+        outs.resize(n_texts)
+        for i in range(n_texts):
+            text = <object>PyList_GET_ITEM(keep, i)
+            if not isinstance(text, str):
+                raise TypeError(f"text must be str, not {type(text).__name__} (item {i})")
+            try:
+                s = <const uint8_t*>PyUnicode_AsUTF8AndSize(text, &n)
+            except UnicodeEncodeError:
+                s = <const uint8_t*>NULL
+                n = -1
+            if n > MAX_TEXT_BYTES:
+                raise ValueError(f"text {i} of {n} bytes is over the {MAX_TEXT_BYTES}-byte limit; encode it in parts")
+            starts[i], sizes[i] = s, n
+            if n > 0:
+                total += n
+        with nogil:
+            locked = PyThread_acquire_lock(self.cache_lock, NOWAIT_LOCK)
+            for i in range(n_texts):
+                if sizes[i] > 0:
+                    outs[i].reserve(sizes[i] // 3 + 16)
+                    self._encode_utf8(starts[i], sizes[i], &outs[i], locked)
+            if locked:
+                PyThread_release_lock(self.cache_lock)
+        cdef list result = PyList_New(n_texts)
+        cdef list ids
+        cdef PyObject* item
+        for i in range(n_texts):
+            if sizes[i] < 0:
+                Py_INCREF(None)
+                PyList_SET_ITEM(result, i, None)
+                continue
+            m = outs[i].size()
+            ids = PyList_New(m)
+            for k in range(m):
+                item = PyTuple_GET_ITEM(self.id_objects, outs[i][k])
+                Py_INCREF(<object>item)
+                PyList_SET_ITEM(ids, k, <object>item)
+            Py_INCREF(ids)
+            PyList_SET_ITEM(result, i, ids)
+        return result
+
     def encode_to_numpy(self, text):
         """Like encode, as a uint32 numpy array (tiktoken's dtype)."""
         cdef vector[int32_t] ids = self._encode_str(text)

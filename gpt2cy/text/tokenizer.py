@@ -7,6 +7,16 @@
 
 Ids match OpenAI's encoder.py, tiktoken's "gpt2" encoding and HF tokenizers' GPT-2 for every string.
 The merge loop and the pre-tokenizer are in gpt2cy/text/_bpe.pyx and gpt2cy/text/_pretokenize.pxd (Unicode 16 tables).
+
+tiktoken's Encoding surface is here too (encode_ordinary, encode_batch, encode_ordinary_batch, decode_batch,
+decode_bytes_batch, encode_single_token, decode_with_offsets, n_vocab, max_token_value, special_tokens_set,
+token_byte_values, is_special_token, eot_token, name), with one deliberate difference: "<|endoftext|>" in
+a text is plain text by default (OpenAI's encoder.py, the safe direction for text from users), where
+tiktoken's encode raises unless told otherwise; disallowed_special="all" gives tiktoken's behaviour. As in
+tiktoken, a name in allowed_special that the vocabulary lacks is ignored. The batch methods split the
+texts over num_threads threads; the compiled merge loop runs without the GIL, so they run in parallel.
+A Tokenizer pickles (its token bytes and merges; rebuilt on load), so multiprocessing works with fork and
+spawn.
 """
 from __future__ import annotations
 
@@ -15,7 +25,7 @@ import itertools
 import json
 import operator
 import os
-from typing import AbstractSet, Collection, Iterable, Literal, Mapping, Sequence, Union
+from typing import AbstractSet, Collection, Iterable, List, Literal, Mapping, Optional, Sequence, Tuple, Union
 
 from ..errors import InvalidTokenError, TokenizerError
 from ..formats.layout import HF_VOCAB, OPENAI_VOCAB, find_vocab
@@ -316,28 +326,45 @@ class Tokenizer:
             merge_ids = []
         self._build(encoder, token_bytes, merge_ids, name)
 
-    def _build(self, encoder: Mapping[str, int], token_bytes: list[bytes], merge_ids: list, name: str) -> None:
+    def _build(self, encoder: Mapping[str, int], token_bytes: list[bytes], merge_ids, name: str) -> None:
         """Set up from the encoder, its tokens' bytes by id and the merges as (left, right, merged) ids by rank."""
-        from ._bpe import BPECore
-        n = len(encoder)
-        self._special: dict[str, int] = {}
-        mergeable = [True] * n
-        if ENDOFTEXT in encoder:
-            self._special[ENDOFTEXT] = encoder[ENDOFTEXT]
-            mergeable[encoder[ENDOFTEXT]] = False
+        special = {ENDOFTEXT: encoder[ENDOFTEXT]} if ENDOFTEXT in encoder else {}
         try:
             byte_ids = [encoder[_BYTE_ENCODER[b]] for b in range(256)]
         except KeyError as e:
             raise TokenizerError(f"the token {e.args[0]!r} is missing from the encoder") from None
+        self._setup(token_bytes, byte_ids, merge_ids, special, name)
+
+    def _setup(self, token_bytes: list[bytes], byte_ids: list[int], merge_ids, special: Mapping[str, int],
+               name: str) -> None:
+        """Build the compiled core from plain ids (what _build derives, and what a pickle holds)."""
+        import numpy as np
+        from ._bpe import BPECore
+        n = len(token_bytes)
+        mergeable = [True] * n
+        for i in special.values():
+            mergeable[i] = False
+        merges = np.asarray(merge_ids, dtype=np.int32).reshape(-1, 3)   # kept for pickling: 12 bytes a merge
         try:
-            self._core = BPECore(token_bytes, byte_ids, merge_ids, mergeable)
+            self._core = BPECore(token_bytes, list(byte_ids), merges, mergeable)
         except ValueError as e:
             raise TokenizerError(str(e)) from None
+        self._special: dict[str, int] = dict(special)
+        self._byte_ids = list(byte_ids)
+        self._merges = merges
+        self._by_bytes: Optional[dict] = None              # bytes -> id, built by encode_single_token
         self.name = name
         self.n_vocab: int = n
         """Number of token ids, special ones included (50257 for GPT-2)."""
         self.eot_token: int | None = self._special.get(ENDOFTEXT)
         """Id of <|endoftext|> (50256 for GPT-2)."""
+
+    def __reduce__(self):
+        """Pickle as the token bytes, byte ids, merges and special tokens; unpickling rebuilds the core
+        (~0.1 s), so a Tokenizer crosses to spawned processes (multiprocessing, concurrent.futures)."""
+        core = self._core
+        token_bytes = [core.token_bytes(i) for i in range(self.n_vocab)]
+        return (_restore, (token_bytes, self._byte_ids, self._merges, dict(self._special), self.name))
 
     # ---- construction --------------------------------------------------------------------------------------
 
@@ -387,6 +414,46 @@ class Tokenizer:
         """Names of the special tokens ({"<|endoftext|>"} for GPT-2)."""
         return set(self._special)
 
+    @property
+    def max_token_value(self) -> int:
+        """The largest token id (50256 for GPT-2), as tiktoken's Encoding.max_token_value."""
+        return self.n_vocab - 1
+
+    def is_special_token(self, token: int) -> bool:
+        """True for the id of a special token (50256, <|endoftext|>, for GPT-2)."""
+        return token in self._special.values()
+
+    def token_byte_values(self) -> list[bytes]:
+        """The bytes of every ordinary (mergeable) token, sorted, as tiktoken's Encoding.token_byte_values."""
+        special = set(self._special.values())
+        core = self._core
+        return sorted(core.token_bytes(i) for i in range(self.n_vocab) if i not in special)
+
+    def encode_single_token(self, text_or_bytes: Union[str, bytes]) -> int:
+        """The id of the one token spelled exactly `text_or_bytes` (a special token's name too); KeyError
+        when no single token is, as tiktoken raises.
+
+        >>> tok.encode_single_token(" world")
+        995
+        """
+        if isinstance(text_or_bytes, str):
+            piece = text_or_bytes.encode("utf-8", "surrogatepass")
+        elif isinstance(text_or_bytes, (bytes, bytearray, memoryview)):
+            piece = bytes(text_or_bytes)
+        else:
+            raise TypeError(f"expected str or bytes, not {type(text_or_bytes).__name__}")
+        if self._by_bytes is None:
+            special = set(self._special.values())
+            core = self._core
+            self._by_bytes = {core.token_bytes(i): i for i in range(self.n_vocab) if i not in special}
+        found = self._by_bytes.get(piece)
+        if found is not None:
+            return found
+        try:
+            return self._special[piece.decode("utf-8")]
+        except (UnicodeDecodeError, KeyError):
+            raise KeyError(text_or_bytes) from None
+
     def _specials(self, text: str, allowed_special: SpecialSet, disallowed_special: SpecialSet) -> AbstractSet[str]:
         """The special tokens to honour in `text`; ValueError for unknown names or a disallowed one present."""
         if allowed_special == "all":
@@ -394,11 +461,7 @@ class Tokenizer:
         else:
             if isinstance(allowed_special, str):
                 raise ValueError(f"allowed_special must be 'all' or a set of token names, not {allowed_special!r}")
-            allowed = set(allowed_special)
-            unknown = allowed - set(self._special)
-            if unknown:
-                raise ValueError(f"unknown special tokens {sorted(unknown)}; this vocabulary has "
-                                 f"{sorted(self._special)}")
+            allowed = set(allowed_special) & set(self._special)   # names it lacks are ignored, as tiktoken
         if disallowed_special == "all":
             disallowed = set(self._special) - allowed
         elif isinstance(disallowed_special, str):
@@ -477,9 +540,67 @@ class Tokenizer:
         return np.asarray(self.encode(text, allowed_special=allowed_special,
                                       disallowed_special=disallowed_special), dtype=np.uint32)
 
-    def encode_batch(self, texts: Iterable[str], **kwargs) -> list[list[int]]:
-        """encode() of each text."""
-        return [self.encode(t, **kwargs) for t in texts]
+    # ---- batches (tiktoken's *_batch methods) ---------------------------------------------------------------
+
+    def encode_ordinary_batch(self, texts: Sequence[str], *, num_threads: int = 8) -> list[list[int]]:
+        """encode_ordinary() of each text, on up to num_threads threads (the merging runs without the GIL)."""
+        texts = _text_list(texts)
+        if sum(map(len, texts)) < _THREADED_CHARS:       # too little work to pay for starting threads
+            _check_threads(num_threads)
+            num_threads = 1
+        runs = _map_chunks(self._core.encode_batch, texts, num_threads)
+        out = [ids for run in runs for ids in run]
+        for i, ids in enumerate(out):
+            if ids is None:                            # a lone surrogate: cleaned as encode() cleans it
+                out[i] = self._encode_ordinary(texts[i], False)
+        return out
+
+    def encode_batch(self, texts: Sequence[str], *, num_threads: int = 8, allowed_special: SpecialSet = frozenset(),
+                     disallowed_special: SpecialSet = ()) -> list[list[int]]:
+        """encode() of each text, on up to num_threads threads. The special-token arguments are encode()'s
+        (so, unlike tiktoken's default, "<|endoftext|>" is text unless allowed_special names it)."""
+        texts = _text_list(texts)
+        if not allowed_special and not disallowed_special:
+            return self.encode_ordinary_batch(texts, num_threads=num_threads)
+        # split every text at its special tokens, encode all the ordinary pieces in one batch, put back
+        plans, pieces = [], []
+        for text in texts:
+            allowed = self._specials(text, allowed_special, disallowed_special)
+            plan = []
+            if allowed and any(name in text for name in allowed):
+                for segment, special in self._split_special(text, allowed):
+                    if segment:
+                        plan.append(len(pieces))
+                        pieces.append(segment)
+                    if special is not None:
+                        plan.append(-1 - self._special[special])
+            else:
+                plan.append(len(pieces))
+                pieces.append(text)
+            plans.append(plan)
+        encoded = self.encode_ordinary_batch(pieces, num_threads=num_threads)
+        out = []
+        for plan in plans:
+            ids: list[int] = []
+            for step in plan:
+                if step >= 0:
+                    ids += encoded[step]
+                else:
+                    ids.append(-1 - step)
+            out.append(ids)
+        return out
+
+    def decode_bytes_batch(self, batch: Sequence[Sequence[int]], *, num_threads: int = 8) -> list[bytes]:
+        """decode_bytes() of each list of ids. Joining bytes is a copy per token, so one thread usually
+        suffices; num_threads is tiktoken's argument (threads share the GIL while reading Python ints)."""
+        return [b for run in _map_chunks(lambda part: [self.decode_bytes(ids) for ids in part],
+                                         list(batch), num_threads) for b in run]
+
+    def decode_batch(self, batch: Sequence[Sequence[int]], *, errors: str = "replace",
+                     num_threads: int = 8) -> list[str]:
+        """decode() of each list of ids (see decode_bytes_batch about threads)."""
+        return [t for run in _map_chunks(lambda part: [self.decode(ids, errors) for ids in part],
+                                         list(batch), num_threads) for t in run]
 
     # ---- decoding ------------------------------------------------------------------------------------------
 
@@ -518,6 +639,57 @@ class Tokenizer:
         """The bytes of each token, separately."""
         return [self.decode_single_token_bytes(i) for i in ids]
 
+    def decode_with_offsets(self, ids: Sequence[int]) -> Tuple[str, List[int]]:
+        """(text, offsets): the text of the tokens and, for each token, the index in the text of the
+        character its first byte belongs to (a token that starts inside a character points at that
+        character), as tiktoken's Encoding.decode_with_offsets. The bytes must be valid UTF-8
+        (UnicodeDecodeError otherwise, as tiktoken).
+
+        >>> tok.decode_with_offsets([15496, 995])
+        ('Hello world', [0, 5])
+        """
+        pieces = self.decode_tokens_bytes(ids)
+        text = b"".join(pieces).decode("utf-8", "strict")
+        offsets, chars = [], 0                   # characters begun so far = bytes that are not 10xxxxxx
+        for piece in pieces:
+            inside = bool(piece) and 0x80 <= piece[0] < 0xC0
+            offsets.append(chars - 1 if inside and chars else chars)
+            chars += sum(1 for b in piece if not 0x80 <= b < 0xC0)
+        return text, offsets
+
     def stream_decoder(self, errors: str = "replace") -> StreamDecoder:
         """An incremental decoder: .feed(id) -> str of whole characters only, .flush() -> the rest."""
         return StreamDecoder(self, errors)
+
+
+def _restore(token_bytes, byte_ids, merges, special, name) -> Tokenizer:
+    """Unpickle a Tokenizer (see Tokenizer.__reduce__)."""
+    tok = Tokenizer.__new__(Tokenizer)
+    tok._setup(token_bytes, byte_ids, merges, special, name)
+    return tok
+
+
+def _text_list(texts) -> list:
+    if isinstance(texts, str):
+        raise TypeError("expected a list of str, got one str (use encode for a single text)")
+    return list(texts)
+
+
+_THREADED_CHARS = 1 << 16
+
+
+def _check_threads(num_threads) -> int:
+    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+        raise ValueError(f"num_threads must be a positive integer, got {num_threads!r}")
+    return num_threads
+
+
+def _map_chunks(fn, items: list, num_threads: int) -> list:
+    """[fn(chunk) for each of up to num_threads contiguous chunks of items], the chunks on threads."""
+    n = min(_check_threads(num_threads), len(items))
+    if n <= 1:
+        return [fn(items)]
+    from concurrent.futures import ThreadPoolExecutor
+    bounds = [len(items) * k // n for k in range(n + 1)]
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(fn, [items[bounds[k]:bounds[k + 1]] for k in range(n)]))
