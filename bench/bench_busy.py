@@ -67,6 +67,13 @@ def _decode(benchmark, model, extra):
                                 threads_at_end=model.threads, **extra)
 
 
+# first: the neighbour (a module fixture) starts with the first busy test and lives to the module's end
+@pytest.mark.parametrize("impl", ["fixed", "default"])
+def test_quiet_decode(benchmark, model_124m_dir, impl):
+    benchmark.group = "quiet:decode"
+    _decode(benchmark, _model(model_124m_dir, impl), dict(impl=impl, neighbour="none"))
+
+
 @pytest.mark.parametrize("impl", ["t1", "default"])
 def test_busy_decode(benchmark, model_124m_dir, neighbour, impl):
     benchmark.group = "busy:decode"
@@ -87,9 +94,3 @@ def test_busy_prefill(benchmark, model_124m_dir, neighbour, impl):
     benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=2)
     benchmark.extra_info.update(tokens_per_s=round(len(ids) / benchmark.stats.stats.median, 1), impl=impl,
                                 threads_at_end=model.threads)
-
-
-@pytest.mark.parametrize("impl", ["fixed", "default"])
-def test_quiet_decode(benchmark, model_124m_dir, impl):
-    benchmark.group = "quiet:decode"
-    _decode(benchmark, _model(model_124m_dir, impl), dict(impl=impl, neighbour="none"))

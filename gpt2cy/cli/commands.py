@@ -125,6 +125,15 @@ def _sampling_kwargs(args, command):
                 repetition_penalty=rp, repeat_last_n=args.repeat_last_n), (None if mt == -1 else mt)
 
 
+def _sampling_extras(args) -> dict:
+    """The OpenAI-style and llama.cpp-style sampling flags, as SamplingParams field names."""
+    bias = getattr(args, "logit_bias", None)
+    return dict(presence_penalty=getattr(args, "presence_penalty", 0.0),
+                frequency_penalty=getattr(args, "frequency_penalty", 0.0),
+                logit_bias=dict(bias) if bias else None, min_keep=getattr(args, "min_keep", 1),
+                order=getattr(args, "samplers", None))
+
+
 def _stops(args) -> List[str]:
     from .repl import unescape
     stops = [unescape(_clean(s)) for s in args.stop]
@@ -154,6 +163,7 @@ def cmd_chat(args) -> int:
     model, _ = load_model(args)
     chat = Chat(model, max_new_tokens=max_tokens, seed=args.seed, stop=stops, multiline=args.multiline,
                 preamble=preamble, **params)
+    chat.params = chat.params.replace(**{k: v for k, v in _sampling_extras(args).items() if v is not None})
     name = model_name(model)
     banner = (f"gpt2cy {__version__} · {name} · {_n(model.threads, 'thread')} · seed {chat.seed}"
               f" · /? for help")
@@ -184,7 +194,8 @@ def cmd_generate(args) -> int:
     shift = args.context_overflow == "shift"
     try:
         stream = generate(model, prompt, max_new_tokens=max_tokens, stop=stops, seed=args.seed, stream=True,
-                          truncate=shift, context_shift=shift, ignore_eos=args.ignore_eos, **params)
+                          truncate=shift, context_shift=shift, ignore_eos=args.ignore_eos, **params,
+                          **{("samplers" if k == "order" else k): v for k, v in _sampling_extras(args).items()})
     except ContextLengthError as e:                # name the flag that lets it run
         hint = "shorten it, or pass --context-overflow shift to keep its newest tokens"
         msg = str(e)

@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--jsonl", action="store_true", help="print a JSON line {\"token\", \"text\"} per token, "
                                                           "then the --json object")
     gen.add_argument("--echo", action="store_true", help="print the prompt before the completion")
-    gen.add_argument("--ignore-eos", action="store_true", help="keep going past <|endoftext|>")
+    gen.add_argument("--ignore-eos", action="store_true", help="never sample <|endoftext|> (its logit is -inf)")
     gen.add_argument("--context-overflow", choices=("error", "shift"), default="error",
                      help="prompt longer than the context: error (exit 5, default) or shift (keep the newest "
                           "tokens, and keep generating past the end of the context from the newest half)")
