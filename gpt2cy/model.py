@@ -312,10 +312,15 @@ class Model:
         checked before anything runs: a bad slot, id or a request that does not fit its slot's context
         raises (ValueError, InvalidTokenError, ContextLengthError) and changes no cache.
         """
+        checked = self._checked_requests(requests, "forward_batch")
+        return self._batch(checked)
+
+    def _checked_requests(self, requests, name: str) -> list:
+        # [(slot, ids array)] from (slot, ids) pairs: every slot, id and fit checked before anything runs
         checked, seen = [], set()
         for item in requests:
             if not isinstance(item, (tuple, list)) or len(item) != 2:
-                raise ValueError(f"forward_batch takes (slot, ids) pairs, got {item!r}")
+                raise ValueError(f"{name} takes (slot, ids) pairs, got {item!r}")
             slot = self._slot(item[0])
             if slot in seen:
                 raise ValueError(f"slot {slot} appears twice in one batch; concatenate its ids instead")
@@ -323,7 +328,7 @@ class Model:
             arr = check_ids(item[1], self.config.n_vocab)
             self._check_room(len(arr), slot)
             checked.append((slot, arr))
-        return self._batch(checked)
+        return checked
 
     def _batch(self, requests) -> List[np.ndarray]:
         # pack the rows of validated (slot, ids) into engine calls of at most max_rows rows, in order; a
@@ -364,17 +369,7 @@ class Model:
         and return float32 [len(ids), n_vocab] per request, in order (the dense, tiled lm_head, as logits()
         uses). The scorer's prefill: several windows or texts, each in its own slot. Checked as
         forward_batch checks; rows beyond max_rows go in further passes."""
-        checked, seen = [], set()
-        for item in requests:
-            if not isinstance(item, (tuple, list)) or len(item) != 2:
-                raise ValueError(f"forward_rows takes (slot, ids) pairs, got {item!r}")
-            slot = self._slot(item[0])
-            if slot in seen:
-                raise ValueError(f"slot {slot} appears twice in one batch; concatenate its ids instead")
-            seen.add(slot)
-            arr = check_ids(item[1], self.config.n_vocab)
-            self._check_room(len(arr), slot)
-            checked.append((slot, arr))
+        checked = self._checked_requests(requests, "forward_rows")
         eng, V, R = self._engine, self.config.n_vocab, self._engine.max_rows
         parts: List[list] = [[] for _ in checked]
         pending = [(i, slot, arr, 0) for i, (slot, arr) in enumerate(checked) if len(arr)]
