@@ -7,8 +7,12 @@ Groups: "generate-124M-greedy" and "generate-124M-sampled" (temp 0.8, top-k 40, 
 both implementations; extra_info["tokens/s"] is 128 / the median. "sampling-overhead" times one decode
 step and one Sampler call on real logits; extra_info["overhead %"] is the ratio of their medians
 (target < 1%).
-Greedy results are checked against each other before any figure counts.
+Greedy results are checked against each other before any figure counts. With --benchmark-disable (each
+function run once, no timings) every check still runs and no figure is recorded. GPT2CY_BENCH_SMALL=1 runs
+the same code on a small model (n_embd 64, 2 layers; groups "generate-small-*"), as a smoke test.
 """
+import os
+
 import numpy as np
 import pytest
 
@@ -18,23 +22,43 @@ from gpt2cy.generation.sampling import Sampler, SamplingParams
 
 from conftest import bench_threads
 
+SMALL = os.environ.get("GPT2CY_BENCH_SMALL") == "1"
+SIZE = "small" if SMALL else "124M"      # in the group names
 N_PROMPT, N_NEW = 64, 128
 SAMPLED = dict(temperature=0.8, top_k=40, top_p=0.95)
 
 
-@pytest.fixture(scope="module")
-def ours(model_124m_dir):
-    return gpt2cy.load(model_124m_dir, threads=bench_threads())
+def _median(benchmark):
+    """The timed median in seconds; None when nothing was timed (--benchmark-disable runs each function once
+    and leaves benchmark.stats None)."""
+    stats = getattr(benchmark, "stats", None)
+    return stats.stats.median if stats is not None and getattr(stats, "stats", None) else None
 
 
 @pytest.fixture(scope="module")
-def hf(model_124m_dir):
+def generate_model_dir(tmp_path_factory, request):
+    if not SMALL:
+        return request.getfixturevalue("model_124m_dir")
+    from gpt2cy.config import Config
+    from gpt2cy.testing import write_random_model
+    path = tmp_path_factory.mktemp("gpt2-small-random")     # n_ctx 1024: test_decode_step runs to 512
+    return write_random_model(str(path), Config(n_vocab=50257, n_ctx=1024, n_embd=64, n_head=2, n_layer=2),
+                              seed=0)
+
+
+@pytest.fixture(scope="module")
+def ours(generate_model_dir):
+    return gpt2cy.load(generate_model_dir, threads=bench_threads())
+
+
+@pytest.fixture(scope="module")
+def hf(generate_model_dir):
     """transformers' GPT2LMHeadModel holding the same tensors (Conv1D keeps the [in, out] layout)."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     from gpt2cy.formats.checkpoint import hf_name, load_weights
     torch.set_num_threads(bench_threads())
-    w = load_weights(model_124m_dir)
+    w = load_weights(generate_model_dir)
     c = w.config
     cfg = transformers.GPT2Config(vocab_size=c.n_vocab, n_positions=c.n_ctx, n_embd=c.n_embd, n_layer=c.n_layer,
                                   n_head=c.n_head)
@@ -70,7 +94,9 @@ def hf_generate(model, ids, sample):
 def _record(benchmark, impl):
     benchmark.extra_info["impl"] = impl
     benchmark.extra_info["threads"] = bench_threads()
-    benchmark.extra_info["tokens/s"] = round(N_NEW / benchmark.stats.stats.median, 2)
+    median = _median(benchmark)
+    if median:
+        benchmark.extra_info["tokens/s"] = round(N_NEW / median, 2)
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +106,7 @@ def greedy_reference(hf, prompt_ids):
 
 @pytest.mark.parametrize("impl", ["gpt2cy", "transformers"])
 def test_generate_greedy(benchmark, impl, ours, hf, prompt_ids, greedy_reference):
-    benchmark.group = "generate-124M-greedy"
+    benchmark.group = f"generate-{SIZE}-greedy"
     if impl == "gpt2cy":
         toks = benchmark.pedantic(ours_generate, args=(ours, prompt_ids), kwargs=dict(temperature=0),
                                   rounds=3, warmup_rounds=1)
@@ -96,7 +122,7 @@ def test_generate_greedy(benchmark, impl, ours, hf, prompt_ids, greedy_reference
 
 @pytest.mark.parametrize("impl", ["gpt2cy", "transformers"])
 def test_generate_sampled(benchmark, impl, ours, hf, prompt_ids):
-    benchmark.group = "generate-124M-sampled"
+    benchmark.group = f"generate-{SIZE}-sampled"
     if impl == "gpt2cy":
         toks = benchmark.pedantic(ours_generate, args=(ours, prompt_ids), kwargs=SAMPLED, rounds=3, warmup_rounds=1)
     else:
@@ -122,7 +148,9 @@ def test_decode_step(benchmark, ours, prompt_ids):
 
     out = benchmark.pedantic(step, rounds=200, warmup_rounds=5)
     assert out.shape == logits.shape and np.isfinite(out).all()
-    _STEP["s"] = benchmark.stats.stats.median
+    median = _median(benchmark)
+    if median:
+        _STEP["s"] = median
     benchmark.extra_info["threads"] = bench_threads()
 
 
@@ -138,6 +166,7 @@ def test_sampling_overhead(benchmark, setting, ours, prompt_ids):
     sampler = Sampler(params, seed=0)
     tok = benchmark(sampler, logits, prompt_ids)
     assert 0 <= tok < 50257
-    if "s" in _STEP:
+    median = _median(benchmark)
+    if "s" in _STEP and median:
         benchmark.extra_info["decode step ms (median)"] = round(_STEP["s"] * 1e3, 3)
-        benchmark.extra_info["overhead %"] = round(100 * benchmark.stats.stats.median / _STEP["s"], 3)
+        benchmark.extra_info["overhead %"] = round(100 * median / _STEP["s"], 3)

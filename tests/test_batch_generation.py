@@ -110,6 +110,36 @@ def test_shared_settings_and_a_seed_list(models):
         assert isinstance(r.seed, int) and same(alone(one, p, max_new_tokens=6, seed=r.seed), r)
 
 
+def test_openai_and_llama_cpp_sampling_settings_as_generate_takes_them(models):
+    """presence/frequency penalties, logit_bias, min_keep and the sampler order: shared or per prompt, each
+    prompt's result the single path's with the same settings (and the settings do change the text)."""
+    one, many = models[1]
+    newer = [dict(max_new_tokens=16, seed=4, presence_penalty=1.5),
+             dict(max_new_tokens=16, seed=4, frequency_penalty=2.0, temperature=1.2),
+             dict(max_new_tokens=16, seed=4, logit_bias={262: 100.0}),
+             dict(max_new_tokens=16, seed=4, top_k=0, top_p=0.3, min_keep=5),
+             dict(max_new_tokens=16, seed=4, samplers="penalties;top_k;top_p;min_p;temperature", top_k=3,
+                  temperature=1.5),
+             dict(max_new_tokens=16, seed=4, samplers=["temperature"], logit_bias={"50256": -100})]
+    prompts = PROMPTS[:len(newer)]
+    got = complete_batch(many, [dict(kw, prompt=p) for p, kw in zip(prompts, newer)], token_budget=16)
+    want = [alone(one, p, **kw) for p, kw in zip(prompts, newer)]
+    assert all(same(a, b) for a, b in zip(got, want))
+    plain = [alone(one, p, max_new_tokens=16, seed=4) for p in prompts]
+    assert sum(a.token_ids != b.token_ids for a, b in zip(want, plain)) >= 4      # not vacuous
+    assert got[2].token_ids == (262,) * 16                                       # +100 on " the"
+    shared = dict(max_new_tokens=10, seed=[1, 2, 3], presence_penalty=-1.0, frequency_penalty=0.5,
+                  logit_bias={11: 3.0}, min_keep=2, samplers="top_k;temperature")
+    got = generate_batch(many, prompts[:3], **shared)
+    assert got == [alone(one, p, **dict(shared, seed=s)).text for p, s in zip(prompts[:3], [1, 2, 3])]
+    with pytest.raises(ValueError, match="prompt 1: logit_bias names token 50257"):
+        generate_batch(many, ["a", {"prompt": "b", "logit_bias": {50257: 1}}])
+    with pytest.raises(ValueError, match="prompt 0: unknown sampler 'top_q'"):
+        generate_batch(many, ["a"], samplers="top_q;temperature")
+    with pytest.raises(ValueError, match="prompt 0: presence_penalty must be in"):
+        generate_batch(many, ["a"], presence_penalty=3)
+
+
 def test_eos_and_custom_samplers_through_the_scheduler(models):
     """The scheduler takes any sampler; one that says <|endoftext|> after a few tokens ends with "eos"
     exactly where the single path does, ignore_eos goes on, beside a sequence that runs to its limit."""

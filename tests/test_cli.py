@@ -148,6 +148,70 @@ def test_verify_finds_a_flipped_data_byte(env, tiny_model_dir, tmp_path):
     assert r.returncode == 3 and "download" in one_line_error(r)
 
 
+@pytest.fixture(scope="module")
+def gguf_file(tiny_model_dir, tmp_path_factory):
+    """The tiny model as a q8_0 GGUF file, written by `gpt2cy convert`."""
+    out = str(tmp_path_factory.mktemp("cli-gguf") / "tiny.gguf")
+    assert main(["convert", tiny_model_dir, "-o", out, "--dtype", "q8_0", "-t", "1"]) == 0
+    return out
+
+
+def test_verify_takes_a_gguf_file_as_run_does(env, gguf_file, tiny_model_dir, tmp_path):
+    import shutil
+    import struct
+    from gpt2cy.formats.gguf import GGUFFile
+    gen = gpt2cy(env, "generate", "-m", gguf_file, "-t", "1", "-p", "Hello", "-n", "2", "--temp", "0")
+    assert gen.returncode == 0, gen.err                  # what run/generate take, verify takes
+    r = gpt2cy(env, "verify", gguf_file)
+    assert r.returncode == 0 and r.err == "", r.err
+    assert r.out.startswith(f"{gguf_file}: 28 tensors, ") and "GGUF has no checksums" in r.out
+    assert "safetensors" not in r.out and "CRC32C" not in r.out
+    plain = tmp_path / "tiny.bin"                        # no .gguf suffix: the magic decides, as for load
+    shutil.copyfile(gguf_file, plain)
+    r = gpt2cy(env, "verify", str(plain), tiny_model_dir)
+    assert r.returncode == 0 and "GGUF has no checksums" in r.out and "CRC32C and values ok" in r.out
+    bad = tmp_path / "nan.gguf"                          # a NaN in a bias: exit 4, the rest still checked
+    f = GGUFFile(gguf_file)
+    data = bytearray(open(gguf_file, "rb").read())
+    bias = f.header.data_start + f.tensors["blk.0.attn_qkv.bias"].offset
+    data[bias:bias + 4] = struct.pack("<f", float("nan"))
+    bad.write_bytes(bytes(data))
+    r = gpt2cy(env, "verify", str(bad), gguf_file)
+    assert r.returncode == 4 and "attn_qkv.bias' holds 1 NaN/inf values" in one_line_error(r)
+    assert r.out.count("GGUF has no checksums") == 1
+    r = gpt2cy(env, "verify", "missing.gguf")
+    assert r.returncode == 3 and "no such file: missing.gguf" in one_line_error(r)
+
+
+def test_tokenize_takes_a_gguf_file_and_uses_its_tokenizer(env, gguf_file, tiny_model_dir, tmp_path):
+    import shutil
+    r = gpt2cy(env, "tokenize", "-m", gguf_file, "Hello world")
+    assert r.returncode == 0 and r.out.split() == ["15496", "995"], r.err
+    alone = tmp_path / "alone"                           # the file's own tokenizer: no vocabulary files near it
+    alone.mkdir()
+    shutil.copyfile(gguf_file, alone / "model")          # and no suffix
+    r = gpt2cy(env, "tokenize", "-m", str(alone / "model"), "--json", "Hello world")
+    assert r.returncode == 0 and json.loads(r.out) == {"ids": [15496, 995], "count": 2}, r.err
+    r = gpt2cy(env, "tokenize", "-m", "missing.gguf", "x")
+    assert r.returncode == 3 and "no such file: missing.gguf" in one_line_error(r)
+    rel = os.path.join(env["HOME"], "cwd", "tiny-dir")   # a bare directory name, as `-m` takes it everywhere
+    shutil.copytree(tiny_model_dir, rel)
+    try:
+        r = gpt2cy(env, "tokenize", "-m", "tiny-dir", "Hello world")
+        assert r.returncode == 0 and r.out.split() == ["15496", "995"], r.err
+        r = gpt2cy(env, "verify", "tiny-dir")
+        assert r.returncode == 0 and "CRC32C and values ok" in r.out, r.err
+    finally:
+        shutil.rmtree(rel)
+
+
+def test_chat_refuses_a_logit_bias_outside_the_vocabulary_before_the_first_turn(env, tiny_model_dir):
+    for command in (("generate", "-p", "hi"), ("chat",)):
+        r = gpt2cy(env, *command, "-m", tiny_model_dir, "-t", "1", "-n", "2", "-l", "50257+1", stdin=b"hi\n")
+        assert r.returncode == 1 and r.out == ""
+        assert "logit_bias names token 50257, but the vocabulary has 50257 tokens" in one_line_error(r)
+
+
 def test_internal_error_is_one_line(monkeypatch, capsys, tiny_model_dir):
     import gpt2cy.cli.main as cli
 

@@ -116,6 +116,49 @@ def test_conversation_commands_and_ctrl_d(env, tiny_model_dir):
         assert "Hello there, who are you?" in f.read()
 
 
+def test_set_takes_the_newer_sampling_settings_as_the_flags_do(env, tiny_model_dir):
+    """/set presence_penalty, frequency_penalty, min_keep, samplers and logit_bias: what the command line's
+    flags accept, refused with the flags' own messages, shown by /show params and used by the next reply."""
+    from gpt2cy.cli.parser import UsageError, build_parser
+
+    def flag_error(*argv):
+        with pytest.raises(UsageError) as e:
+            build_parser().parse_args(["chat", *argv])
+        return str(e.value)
+
+    child = spawn(env, tiny_model_dir, "-s", "3", "-n", "4")
+    command(child, "/set presence_penalty 1.5", r"Set presence_penalty to 1\.5\.")
+    command(child, "/set frequency-penalty -0.5", r"Set frequency_penalty to -0\.5\.")
+    command(child, "/set min_keep 3", r"Set min_keep to 3\.")
+    command(child, "/set samplers penalties;top_k;top_p;min_p;temperature",
+            r"Set samplers to penalties;top_k;top_p;min_p;temperature\.")
+    command(child, "/set logit_bias 262+100, 50256 - 100", r"Set logit_bias to 262\+100 50256-100\.")
+    command(child, "/show params", r"presence_penalty 1\.5, frequency_penalty -0\.5, min_keep 3, "
+                                   r"samplers penalties;top_k;top_p;min_p;temperature, logit_bias 262\+100 50256-100")
+    for line, argv, msg in [
+            ("/set presence_penalty 3", ("--presence-penalty", "3"), "presence-penalty must be <= 2.0, got 3"),
+            ("/set frequency_penalty x", ("--frequency-penalty", "x"), "expected a number, got 'x'"),
+            ("/set min_keep -1", ("--min-keep", "-1"), "min-keep must be >= 0, got -1"),
+            ("/set samplers top_k;top_q", ("--samplers", "top_k;top_q"), "unknown sampler 'top_q'"),
+            ("/set logit_bias 262*2", ("-l", "262*2"), "expected TOKEN_ID+BIAS or TOKEN_ID-BIAS"),
+            ("/set logit_bias 262+101", ("-l", "262+101"), "the bias must be in [-100, 100]")]:
+        assert msg in flag_error(*argv)
+        name = line.split()[1]
+        command(child, line, rf"Invalid value for {name}: [^\r\n]*{re.escape(msg)}")
+    command(child, "/set logit_bias 50257+1", r"Invalid value for logit_bias: logit_bias names token 50257, "
+                                              r"but the vocabulary has 50257 tokens")
+    command(child, "/show params", r"presence_penalty 1\.5, .*logit_bias 262\+100 50256-100")   # unchanged
+    command(child, "/set presence_penalty 0", r"Set presence_penalty to 0\.")
+    command(child, "/set frequency_penalty 0", r"Set frequency_penalty to 0\.")
+    assert say(child, "Say something.").split() == ["the"] * 4      # +100 on " the": the reply is " the" x4
+    command(child, "/set logit_bias", r"Cleared the logit biases\.")
+    command(child, "/show params", r"logit_bias none")
+    assert say(child, "Say something.").split() != ["the"] * 4
+    command(child, "/set samplers", r"Usage: /set samplers VALUE")
+    child.sendeof()
+    finish(child, 0)
+
+
 def test_save_and_load_a_transcript(env, tiny_model_dir, tmp_path):
     import json
     child = spawn(env, tiny_model_dir, "-s", "3", "-n", "5", "--temp", "0")

@@ -122,6 +122,102 @@ def test_stream_n_and_echo(client, model_id):
     assert text == "Two at once" + whole[0]
 
 
+def test_stream_n_each_index_is_its_own_choice(client, ref, model_id):
+    """Streamed n=3: chunks for every index, one finish_reason each, each index's joined text the
+    non-streamed choice's and the one-slot model's with seed + index; the usage chunk counts the prompt once
+    and every choice's tokens."""
+    prompt = "Three streams:"
+    kw = dict(model=model_id, prompt=prompt, max_tokens=8, n=3, seed=30, **SAMPLE)
+    whole = client.completions.create(**kw)
+    chunks = list(client.completions.create(stream=True, stream_options={"include_usage": True}, **kw))
+    parts, finishes = {}, {}
+    for c in chunks:
+        for ch in c.choices:
+            parts[ch.index] = parts.get(ch.index, "") + ch.text
+            if ch.finish_reason is not None:
+                assert ch.index not in finishes                       # one finish per choice
+                finishes[ch.index] = ch.finish_reason
+    assert sorted(parts) == [0, 1, 2]
+    want = [ref.generate(prompt, max_new_tokens=8, seed=30 + k, **REF) for k in range(3)]
+    assert [parts[i] for i in range(3)] == [c.text for c in whole.choices] == want
+    assert len(set(want)) == 3
+    assert finishes == {c.index: c.finish_reason for c in whole.choices}
+    last = chunks[-1]
+    assert last.choices == [] and all(c.usage is None for c in chunks[:-1])
+    assert last.usage.prompt_tokens == whole.usage.prompt_tokens == len(ref.tokenizer.encode(prompt))
+    assert last.usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_stream_echo_with_n_and_logprobs_is_the_whole_one(client, ref, model_id):
+    """Streamed echo, n=2, logprobs: each index opens with the prompt (its tokens scored, the first null),
+    then its completion; text, tokens, logprobs and offsets joined per index are the non-streamed ones."""
+    prompt = "Echo my log probabilities"
+    kw = dict(model=model_id, prompt=prompt, max_tokens=5, n=2, seed=2, echo=True, logprobs=1,
+              extra_body={"ignore_eos": True}, **SAMPLE)
+    whole = client.completions.create(**kw).choices
+    got = {i: {"text": "", "tokens": [], "token_logprobs": [], "text_offset": []} for i in (0, 1)}
+    firsts = {}
+    for c in client.completions.create(stream=True, **kw):
+        for ch in c.choices:
+            firsts.setdefault(ch.index, ch)
+            g = got[ch.index]
+            g["text"] += ch.text
+            if ch.logprobs:
+                for key in ("tokens", "token_logprobs", "text_offset"):
+                    g[key] += getattr(ch.logprobs, key)
+    n_prompt = len(ref.tokenizer.encode(prompt))
+    for i, w in enumerate(whole):
+        assert firsts[i].text == prompt and len(firsts[i].logprobs.tokens) == n_prompt
+        assert firsts[i].logprobs.token_logprobs[0] is None
+        assert w.text.startswith(prompt) and got[i]["text"] == w.text
+        assert (got[i]["tokens"], got[i]["token_logprobs"], got[i]["text_offset"]) == \
+               (w.logprobs.tokens, w.logprobs.token_logprobs, w.logprobs.text_offset)
+    assert whole[0].text != whole[1].text
+
+
+def _streamed_legacy_tokens(client, **kw):
+    out = []
+    for c in client.completions.create(stream=True, **kw):
+        if c.choices and c.choices[0].logprobs:
+            out += c.choices[0].logprobs.tokens
+    return out
+
+
+@pytest.mark.xfail(strict=True, reason="serve/app.py stream() sends every recorded logprob entry, also those "
+                                       "of the tokens of a stop string that whole responses leave out")
+def test_streamed_logprobs_end_where_the_whole_ones_do_at_a_stop(client, model_id):
+    kw = dict(model=model_id, prompt="Stop me", max_tokens=20, seed=11, logprobs=1, **SAMPLE)
+    words = client.completions.create(**kw).choices[0].text.split()
+    stop = words[len(words) // 2]
+    whole = client.completions.create(stop=stop, **kw).choices[0]
+    assert whole.finish_reason == "stop"
+    assert _streamed_legacy_tokens(client, stop=stop, **kw) == whole.logprobs.tokens
+
+
+@pytest.mark.xfail(strict=True, reason="serve/app.py stream() sends the logprob entry of <|endoftext|>, which "
+                                       "whole responses leave out")
+def test_streamed_logprobs_end_where_the_whole_ones_do_at_eos(client, model_id):
+    kw = dict(model=model_id, prompt="End", max_tokens=5, seed=1, logprobs=0, temperature=0,
+              logit_bias={"50256": 100})
+    whole = client.completions.create(**kw).choices[0]
+    assert whole.text == "" and whole.logprobs.tokens == []
+    assert _streamed_legacy_tokens(client, **kw) == whole.logprobs.tokens
+
+
+@pytest.mark.xfail(strict=True, reason="serve/app.py stream() sends the logprob entry of the chat's stop token "
+                                       "(the newline), which whole responses leave out")
+def test_streamed_chat_logprobs_end_where_the_whole_ones_do(client, model_id):
+    kw = dict(model=model_id, messages=[{"role": "user", "content": "Hey"}], max_tokens=30, seed=1, logprobs=True,
+              top_logprobs=1, logit_bias={"198": 100}, **SAMPLE)           # "\n" all but forced: a short reply
+    whole = client.chat.completions.create(**kw).choices[0]
+    assert whole.finish_reason == "stop"
+    streamed = []
+    for c in client.chat.completions.create(stream=True, **kw):
+        if c.choices and c.choices[0].logprobs and c.choices[0].logprobs.content:
+            streamed += [e.token for e in c.choices[0].logprobs.content]
+    assert streamed == [e.token for e in whole.logprobs.content]
+
+
 def test_stop(client, ref, model_id):
     kw = dict(model=model_id, prompt="Stop me", max_tokens=20, seed=11, **SAMPLE)
     full = client.completions.create(**kw).choices[0].text
@@ -262,6 +358,32 @@ def test_chat_turns_reuse_the_cached_prefix(client, ref, model_id):
     cached = second.usage.prompt_tokens_details.cached_tokens
     assert cached >= first.usage.prompt_tokens - 1             # all of the first prompt (its last token re-run)
     assert cached < second.usage.prompt_tokens
+
+
+def test_prefix_reuse_across_turns_streamed_and_completions(client, ref, model_id):
+    """The cached prefix shows in a streamed turn's usage chunk too, and completions reuse it: a prompt that
+    continues an earlier prompt and its completion prefills only what is new."""
+    msgs = [{"role": "user", "content": "Please keep the colour blue in mind."}]
+    first = client.chat.completions.create(model=model_id, messages=msgs, max_tokens=4, seed=5)
+    msgs += [{"role": "assistant", "content": first.choices[0].message.content},
+             {"role": "user", "content": "Which colour was it?"}]
+    chunks = list(client.chat.completions.create(model=model_id, messages=msgs, max_tokens=4, seed=5, stream=True,
+                                                 stream_options={"include_usage": True}))
+    usage = chunks[-1].usage
+    assert first.usage.prompt_tokens - 1 <= usage.prompt_tokens_details.cached_tokens < usage.prompt_tokens
+    ids = ref.tokenizer.encode("A shared beginning about cats, dogs and their long afternoons")
+    greedy = dict(model=model_id, max_tokens=4, seed=1, temperature=0, extra_body={"ignore_eos": True})
+    r1 = client.completions.create(prompt=ids, **greedy)
+    gen = list(ref.generate(ids, max_new_tokens=4, seed=1, temperature=0, ignore_eos=True, on_notice=None,
+                            return_response=True).token_ids)
+    assert ref.tokenizer.decode(gen) == r1.choices[0].text
+    longer = ids + gen + ref.tokenizer.encode(" and then")
+    r2 = client.completions.create(prompt=longer, **greedy)
+    cached = r2.usage.prompt_tokens_details.cached_tokens
+    assert r2.usage.prompt_tokens == len(longer)
+    assert len(ids) + len(gen) - 1 <= cached < len(longer)     # all but the last generated token (never run)
+    assert r2.choices[0].text == ref.generate(longer, max_new_tokens=4, seed=1, temperature=0, ignore_eos=True,
+                                              on_notice=None)
 
 
 def test_chat_stream(client, server, model_id):

@@ -164,6 +164,7 @@ def cmd_chat(args) -> int:
     chat = Chat(model, max_new_tokens=max_tokens, seed=args.seed, stop=stops, multiline=args.multiline,
                 preamble=preamble, **params)
     chat.params = chat.params.replace(**{k: v for k, v in _sampling_extras(args).items() if v is not None})
+    chat.params.check_vocab(model.config.n_vocab)   # a bad -l fails here, as in generate, not at the first reply
     name = model_name(model)
     banner = (f"gpt2cy {__version__} · {name} · {_n(model.threads, 'thread')} · seed {chat.seed}"
               f" · /? for help")
@@ -235,14 +236,14 @@ def cmd_generate(args) -> int:
 
 
 def cmd_tokenize(args) -> int:
-    from ..hub.models import get_tokenizer
+    from ..loading import load_tokenizer
     if args.text is None or args.text == "-":
         if args.text is None and sys.stdin.isatty():
             raise UsageError("gpt2cy tokenize: give TEXT, or - to read stdin (see gpt2cy tokenize --help)")
         text = _read_stdin(args.strict)
     else:
         text = _clean(args.text, "TEXT", args.strict)
-    tok = get_tokenizer(args.model or DEFAULT_MODEL, offline=True if args.offline else None)
+    tok = load_tokenizer(args.model or DEFAULT_MODEL, offline=True if args.offline else None)
     ids = [int(i) for i in tok.encode(text)]
     if args.json:
         print(json.dumps({"ids": ids, "count": len(ids)}))
@@ -260,18 +261,25 @@ def cmd_download(args) -> int:
 
 def cmd_verify(args) -> int:
     """Verify each named model; a failed check is exit 4 (as a failed download is), after checking the rest."""
-    from ..hub import models as hub
     from ..formats.checkpoint import verify
+    from ..formats.layout import GGUF
+    from ..loading import resolve
     status = EXIT_OK
     for name in args.models:
         try:
-            # (a cached model not yet marked verified is verified and marked by resolve_model itself)
-            result = verify(hub.resolve_model(name, download=False))
+            # the name, directory or GGUF file `load` would read (a cached model not yet marked verified is
+            # verified and marked by the hub's resolve_model itself)
+            result = verify(resolve(name, download=False))
         except CheckpointError as e:
             error_line(describe(e))
             status = EXIT_DOWNLOAD
             continue
-        what = "CRC32C and values ok" if result.checksummed else "values ok (safetensors has no checksums)"
+        if result.checksummed:
+            what = "CRC32C and values ok"
+        elif result.format == GGUF:
+            what = "header, tensor table and values ok (no NaN/inf; GGUF has no checksums)"
+        else:
+            what = "values ok (safetensors has no checksums)"
         print(f"{result.path}: {result.n_tensors} tensors, {result.n_bytes / 1e6:.1f} MB, {what}")
     return status
 

@@ -32,7 +32,10 @@ Commands:
   /regen                    generate the last reply again
   /undo                     drop the last exchange
   /set PARAM VALUE          temp, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed,
-                            max_tokens (-1 = no limit), stop (no value clears), multiline on|off,
+                            presence_penalty, frequency_penalty, min_keep, samplers (the order,
+                            e.g. penalties;top_k;top_p;min_p;temperature), logit_bias ID+BIAS ...
+                            (e.g. 50256-100; no value clears), max_tokens (-1 = no limit),
+                            stop (no value clears), multiline on|off,
                             threads (fixes the count; by default it adapts to the machine's load)
   /set verbose | quiet      stats after each reply on | off
   /show [params|model|context|stats]   (stats: the last reply's tokens, speed, finish, seed)
@@ -47,6 +50,36 @@ _PARAMS = {
     "repeat_penalty": (float, "repetition_penalty"), "repetition_penalty": (float, "repetition_penalty"),
     "repeat_last_n": (int, "repeat_last_n"),
 }
+# /set name -> (the command-line flag whose check it uses, Chat.params field): the same values accepted and
+# the same messages as `gpt2cy chat --presence-penalty ...` (cli/parser.py's SAMPLING_ARGS)
+_FLAG_PARAMS = {
+    "presence_penalty": ("presence-penalty", "presence_penalty"),
+    "frequency_penalty": ("frequency-penalty", "frequency_penalty"),
+    "min_keep": ("min-keep", "min_keep"),
+    "samplers": ("samplers", "order"), "order": ("samplers", "order"),
+}
+
+
+def _flag_value(flag: str, text: str):
+    """A /set value checked as the command line checks its flag; ValueError with the flag's message."""
+    import argparse
+    from .parser import SAMPLING_ARGS
+    try:
+        return SAMPLING_ARGS[flag](text)
+    except argparse.ArgumentTypeError as e:
+        raise ValueError(str(e)) from None
+
+
+def _logit_biases(text: str) -> dict:
+    """`/set logit_bias 15043+1 50256-100` (spaces or commas between entries; each as -l/--logit-bias takes
+    it, a later entry for the same id replacing an earlier one, as repeated -l do) -> {id: bias}."""
+    import re
+    joined = re.sub(r"\s*([+-])\s*", r"\1", text.strip())      # "15043 + 1" is one entry, as for -l
+    return dict(_flag_value("logit-bias", entry) for entry in re.split(r"[\s,]+", joined) if entry)
+
+
+def _show_biases(bias) -> str:
+    return " ".join(f"{i}{b:+g}" for i, b in bias)
 
 
 def _parse(kind, text: str):
@@ -352,7 +385,7 @@ class Repl:
         if not args:
             self._info("Usage: /set PARAM VALUE (see /?)")
             return
-        name = args[0].lower()
+        name = args[0].lower().replace("-", "_")
         value = args[1] if len(args) > 1 else None
         chat = self.chat
         if name == "verbose":
@@ -366,6 +399,10 @@ class Repl:
         if name == "stop":
             chat.stop = [unescape(value)] if value else []
             self._info(f"Set stop to {chat.stop[0]!r}." if chat.stop else "Cleared the extra stop strings.")
+            return
+        if name == "logit_bias" and not value:
+            chat.params = chat.params.replace(logit_bias=None)
+            self._info("Cleared the logit biases.")
             return
         if value is None:
             self._info(f"Usage: /set {name} VALUE")
@@ -395,6 +432,16 @@ class Repl:
                 v = _parse(kind, value)
                 chat.params = chat.params.replace(**{field: v})
                 shown = f"{v:g}" if kind is float else str(v)
+            elif name in _FLAG_PARAMS:
+                flag, field = _FLAG_PARAMS[name]
+                chat.params = chat.params.replace(**{field: _flag_value(flag, value)})
+                v = getattr(chat.params, field)
+                shown = ";".join(v) if field == "order" else f"{v:g}" if isinstance(v, float) else str(v)
+            elif name == "logit_bias":
+                params = chat.params.replace(logit_bias=_logit_biases(value))
+                params.check_vocab(chat.model.config.n_vocab)     # before the next reply, not during it
+                chat.params = params
+                shown = _show_biases(params.logit_bias)
             else:
                 self._info(f"Unknown parameter {name!r}. Type /? for the list.")
                 return
@@ -410,6 +457,9 @@ class Repl:
             mnt = -1 if chat.max_new_tokens is None else chat.max_new_tokens
             self._info(f"temp {p.temperature:g}, top_k {p.top_k}, top_p {p.top_p:g}, min_p {p.min_p:g}, "
                        f"repeat_penalty {p.repetition_penalty:g}, repeat_last_n {p.repeat_last_n}, "
+                       f"presence_penalty {p.presence_penalty:g}, frequency_penalty {p.frequency_penalty:g}, "
+                       f"min_keep {p.min_keep}, samplers {';'.join(p.order)}, "
+                       f"logit_bias {_show_biases(p.logit_bias) or 'none'}, "
                        f"seed {chat.seed}, max_tokens {mnt}, stop {chat.stop!r}, "
                        f"multiline {'on' if chat.multiline else 'off'}, "
                        f"verbose {'on' if self.verbose else 'off'}")

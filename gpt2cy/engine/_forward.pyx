@@ -427,7 +427,7 @@ cdef class Engine:
             layernorm(self._x, C, b.vec[LN1_G], b.vec[LN1_B], self._xn, C, T, C, LN_EPS, nt)
             _linear(&b.mat[ATTN_W], self._xn, C, b.vec[ATTN_B], self._qkv, 3 * C, T,  # qkv = xn @ w + b
                     ACT_NONE, 0, nt)
-            kv_store(self._qkv, 3 * C, kc, vc, S, segs, n_seg, H, D, N)
+            kv_store(self._qkv, 3 * C, kc, vc, S, segs, n_seg, H, D, N, nt)
             attention(self._qkv, 3 * C, kc, vc, S, self._att, C, self._scratch, segs, n_seg, self._task0,
                       H, D, N, nt)
             _linear(&b.mat[PROJ_W], self._att, C, b.vec[PROJ_B], self._x, C, T,      # x += att @ w + b

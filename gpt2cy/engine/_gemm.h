@@ -33,6 +33,7 @@
 #define GEMM_NC_MAX 512      /* widest packed w block per thread: KC x 512 floats = 384 KiB, in Zen 5's 1 MiB L2 */
 #define GEMM_TPT 4            /* column tasks per thread: dynamic scheduling evens out a busy core */
 #define GEMM_MV_CHUNK 2048   /* matrix-vector: partial sums held at once in an L1 buffer (8 KiB) */
+#define GEMM_MV_ROWCOLS 8192 /* matrix-vector, column path: columns per chunk at most (whole rows of w) */
 #define GEMM_MV_R 8          /* matrix-vector: rows of w per pass (fewer measured 10-50% slower from DRAM) */
 
 #if defined(__AVX512F__)
@@ -317,6 +318,9 @@ static inline void gemm_tile(ptrdiff_t kc, const float *a, ptrdiff_t lda, const 
  *   x: [mr, kc] row stride ldx;  w: [kc, nc] row stride ldw;  blk: [mr, nc] row stride ldb (overwritten)
  */
 #define GEMM_MV_MAXM 16
+#ifndef GEMM_MV_PF
+#define GEMM_MV_PF 256   /* floats ahead along a row of w that the several-rows path prefetches */
+#endif
 
 static void gemm_mv_block(ptrdiff_t mr, ptrdiff_t kc, const float *x, ptrdiff_t ldx, const float *w,
                           ptrdiff_t ldw, ptrdiff_t nc, float *blk, ptrdiff_t ldb)
@@ -349,9 +353,64 @@ static void gemm_mv_block(ptrdiff_t mr, ptrdiff_t kc, const float *x, ptrdiff_t 
             }
         }
     }
+    /* a few rows (a batch of sequences): 8 rows x 32 columns of w held in registers, each broadcast x value
+     * used for two columns' vectors, so a row of x costs 10 loads per 16 FMAs (one blk chain per element,
+     * k in order: the bits of the one-row path) */
+    ptrdiff_t nv2 = nc & ~(ptrdiff_t)31;
     for (; mr > 1 && k + 8 <= kc; k += 8) {
         const float *w0 = w + k * ldw;
-        for (ptrdiff_t j = 0; j < nc; j += 16) {
+        for (ptrdiff_t j = 0; j < nv2; j += 32) {
+            __m512 wa[8], wb[8];
+#pragma GCC unroll 8
+            for (int r = 0; r < 8; r++) {
+                wa[r] = _mm512_loadu_ps(w0 + r * ldw + j);
+                wb[r] = _mm512_loadu_ps(w0 + r * ldw + j + 16);
+                _mm_prefetch((const char *)(w0 + (8 + r) * ldw + j), _MM_HINT_T0);
+                _mm_prefetch((const char *)(w0 + (8 + r) * ldw + j + 16), _MM_HINT_T0);
+            }
+            ptrdiff_t m = 0;
+            /* four rows of x at once: eight independent chains in program order keep both FMA ports busy
+             * (one row's two chains of eight dependent FMAs would leave them waiting on latency) */
+            for (; m + 4 <= mr; m += 4) {
+                const float *x0 = x + m * ldx + k, *x1 = x0 + ldx, *x2 = x1 + ldx, *x3 = x2 + ldx;
+                float *b0 = blk + m * ldb + j, *b1 = b0 + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb;
+                __m512 a0 = _mm512_loadu_ps(b0), c0 = _mm512_loadu_ps(b0 + 16);
+                __m512 a1 = _mm512_loadu_ps(b1), c1 = _mm512_loadu_ps(b1 + 16);
+                __m512 a2 = _mm512_loadu_ps(b2), c2 = _mm512_loadu_ps(b2 + 16);
+                __m512 a3 = _mm512_loadu_ps(b3), c3 = _mm512_loadu_ps(b3 + 16);
+#pragma GCC unroll 8
+                for (int r = 0; r < 8; r++) {
+                    __m512 y0 = _mm512_set1_ps(x0[r]), y1 = _mm512_set1_ps(x1[r]);
+                    __m512 y2 = _mm512_set1_ps(x2[r]), y3 = _mm512_set1_ps(x3[r]);
+                    a0 = _mm512_fmadd_ps(y0, wa[r], a0);
+                    c0 = _mm512_fmadd_ps(y0, wb[r], c0);
+                    a1 = _mm512_fmadd_ps(y1, wa[r], a1);
+                    c1 = _mm512_fmadd_ps(y1, wb[r], c1);
+                    a2 = _mm512_fmadd_ps(y2, wa[r], a2);
+                    c2 = _mm512_fmadd_ps(y2, wb[r], c2);
+                    a3 = _mm512_fmadd_ps(y3, wa[r], a3);
+                    c3 = _mm512_fmadd_ps(y3, wb[r], c3);
+                }
+                _mm512_storeu_ps(b0, a0); _mm512_storeu_ps(b0 + 16, c0);
+                _mm512_storeu_ps(b1, a1); _mm512_storeu_ps(b1 + 16, c1);
+                _mm512_storeu_ps(b2, a2); _mm512_storeu_ps(b2 + 16, c2);
+                _mm512_storeu_ps(b3, a3); _mm512_storeu_ps(b3 + 16, c3);
+            }
+            for (; m < mr; m++) {
+                const float *xm = x + m * ldx + k;
+                float *bm = blk + m * ldb + j;
+                __m512 va = _mm512_loadu_ps(bm), vb = _mm512_loadu_ps(bm + 16);
+#pragma GCC unroll 8
+                for (int r = 0; r < 8; r++) {
+                    __m512 xr = _mm512_set1_ps(xm[r]);
+                    va = _mm512_fmadd_ps(xr, wa[r], va);
+                    vb = _mm512_fmadd_ps(xr, wb[r], vb);
+                }
+                _mm512_storeu_ps(bm, va);
+                _mm512_storeu_ps(bm + 16, vb);
+            }
+        }
+        for (ptrdiff_t j = nv2; j < nc; j += 16) {
             __mmask16 mask = j < nv ? (__mmask16)0xFFFF : tail;
             __m512 ws[8];
 #pragma GCC unroll 8
@@ -564,6 +623,114 @@ static void gemm_dot_rows(ptrdiff_t K, const float *x, const float *wt, ptrdiff_
             for (int l = 0; l < w; l++) s[l] = s[l] + s[l + w];
         out[j] = s[0];
     }
+#endif
+}
+
+/* Row dots for two rows of x at once (the last rows of a batch of sequences): out0[j] = x0 . wt[j] and
+ * out1[j] = x1 . wt[j], each with exactly gemm_dot_rows' arithmetic (the same two lane-sum chains per pair,
+ * the same tree), so every row keeps the one-row bits; each row of wt is loaded once for both. */
+static void gemm_dot_rows2(ptrdiff_t K, const float *x0, const float *x1, const float *wt, ptrdiff_t ldwt,
+                           ptrdiff_t n, float *out0, float *out1)
+{
+#if defined(__AVX512F__)
+    ptrdiff_t kv = K & ~(ptrdiff_t)31, rem = K - kv;
+    __mmask16 m0 = (__mmask16)(rem >= 16 ? 0xFFFFu : (1u << rem) - 1u);
+    __mmask16 m1 = (__mmask16)(rem > 16 ? (1u << (rem - 16)) - 1u : 0u);
+    ptrdiff_t j = 0;
+    for (; j + 4 <= n; j += 4) {
+        const float *r[4] = {wt + j * ldwt, wt + (j + 1) * ldwt, wt + (j + 2) * ldwt, wt + (j + 3) * ldwt};
+        __m512 a0[4], a1[4], b0[4], b1[4];   /* a: row x0, b: row x1; 0/1: the two lane halves */
+        for (int q = 0; q < 4; q++) a0[q] = a1[q] = b0[q] = b1[q] = _mm512_setzero_ps();
+        for (ptrdiff_t k = 0; k < kv; k += 32) {
+            __m512 xa0 = _mm512_loadu_ps(x0 + k), xa1 = _mm512_loadu_ps(x0 + k + 16);
+            __m512 xb0 = _mm512_loadu_ps(x1 + k), xb1 = _mm512_loadu_ps(x1 + k + 16);
+#pragma GCC unroll 4
+            for (int q = 0; q < 4; q++) {
+                __m512 w0 = _mm512_loadu_ps(r[q] + k), w1 = _mm512_loadu_ps(r[q] + k + 16);
+                a0[q] = _mm512_fmadd_ps(xa0, w0, a0[q]);
+                a1[q] = _mm512_fmadd_ps(xa1, w1, a1[q]);
+                b0[q] = _mm512_fmadd_ps(xb0, w0, b0[q]);
+                b1[q] = _mm512_fmadd_ps(xb1, w1, b1[q]);
+            }
+        }
+        if (rem) {
+            __m512 xa0 = _mm512_maskz_loadu_ps(m0, x0 + kv), xa1 = _mm512_maskz_loadu_ps(m1, x0 + kv + 16);
+            __m512 xb0 = _mm512_maskz_loadu_ps(m0, x1 + kv), xb1 = _mm512_maskz_loadu_ps(m1, x1 + kv + 16);
+            for (int q = 0; q < 4; q++) {
+                __m512 w0 = _mm512_maskz_loadu_ps(m0, r[q] + kv), w1 = _mm512_maskz_loadu_ps(m1, r[q] + kv + 16);
+                a0[q] = _mm512_fmadd_ps(xa0, w0, a0[q]);
+                a1[q] = _mm512_fmadd_ps(xa1, w1, a1[q]);
+                b0[q] = _mm512_fmadd_ps(xb0, w0, b0[q]);
+                b1[q] = _mm512_fmadd_ps(xb1, w1, b1[q]);
+            }
+        }
+        for (int q = 0; q < 4; q++) {
+            out0[j + q] = gemm_hsum16(_mm512_add_ps(a0[q], a1[q]));
+            out1[j + q] = gemm_hsum16(_mm512_add_ps(b0[q], b1[q]));
+        }
+    }
+    if (j < n) {
+        gemm_dot_rows(K, x0, wt + j * ldwt, ldwt, n - j, out0 + j);
+        gemm_dot_rows(K, x1, wt + j * ldwt, ldwt, n - j, out1 + j);
+    }
+#else
+    gemm_dot_rows(K, x0, wt, ldwt, n, out0);
+    gemm_dot_rows(K, x1, wt, ldwt, n, out1);
+#endif
+}
+
+/* Row dots for four rows of x at once: as gemm_dot_rows2, two rows of wt per pass (16 accumulators), so a
+ * chunk of wt is read from cache a quarter as often. */
+static void gemm_dot_rows4(ptrdiff_t K, const float *const x[4], const float *wt, ptrdiff_t ldwt,
+                           ptrdiff_t n, float *const out[4], ptrdiff_t pf)
+{
+#if defined(__AVX512F__)
+    ptrdiff_t kv = K & ~(ptrdiff_t)31, rem = K - kv;
+    __mmask16 m0 = (__mmask16)(rem >= 16 ? 0xFFFFu : (1u << rem) - 1u);
+    __mmask16 m1 = (__mmask16)(rem > 16 ? (1u << (rem - 16)) - 1u : 0u);
+    ptrdiff_t j = 0;
+    for (; j + 2 <= n; j += 2) {
+        const float *r0 = wt + j * ldwt, *r1 = r0 + ldwt;
+        __m512 s0[4], s1[4], t0[4], t1[4];   /* s: wt row j, t: wt row j+1; 0/1: the two lane halves */
+        for (int q = 0; q < 4; q++) s0[q] = s1[q] = t0[q] = t1[q] = _mm512_setzero_ps();
+        for (ptrdiff_t k = 0; k < kv; k += 32) {
+            __m512 u0 = _mm512_loadu_ps(r0 + k), u1 = _mm512_loadu_ps(r0 + k + 16);
+            __m512 v0 = _mm512_loadu_ps(r1 + k), v1 = _mm512_loadu_ps(r1 + k + 16);
+            if (pf) {   /* the next chunk of wt, while this one is computed from L1 */
+                _mm_prefetch((const char *)(r0 + pf + k), _MM_HINT_T0);
+                _mm_prefetch((const char *)(r0 + pf + k + 16), _MM_HINT_T0);
+                _mm_prefetch((const char *)(r1 + pf + k), _MM_HINT_T0);
+                _mm_prefetch((const char *)(r1 + pf + k + 16), _MM_HINT_T0);
+            }
+#pragma GCC unroll 4
+            for (int q = 0; q < 4; q++) {
+                __m512 xa = _mm512_loadu_ps(x[q] + k), xb = _mm512_loadu_ps(x[q] + k + 16);
+                s0[q] = _mm512_fmadd_ps(xa, u0, s0[q]);
+                s1[q] = _mm512_fmadd_ps(xb, u1, s1[q]);
+                t0[q] = _mm512_fmadd_ps(xa, v0, t0[q]);
+                t1[q] = _mm512_fmadd_ps(xb, v1, t1[q]);
+            }
+        }
+        if (rem) {
+            __m512 u0 = _mm512_maskz_loadu_ps(m0, r0 + kv), u1 = _mm512_maskz_loadu_ps(m1, r0 + kv + 16);
+            __m512 v0 = _mm512_maskz_loadu_ps(m0, r1 + kv), v1 = _mm512_maskz_loadu_ps(m1, r1 + kv + 16);
+            for (int q = 0; q < 4; q++) {
+                __m512 xa = _mm512_maskz_loadu_ps(m0, x[q] + kv), xb = _mm512_maskz_loadu_ps(m1, x[q] + kv + 16);
+                s0[q] = _mm512_fmadd_ps(xa, u0, s0[q]);
+                s1[q] = _mm512_fmadd_ps(xb, u1, s1[q]);
+                t0[q] = _mm512_fmadd_ps(xa, v0, t0[q]);
+                t1[q] = _mm512_fmadd_ps(xb, v1, t1[q]);
+            }
+        }
+        for (int q = 0; q < 4; q++) {
+            out[q][j] = gemm_hsum16(_mm512_add_ps(s0[q], s1[q]));
+            out[q][j + 1] = gemm_hsum16(_mm512_add_ps(t0[q], t1[q]));
+        }
+    }
+    if (j < n)
+        for (int q = 0; q < 4; q++) gemm_dot_rows(K, x[q], wt + j * ldwt, ldwt, n - j, out[q] + j);
+#else
+    for (int q = 0; q < 4; q++) gemm_dot_rows(K, x[q], wt, ldwt, n, out[q]);
 #endif
 }
 

@@ -43,11 +43,12 @@ cdef void layernorm(const float* x, Py_ssize_t ldx, const float* g, const float*
 cdef void add_positions(float* x, Py_ssize_t ldx, const Segment* segs, Py_ssize_t n_seg, const float* wpe,
                         Py_ssize_t C) noexcept nogil
 
-# Copy each segment's new keys and values from qkv into its slot's cache at positions pos0 .. pos0+count-1.
+# Copy each segment's new keys and values from qkv into its slot's cache at positions pos0 .. pos0+count-1
+# (one task per segment and head, on up to n_threads threads).
 #   qkv: [rows, 3C] stride ldq, columns [q | k | v], head h at h*D within each;  pos0 + count <= cap
 cdef void kv_store(const float* qkv, Py_ssize_t ldq, float* k_cache, float* v_cache, Py_ssize_t slot_stride,
                    const Segment* segs, Py_ssize_t n_seg, Py_ssize_t H, Py_ssize_t D,
-                   Py_ssize_t cap) noexcept nogil
+                   Py_ssize_t cap, int n_threads) noexcept nogil
 
 # Causal multi-head attention of each segment's rows over its slot's cache (which already holds them):
 # row row0 + t (position pos0 + t) attends to positions 0 .. pos0 + t of its own slot.

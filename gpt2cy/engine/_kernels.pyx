@@ -45,6 +45,7 @@ cdef enum:
     JB1 = GPT2CY_ATT_WIDTH1  # keys per score block of _scores1 (one row: 4 AVX-512 / 8 AVX2 registers)
     DB1 = 64            # value columns per block of _pv1
     MIN_PAR_ATTN = 1 << 15   # multiply-adds below which attention stays on one thread (tiny models)
+    MIN_PAR_KV = 1 << 11     # cached floats below which the KV stores stay on one thread
 
 
 # ---------------------------------------------------------------------------------------- reductions
@@ -166,33 +167,48 @@ cdef void add_positions(float* x, Py_ssize_t ldx, const Segment* segs, Py_ssize_
 
 cdef void kv_store(const float* qkv, Py_ssize_t ldq, float* k_cache, float* v_cache, Py_ssize_t slot_stride,
                    const Segment* segs, Py_ssize_t n_seg, Py_ssize_t H, Py_ssize_t D,
-                   Py_ssize_t cap) noexcept nogil:
-    cdef Py_ssize_t s
+                   Py_ssize_t cap, int n_threads) noexcept nogil:
+    # one task per (segment, head): a new key scatters over D cache lines of the transposed layout, each
+    # usually a miss, so the stores of a batch of sequences are spread over the threads
+    cdef Py_ssize_t task, s, h, rows = 0
     for s in range(n_seg):
-        _kv_store1(qkv + segs[s].row0 * ldq, ldq, k_cache + segs[s].slot * slot_stride,
-                   v_cache + segs[s].slot * slot_stride, segs[s].count, segs[s].pos0, H, D, cap)
+        rows += segs[s].count
+    for task in prange(n_seg * H, num_threads=n_threads, schedule="static",
+                       use_threads_if=rows * H * D >= MIN_PAR_KV):
+        s = task // H
+        h = task % H
+        _kv_store_head(qkv + segs[s].row0 * ldq, ldq, k_cache + segs[s].slot * slot_stride,
+                       v_cache + segs[s].slot * slot_stride, segs[s].count, segs[s].pos0, h, H, D, cap)
 
 
 cdef void _kv_store1(const float* qkv, Py_ssize_t ldq, float* k_cache, float* v_cache,
                      Py_ssize_t T, Py_ssize_t n_past, Py_ssize_t H, Py_ssize_t D,
                      Py_ssize_t cap) noexcept nogil:
     # one segment: T rows of qkv -> positions n_past.. of one slot's cache
-    cdef Py_ssize_t t, i, h, C = H * D
+    cdef Py_ssize_t h
+    for h in range(H):
+        _kv_store_head(qkv, ldq, k_cache, v_cache, T, n_past, h, H, D, cap)
+
+
+cdef void _kv_store_head(const float* qkv, Py_ssize_t ldq, float* k_cache, float* v_cache,
+                         Py_ssize_t T, Py_ssize_t n_past, Py_ssize_t h, Py_ssize_t H, Py_ssize_t D,
+                         Py_ssize_t cap) noexcept nogil:
+    # head h of one segment: T rows of qkv -> positions n_past.. of one slot's cache
+    cdef Py_ssize_t t, i, C = H * D
     cdef const float* src
     cdef float* dst
     # keys: row i = h * D + d of [H, D, cap] gets positions n_past.. (contiguous writes, strided reads)
-    for i in range(C):
+    for i in range(h * D, (h + 1) * D):
         src = qkv + C + i
         dst = k_cache + i * cap + n_past
         for t in range(T):
             dst[t] = src[t * ldq]
     # values: [H, cap, D], one contiguous run of D per head and position
     for t in range(T):
-        for h in range(H):
-            src = qkv + t * ldq + 2 * C + h * D
-            dst = v_cache + (h * cap + n_past + t) * D
-            for i in range(D):
-                dst[i] = src[i]
+        src = qkv + t * ldq + 2 * C + h * D
+        dst = v_cache + (h * cap + n_past + t) * D
+        for i in range(D):
+            dst[i] = src[i]
 
 
 # Scores and weighted sums work on blocks: QB query rows at a time (each key or value vector loaded once
@@ -493,7 +509,7 @@ def attention_py(const float[:, ::1] qkv not None, int n_head, Py_ssize_t n_past
         if n_past:
             _kv_store1(&qkv[0, 0], 3 * C, &k[0, 0, 0], &v[0, 0, 0], n_past, 0, n_head, D, cap)
         seg.slot, seg.row0, seg.count, seg.pos0 = 0, 0, T, n_past
-        kv_store(&qkv[n_past, 0], 3 * C, &k[0, 0, 0], &v[0, 0, 0], 0, &seg, 1, n_head, D, cap)
+        kv_store(&qkv[n_past, 0], 3 * C, &k[0, 0, 0], &v[0, 0, 0], 0, &seg, 1, n_head, D, cap, 1)
         attention(&qkv[n_past, 0], 3 * C, &k[0, 0, 0], &v[0, 0, 0], 0, &o[0, 0], C, &s[0, 0],
                   &seg, 1, task0, n_head, D, cap, n_threads)
     return out

@@ -33,6 +33,8 @@ cdef extern from "_gemm.h" nogil:
         GEMM_KC
         GEMM_NC_MAX
         GEMM_MV_CHUNK
+        GEMM_MV_ROWCOLS
+        GEMM_TLS_FLOATS
         GEMM_TPT
         GEMM_MV_MAXM
     const char* GEMM_ISA
@@ -49,6 +51,10 @@ cdef extern from "_gemm.h" nogil:
                          int accumulate)
     void gemm_dot_rows(Py_ssize_t K, const float* x, const float* wt, Py_ssize_t ldwt, Py_ssize_t n,
                        float* out)
+    void gemm_dot_rows2(Py_ssize_t K, const float* x0, const float* x1, const float* wt, Py_ssize_t ldwt,
+                        Py_ssize_t n, float* out0, float* out1)
+    void gemm_dot_rows4(Py_ssize_t K, const float* const* x, const float* wt, Py_ssize_t ldwt, Py_ssize_t n,
+                        float* const* out, Py_ssize_t pf)
     void gemm_gelu_row(float* v, Py_ssize_t n)
     float* gemm_tls_scratch(size_t n)
     void gemm_barrier()
@@ -67,7 +73,7 @@ cdef extern from "_lowp.h" nogil:
 
 cdef enum:
     MIN_PAR_FLOPS = 1 << 18    # below this many multiply-adds a second thread costs more than it saves
-    ROWS_CHUNK_BYTES = 65536   # matmul_nt_rows: bytes of wt per task (L2-resident while every x row uses it)
+    ROWS_CHUNK_BYTES = 24576   # matmul_nt_rows: bytes of wt per task (L1-resident while every x row uses it)
 
 
 # The element type of w (W_F32 or W_BF16, _matmul.pxd): the drivers below are shared; only the packing, the
@@ -242,8 +248,11 @@ cdef void _matvec_task(const float* x,     # IN  [M, K] row stride ldx, M <= GEM
                        float* out,         # OUT [M, N] row stride ldo; columns [n0, n1) written
                        Py_ssize_t ldo, Py_ssize_t M, Py_ssize_t K, Py_ssize_t N, Py_ssize_t n0,
                        Py_ssize_t n1, int act, bint accumulate) noexcept nogil:
-    cdef float blk[GEMM_MV_CHUNK]   # SCRATCH one K block's partial sums, [M, chunk] (L1)
-    cdef Py_ssize_t chunk = (GEMM_MV_CHUNK // M) // GEMM_NR * GEMM_NR
+    # SCRATCH one K block's partial sums [M, cw], rows packed (a power-of-two row stride would put every row
+    # in the same L1 sets): the thread-local buffer, so columns go in chunks of up to GEMM_MV_ROWCOLS, whole
+    # rows of w for every projection of GPT-2 (short row pieces defeat the prefetchers once M > 1)
+    cdef float* blk = gemm_tls_scratch(GEMM_TLS_FLOATS)   # never NULL for this size
+    cdef Py_ssize_t chunk = _min(GEMM_TLS_FLOATS // M, GEMM_MV_ROWCOLS) // GEMM_NR * GEMM_NR
     cdef Py_ssize_t c0, cw, kb, n_kb, pc, kc, c0_i, m
     n_kb = _cdiv(K, GEMM_KC) if K > 0 else 1
     for c0_i in range(_cdiv(n1 - n0, chunk)):
@@ -252,9 +261,9 @@ cdef void _matvec_task(const float* x,     # IN  [M, K] row stride ldx, M <= GEM
         for kb in range(n_kb):
             pc = kb * GEMM_KC
             kc = _min(GEMM_KC, K - pc)
-            _mv_block(wt, M, kc, x + pc, ldx, w, pc * N + c0, N, cw, blk, chunk)
+            _mv_block(wt, M, kc, x + pc, ldx, w, pc * N + c0, N, cw, blk, cw)
             for m in range(M):
-                gemm_mv_combine(blk + m * chunk, bias + c0 if bias != NULL else NULL, out + m * ldo + c0,
+                gemm_mv_combine(blk + m * cw, bias + c0 if bias != NULL else NULL, out + m * ldo + c0,
                                 cw, kb == 0, accumulate)
         if act == ACT_GELU:
             for m in range(M):
@@ -349,12 +358,26 @@ cdef void _dot_rows_chunk(const float* x, Py_ssize_t ldx, Py_ssize_t M, int wtyp
                           Py_ssize_t ldo, Py_ssize_t K, Py_ssize_t n0, Py_ssize_t n1) noexcept nogil:
     # out[m, n] = x[m] . wt[n] for n in [n0, n1), every m: the chunk of wt is read from memory for the first
     # row of x and from cache for the others; each element is the M == 1 row dot's exact arithmetic
-    cdef Py_ssize_t m
-    for m in range(M):
+    cdef Py_ssize_t m = 0, q
+    cdef const float* xs[4]
+    cdef float* outs[4]
+    if wtype != W_BF16:   # f32: four (then two) rows of x per pass over the chunk
+        while m + 4 <= M:
+            for q in range(4):
+                xs[q] = x + (m + q) * ldx
+                outs[q] = out + (m + q) * ldo + n0
+            gemm_dot_rows4(K, xs, <const float*>wt + n0 * K, K, n1 - n0, outs, (n1 - n0) * K if m == 0 else 0)
+            m += 4
+        while m + 2 <= M:
+            gemm_dot_rows2(K, x + m * ldx, x + (m + 1) * ldx, <const float*>wt + n0 * K, K, n1 - n0,
+                           out + m * ldo + n0, out + (m + 1) * ldo + n0)
+            m += 2
+    while m < M:
         if wtype == W_BF16:
             lp_dot_rows_bf16(K, x + m * ldx, <const uint16_t*>wt + n0 * K, K, n1 - n0, out + m * ldo + n0)
         else:
             gemm_dot_rows(K, x + m * ldx, <const float*>wt + n0 * K, K, n1 - n0, out + m * ldo + n0)
+        m += 1
 
 
 cdef void matmul_nt_rows_typed(int wtype, const float* x, Py_ssize_t ldx, const void* wt, float* out,

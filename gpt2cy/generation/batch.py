@@ -15,8 +15,9 @@ than the model's slots wait their turn (a model with n_slots=1 runs them one aft
 Settings: every keyword of generate applies to every prompt; `seed` may also be a list (one per prompt);
 and a prompt may be a dict {"prompt": text or ids, <any per-prompt keyword>: value} whose keys override
 the shared ones for that prompt. Per-prompt keywords: max_new_tokens (max_tokens), temperature, top_k,
-top_p, min_p, repetition_penalty (repeat_penalty), repeat_last_n, stop, seed, truncate, context_shift,
-ignore_eos, allowed_special. seed None: a fresh seed per prompt, reported in its Response.
+top_p, min_p, repetition_penalty (repeat_penalty), repeat_last_n, presence_penalty, frequency_penalty,
+logit_bias, min_keep, samplers, stop, seed, truncate, context_shift, ignore_eos, allowed_special. seed None:
+a fresh seed per prompt, reported in its Response.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from ..ids import is_int
 from ..notices import notice
 from .loop import GenerationChunk, prepare_prompt
 from .response import Response
-from .sampling import Sampler, SamplingParams
+from .sampling import DEFAULT_ORDER, Sampler, SamplingParams
 from .scheduler import DEFAULT_TOKEN_BUDGET, Handle, Request, Scheduler
 from .stopping import StopMatcher
 
@@ -38,9 +39,14 @@ __all__ = ["BatchChunk", "BatchStream", "PER_PROMPT", "complete_batch", "generat
 
 # the keywords a prompt's dict may set (aliases as generate: max_tokens, repeat_penalty)
 PER_PROMPT = ("max_new_tokens", "max_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
-              "repeat_penalty", "repeat_last_n", "stop", "seed", "truncate", "context_shift", "ignore_eos",
+              "repeat_penalty", "repeat_last_n", "presence_penalty", "frequency_penalty", "logit_bias",
+              "min_keep", "samplers", "stop", "seed", "truncate", "context_shift", "ignore_eos",
               "allowed_special")
-_SAMPLING = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "repeat_last_n")
+# keyword -> SamplingParams field (generate's `samplers` is the params' `order`)
+_SAMPLING = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "min_p": "min_p",
+             "repetition_penalty": "repetition_penalty", "repeat_last_n": "repeat_last_n",
+             "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty",
+             "logit_bias": "logit_bias", "min_keep": "min_keep", "samplers": "order"}
 
 
 class BatchChunk(NamedTuple):
@@ -197,7 +203,9 @@ def _request(model, prompt, kw: dict, index: int, on_notice) -> Request:
     n = kw["max_new_tokens"]
     if n is not None and not is_int(n):
         raise ValueError(f"max_new_tokens must be an integer or None, got {n!r}")
-    sampler = Sampler(SamplingParams(**{k: kw[k] for k in _SAMPLING}), kw["seed"])
+    params = SamplingParams(**{field: kw[k] for k, field in _SAMPLING.items()})
+    params.check_vocab(model.config.n_vocab)
+    sampler = Sampler(params, kw["seed"])
     stop = kw["stop"]
     stops = [stop] if isinstance(stop, str) else list(stop or ())
     StopMatcher(stops)
@@ -215,6 +223,8 @@ def generate_batch(model, prompts: Sequence[Union[str, Sequence[int], dict]], ma
                    truncate: bool = False, context_shift: bool = False, ignore_eos: bool = False,
                    allowed_special=frozenset(), on_notice=notice, *, return_response: bool = False,
                    max_tokens: Optional[int] = None, repeat_penalty: Optional[float] = None,
+                   presence_penalty: float = 0.0, frequency_penalty: float = 0.0, logit_bias=None,
+                   min_keep: int = 1, samplers=DEFAULT_ORDER,
                    token_budget: int = DEFAULT_TOKEN_BUDGET, scheduler: Optional[Scheduler] = None):
     """Continue several prompts at once, all of them in each pass over the weights (continuous batching).
 
@@ -232,7 +242,9 @@ def generate_batch(model, prompts: Sequence[Union[str, Sequence[int], dict]], ma
     if repeat_penalty is not None:
         repetition_penalty = repeat_penalty
     shared = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                  repetition_penalty=repetition_penalty, repeat_last_n=repeat_last_n, stop=stop,
+                  repetition_penalty=repetition_penalty, repeat_last_n=repeat_last_n,
+                  presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, logit_bias=logit_bias,
+                  min_keep=min_keep, samplers=samplers, stop=stop,
                   truncate=truncate, context_shift=context_shift, ignore_eos=ignore_eos,
                   allowed_special=allowed_special)
     requests = _requests(model, prompts, shared, seed, on_notice)
