@@ -183,8 +183,6 @@ def _streamed_legacy_tokens(client, **kw):
     return out
 
 
-@pytest.mark.xfail(strict=True, reason="serve/app.py stream() sends every recorded logprob entry, also those "
-                                       "of the tokens of a stop string that whole responses leave out")
 def test_streamed_logprobs_end_where_the_whole_ones_do_at_a_stop(client, model_id):
     kw = dict(model=model_id, prompt="Stop me", max_tokens=20, seed=11, logprobs=1, **SAMPLE)
     words = client.completions.create(**kw).choices[0].text.split()
@@ -194,8 +192,6 @@ def test_streamed_logprobs_end_where_the_whole_ones_do_at_a_stop(client, model_i
     assert _streamed_legacy_tokens(client, stop=stop, **kw) == whole.logprobs.tokens
 
 
-@pytest.mark.xfail(strict=True, reason="serve/app.py stream() sends the logprob entry of <|endoftext|>, which "
-                                       "whole responses leave out")
 def test_streamed_logprobs_end_where_the_whole_ones_do_at_eos(client, model_id):
     kw = dict(model=model_id, prompt="End", max_tokens=5, seed=1, logprobs=0, temperature=0,
               logit_bias={"50256": 100})
@@ -204,8 +200,6 @@ def test_streamed_logprobs_end_where_the_whole_ones_do_at_eos(client, model_id):
     assert _streamed_legacy_tokens(client, **kw) == whole.logprobs.tokens
 
 
-@pytest.mark.xfail(strict=True, reason="serve/app.py stream() sends the logprob entry of the chat's stop token "
-                                       "(the newline), which whole responses leave out")
 def test_streamed_chat_logprobs_end_where_the_whole_ones_do(client, model_id):
     kw = dict(model=model_id, messages=[{"role": "user", "content": "Hey"}], max_tokens=30, seed=1, logprobs=True,
               top_logprobs=1, logit_bias={"198": 100}, **SAMPLE)           # "\n" all but forced: a short reply

@@ -74,6 +74,7 @@ cdef extern from "_lowp.h" nogil:
 cdef enum:
     MIN_PAR_FLOPS = 1 << 18    # below this many multiply-adds a second thread costs more than it saves
     ROWS_CHUNK_BYTES = 24576   # matmul_nt_rows: bytes of wt per task (L1-resident while every x row uses it)
+    ROWS_GRAB = 16             # tasks a thread takes at once: consecutive chunks, so its reads stream
 
 
 # The element type of w (W_F32 or W_BF16, _matmul.pxd): the drivers below are shared; only the packing, the
@@ -395,7 +396,7 @@ cdef void matmul_nt_rows_typed(int wtype, const float* x, Py_ssize_t ldx, const 
         _dot_rows(x, wtype, wt, out, K, N, n_threads)
         return
     n_tasks = _cdiv(N, rows)
-    for t in prange(n_tasks, num_threads=nt, schedule="dynamic"):
+    for t in prange(n_tasks, num_threads=nt, schedule="dynamic", chunksize=ROWS_GRAB):
         _dot_rows_chunk(x, ldx, M, wtype, wt, out, ldo, K, t * rows, _min((t + 1) * rows, N))
 
 

@@ -241,6 +241,24 @@ def create_app(engine: Engine, *, api_key: Optional[str] = None) -> Starlette:
         async def events():
             sent = [0] * len(job.handles)          # logprob entries already sent, per choice
             offsets = [lp.Offsets(tok) for _ in job.handles]
+            # an entry is sent once its token's text is released (as lp.released decides for whole responses):
+            # the tokens of a stop string, and <|endoftext|>, are held back and never sent
+            released_len = [0] * len(job.handles)
+            starts = [lp.Offsets(tok) for _ in job.handles]
+            head: List[Optional[tuple]] = [None] * len(job.handles)   # (offset, id) of the next unsent entry
+
+            def releasable(idx, entries) -> int:
+                n = sent[idx]
+                while n < len(entries):
+                    if head[idx] is None:
+                        tid = entries[n][0]
+                        head[idx] = (starts[idx].feed(tid), tid)
+                    at, tid = head[idx]
+                    if at >= released_len[idx] or tid == tok.eot_token:
+                        break
+                    head[idx] = None
+                    n += 1
+                return n
             started = [False] * len(job.handles)   # chat: leading whitespace of the reply dropped
             try:
                 for idx in range(len(job.handles)):
@@ -257,9 +275,12 @@ def create_app(engine: Engine, *, api_key: Optional[str] = None) -> Starlette:
                         continue
                     rec = job.recorders[idx]
                     logprobs = None
+                    new = []
+                    released_len[idx] += len(ch.text)
                     if rec is not None:
-                        new = rec.entries[sent[idx]:]
-                        sent[idx] += len(new)
+                        n_rel = releasable(idx, rec.entries)
+                        new = rec.entries[sent[idx]:n_rel]
+                        sent[idx] = n_rel
                         if chat:
                             logprobs = lp.chat(tok, new)
                         else:
@@ -269,11 +290,11 @@ def create_app(engine: Engine, *, api_key: Optional[str] = None) -> Starlette:
                         if not started[idx]:
                             text = text.lstrip()
                             started[idx] = bool(text)
-                        if text or logprobs:
+                        if text or new:
                             yield chunk([protocol.chat_delta(idx, {"content": text}, logprobs, None)])
                         if ch.finish_reason:
                             yield chunk([protocol.chat_delta(idx, {}, None, ch.finish_reason)])
-                    elif text or ch.finish_reason or logprobs:
+                    elif text or ch.finish_reason or new:
                         yield chunk([protocol.completion_choice(idx, text, logprobs, ch.finish_reason)])
                 if interrupted(job):
                     yield _sse(shutting_down().body())
