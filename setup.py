@@ -7,6 +7,7 @@ Environment switches (all optional):
   GPT2CY_DEBUG=1      compile with boundscheck/wraparound on and -O0 -g, and the C macro GPT2CY_DEBUG
                       (the kernels' debug-only test hooks), for hunting kernel bugs
   GPT2CY_BUILD_ONLY   comma-separated module names (e.g. "_bpe,_matmul") to rebuild just those in development
+  GPT2CY_ISA_VARIANTS=0  build the engine once (no run-time ISA variants; see ISA_VARIANTS below)
 """
 import os
 import glob
@@ -18,6 +19,7 @@ import tempfile
 import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 
 def _compiler_accepts(flags, code="int main(void){return 0;}\n"):
@@ -56,9 +58,54 @@ def _flags():
     return compile_args, link_args, debug
 
 
+# Run-time ISA dispatch (gpt2cy/engine/isa.py): the engine's modules are also built once per variant below, as
+# gpt2cy.engine._isa_<name>.<module> from copies of their sources, and the best one the CPU runs is chosen at
+# import. The plain gpt2cy.engine.<module> build is "generic" (no -march: any x86-64) in these builds.
+ISA_VARIANTS = {
+    "avx2": ["-march=haswell"],                        # AVX2 + FMA + F16C
+    "avx512": ["-march=x86-64-v4", "-mavx512vnni"],    # AVX-512 F/BW/DQ/VL/CD + VNNI
+}
+ISA_SRC = os.path.join("build", "isa_src")
+
+
+def _isa_variants(compile_args):
+    """{variant: extra flags} to build, or {} when this build is a single one (GPT2CY_MARCH, GPT2CY_DEBUG,
+    GPT2CY_ISA_VARIANTS=0, a compiler or machine without them)."""
+    if os.environ.get("GPT2CY_ISA_VARIANTS", "1") == "0" or os.environ.get("GPT2CY_MARCH", "").strip() \
+            or os.environ.get("GPT2CY_DEBUG") == "1" or sys.platform == "win32":
+        return {}
+    out = {name: flags for name, flags in ISA_VARIANTS.items() if _compiler_accepts(flags)}
+    if not out:
+        return {}
+    if "-march=native" in compile_args:
+        out["native"] = ["-march=native"]
+    return out
+
+
+def _isa_sources(variant):
+    """Copy the engine's .pyx/.pxd into build/isa_src/gpt2cy/engine/_isa_<variant>/ (a package tree Cython
+    can name the modules from); headers stay where they are (include_dirs)."""
+    pkg = os.path.join(ISA_SRC, "gpt2cy", "engine", f"_isa_{variant}")
+    os.makedirs(pkg, exist_ok=True)
+    for d in (os.path.join(ISA_SRC, "gpt2cy"), os.path.join(ISA_SRC, "gpt2cy", "engine"), pkg):
+        open(os.path.join(d, "__init__.py"), "a").close()
+    for src in glob.glob(os.path.join("gpt2cy", "engine", "*.pyx")) + glob.glob(os.path.join("gpt2cy", "engine", "*.pxd")):
+        dst = os.path.join(pkg, os.path.basename(src))
+        with open(src, "rb") as f:
+            data = f.read()
+        if not os.path.exists(dst) or open(dst, "rb").read() != data:   # unchanged copies keep their mtime
+            with open(dst, "wb") as f:
+                f.write(data)
+    return pkg
+
+
 def _extensions():
     compile_args, link_args, debug = _flags()
     only = {m.strip() for m in os.environ.get("GPT2CY_BUILD_ONLY", "").split(",") if m.strip()}
+    variants = _isa_variants(compile_args)
+    if variants:   # the plain modules become the generic variant
+        compile_args = [a for a in compile_args if not a.startswith("-march=")]
+    macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")] + ([("GPT2CY_DEBUG", "1")] if debug else [])
     exts = []
     for pyx in sorted(glob.glob(os.path.join("gpt2cy", "*", "*.pyx"))):
         sub = os.path.basename(os.path.dirname(pyx))
@@ -70,13 +117,31 @@ def _extensions():
             include_dirs=[numpy.get_include(), os.path.dirname(pyx)],
             extra_compile_args=list(compile_args),
             extra_link_args=list(link_args),
-            define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
-                          + ([("GPT2CY_DEBUG", "1")] if debug else []),
+            define_macros=list(macros),
         ))
+        if sub != "engine":
+            continue
+        for variant, flags in variants.items():
+            pkg = _isa_sources(variant)
+            exts.append(Extension(
+                f"gpt2cy.engine._isa_{variant}.{mod}", [os.path.join(pkg, mod + ".pyx")],
+                include_dirs=[numpy.get_include(), os.path.dirname(pyx), pkg],
+                extra_compile_args=list(compile_args) + flags,
+                extra_link_args=list(link_args),
+                define_macros=list(macros),
+            ))
     directives = {"language_level": 3}
     if debug:
         directives.update(boundscheck=True, wraparound=True, initializedcheck=True)
-    return cythonize(exts, compiler_directives=directives, quiet=True)
+    return cythonize(exts, compiler_directives=directives, quiet=True, nthreads=os.cpu_count() or 1)
 
 
-setup(ext_modules=_extensions())
+class _ParallelBuildExt(build_ext):
+    """build_ext compiling the extensions on every CPU (the ISA variants make several copies of the engine)."""
+    def finalize_options(self):
+        super().finalize_options()
+        if self.parallel is None:
+            self.parallel = os.cpu_count() or 1
+
+
+setup(ext_modules=_extensions(), cmdclass={"build_ext": _ParallelBuildExt})

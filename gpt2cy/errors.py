@@ -27,3 +27,7 @@ class ModelNotFound(GPT2CyError):
 
 class DownloadError(GPT2CyError):
     """A download failed; no partial file was left under the final name."""
+
+
+class ISAError(GPT2CyError, ImportError):
+    """GPT2CY_ISA names a kernel variant this build lacks or this CPU cannot run (gpt2cy/engine/isa.py)."""

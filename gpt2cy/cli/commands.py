@@ -301,9 +301,11 @@ def cmd_list(args) -> int:
 _KERNELS = {
     "f32": "register tiles (prefill), row-streaming matrix-vector (decode), row dots (lm_head)",
     "bf16": "the f32 kernels, weights widened exactly in registers and while packing",
-    "q8_0": "blocks dequantized on the fly against fp32 activations (decode: streamed rows; prefill: panels)",
-    "q4_0": "blocks dequantized on the fly against fp32 activations (decode: streamed rows; prefill: panels)",
+    "q8_0": "activations quantized to 8-bit blocks, integer block dots ({q}) (decode: streamed rows; "
+            "prefill: tasks of 32 rows x 64 outputs)",
+    "q4_0": "as q8_0, 4-bit weights unpacked in registers ({q})",
 }
+ISA_ENV = "GPT2CY_ISA"
 _ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
               "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8", "neon", "asimd")
 
@@ -355,10 +357,14 @@ def cmd_info() -> int:
             print("  (chat and generate refuse an invalid GPT2CY_NUM_THREADS: exit 2)")
     policy = os.environ.get("OMP_WAIT_POLICY")
     print(f"OMP_WAIT_POLICY: {policy if policy else 'unset (libgomp default: idle workers spin a while, then sleep)'}")
+    from ..engine import isa as variants
+    from ..engine._qblocks import kernel_isa
     name, mr, nr = isa()
-    print(f"kernels: built for {name} (f32 tile {mr}x{nr})")
+    how = f"{ISA_ENV} forces it" if variants.forced() else f"the best this CPU runs; {ISA_ENV}=NAME forces one"
+    print(f"kernels: the {variants.chosen()} variant ({how}; this build has: {', '.join(variants.built())}), "
+          f"built for {name} (f32 tile {mr}x{nr})")
     for dt in DTYPES:
-        print(f"  {dt:5s} {_KERNELS.get(dt, '')}")
+        print(f"  {dt:5s} {_KERNELS.get(dt, '').format(q=kernel_isa())}")
     flags = _cpu_flags()
     if flags is not None:
         print(f"cpu: {_cpu_model()}; flags: {' '.join(f for f in _ISA_FLAGS if f in flags) or 'none of note'}")

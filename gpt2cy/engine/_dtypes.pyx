@@ -157,7 +157,7 @@ def matmul_layouts():
 # The table's kernels called on one weights.WeightTensor (tests and benchmarks; the engine calls them directly)
 
 cdef int _desc(wt, WeightDesc* d) except -1:
-    from .weights import DTYPES, OUT_IN
+    from gpt2cy.engine.weights import DTYPES, OUT_IN   # absolute: this source is also built as _isa_*.*
     dt = DTYPES[wt.dtype]
     d.dtype = dt.code
     d.layout = LAYOUT_OUT_IN if wt.layout == OUT_IN else LAYOUT_IN_OUT

@@ -20,8 +20,9 @@ from ._matmul cimport ACT_NONE, ACT_GELU
 from ._kernels cimport layernorm, add_positions, kv_store, attention, QB, kv_capacity, Segment
 from ._dtypes cimport WeightDesc, DTypeKernels, dtype_kernels, LAYOUT_IN_OUT, LAYOUT_OUT_IN
 
-from .weights import DTYPES, IN_OUT, OUT_IN, VECTOR, WeightTensor, describe_all, supported
-from ..tensors import EMBEDDING, MATMUL, POSITIONS, tensor_specs
+# absolute imports: this source is also built as gpt2cy.engine._isa_<variant>._forward (isa.py)
+from gpt2cy.engine.weights import DTYPES, IN_OUT, OUT_IN, VECTOR, WeightTensor, describe_all, supported
+from gpt2cy.tensors import EMBEDDING, MATMUL, POSITIONS, tensor_specs
 
 cdef float LN_EPS = 1e-5
 
