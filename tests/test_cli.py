@@ -247,8 +247,11 @@ def test_version_help_info(env):
     r = gpt2cy(env, "--info")
     assert r.returncode == 0 and "openmp_enabled:" in r.out and "threads:" in r.out
     assert "OMP_WAIT_POLICY: unset" in r.out
+    from gpt2cy.engine import isa as variants
     from gpt2cy.engine._matmul import isa
-    assert f"kernels: built for {isa()[0]}" in r.out
+    assert f"kernels: the {variants.chosen()} variant (" in r.out and f"built for {isa()[0]}" in r.out
+    r2 = gpt2cy(dict(env, GPT2CY_ISA="generic"), "--info")
+    assert "kernels: the generic variant (GPT2CY_ISA forces it" in r2.out and "integer block dots (scalar)" in r2.out
     for dtype in ("f32", "bf16", "q8_0", "q4_0"):
         assert f"  {dtype} " in r.out
     env = {k: v for k, v in env.items() if k not in ("GPT2CY_NUM_THREADS", "OMP_NUM_THREADS")}
