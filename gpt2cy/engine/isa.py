@@ -50,8 +50,14 @@ def _runs(variant: str, f: Dict[str, bool]) -> bool:
 
 def built() -> List[str]:
     """The variants this build holds, best first."""
-    out = [v for v in ORDER[:-1] if importlib.util.find_spec(f"gpt2cy.engine._isa_{v}._forward") is not None]
-    return out + ["generic"]
+    return [v for v in ORDER[:-1] if _has(v)] + ["generic"]
+
+
+def _has(variant: str) -> bool:
+    try:
+        return importlib.util.find_spec(f"gpt2cy.engine._isa_{variant}._forward") is not None
+    except ModuleNotFoundError:                         # no _isa_<variant> directory at all
+        return False
 
 
 def supported() -> List[str]:
