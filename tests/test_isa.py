@@ -41,7 +41,7 @@ def test_variant_is_what_runs(variant):
         assert kernels == "avx2+fma" and q == "avx2"
     if variant == "avx512":
         assert kernels == "avx512f" and q == "vnni"
-    if variant == "generic":
+    if variant == "generic" and len(isa.built()) > 1:   # a single-engine build (GPT2CY_MARCH) is its own flags
         assert q == "scalar"
 
 
