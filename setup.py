@@ -143,5 +143,12 @@ class _ParallelBuildExt(build_ext):
         if self.parallel is None:
             self.parallel = os.cpu_count() or 1
 
+    def copy_extensions_to_source(self):
+        # --inplace and editable installs copy each module next to its sources: the variants' folders
+        # (gpt2cy/engine/_isa_<name>/) exist only in the build tree until then
+        for ext in self.extensions:
+            os.makedirs(os.path.join(*ext.name.split(".")[:-1]), exist_ok=True)
+        super().copy_extensions_to_source()
+
 
 setup(ext_modules=_extensions(), cmdclass={"build_ext": _ParallelBuildExt})
