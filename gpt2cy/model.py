@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from types import SimpleNamespace
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -364,33 +364,61 @@ class Model:
 
     # ------------------------------------------------------------------------------------ scoring
 
-    def forward_rows(self, requests: Sequence[Tuple[int, object]]) -> List[np.ndarray]:
-        """forward_batch with every row's logits: append ids to several slots in one pass over the weights
-        and return float32 [len(ids), n_vocab] per request, in order (the dense, tiled lm_head, as logits()
-        uses). The scorer's prefill: several windows or texts, each in its own slot. Checked as
-        forward_batch checks; rows beyond max_rows go in further passes."""
+    def forward_rows(self, requests: Sequence[Tuple[int, object]],
+                     rows: Optional[Sequence[Tuple[int, int]]] = None) -> List[np.ndarray]:
+        """forward_batch with many rows' logits: append ids to several slots in one pass over the weights
+        and return float32 logits per request, in order, by the dense, tiled lm_head (as logits() uses).
+        The scorer's prefill: several windows or texts, each in its own slot. rows: one (lo, hi) per
+        request, the rows [lo, hi) of its ids whose logits are wanted ([hi - lo, n_vocab] comes back;
+        the other rows cost no lm_head); None: every row. Checked as forward_batch checks; rows beyond
+        max_rows go in further passes."""
         checked = self._checked_requests(requests, "forward_rows")
+        if rows is None:
+            ranges = [(0, len(arr)) for _, arr in checked]
+        else:
+            ranges = list(rows)
+            if len(ranges) != len(checked):
+                raise ValueError(f"rows takes one (lo, hi) per request: {len(ranges)} for {len(checked)}")
+            for (lo, hi), (_, arr) in zip(ranges, checked):
+                if not (is_int(lo) and is_int(hi) and 0 <= lo <= hi <= len(arr)):
+                    raise ValueError(f"rows ({lo!r}, {hi!r}) is not a range within the {len(arr)} ids")
         eng, V, R = self._engine, self.config.n_vocab, self._engine.max_rows
         parts: List[list] = [[] for _ in checked]
         pending = [(i, slot, arr, 0) for i, (slot, arr) in enumerate(checked) if len(arr)]
         while pending:                      # one engine call per max_rows rows; a long request spans calls
-            call, rows, rest = [], 0, []
+            call, n_rows, rest = [], 0, []
             for i, slot, arr, start in pending:
-                take = min(R - rows, len(arr) - start)
+                take = min(R - n_rows, len(arr) - start)
                 if take > 0:
-                    call.append((i, slot, arr[start:start + take], eng.past(slot)))
-                    rows += take
+                    call.append((i, slot, arr[start:start + take], eng.past(slot), start))
+                    n_rows += take
                 if start + max(take, 0) < len(arr):
                     rest.append((i, slot, arr, start + max(take, 0)))
             ids = np.concatenate([c[2] for c in call]).astype(np.intp, copy=False)
             slots = np.concatenate([np.full(len(c[2]), c[1], np.intp) for c in call])
             pos = np.concatenate([np.arange(c[3], c[3] + len(c[2]), dtype=np.intp) for c in call])
-            out = np.empty((rows, V), dtype=np.float32)
-            eng.forward_batch(ids, slots, pos, np.empty(0, np.intp), out, True)
-            at = 0
-            for i, _, piece, _ in call:
-                parts[i].append(out[at:at + len(piece)])
+            want, counts, at = [], [], 0
+            for i, _, piece, _, start in call:       # this call's rows within each request's range
+                lo, hi = max(ranges[i][0], start), min(ranges[i][1], start + len(piece))
+                counts.append(max(0, hi - lo))
+                want.extend(range(at + lo - start, at + hi - start))
                 at += len(piece)
+            # one row alone would take the matrix-vector kernel, whose bits differ from the tiles': a
+            # neighbour goes with it (and is dropped), so a row's logits never depend on the batch beside it
+            drop = None
+            if len(want) == 1 and n_rows > 1:
+                drop = 1 if want[0] == 0 else 0
+                want = sorted(want + [want[0] - 1 + 2 * (drop == 1)])
+            logit_rows = np.asarray([] if len(want) == n_rows else want, dtype=np.intp)
+            out = np.empty((len(want), V), dtype=np.float32)
+            eng.forward_batch(ids, slots, pos, logit_rows, out, bool(want))
+            if drop is not None:
+                out = out[1 - drop:2 - drop]
+            at = 0
+            for (i, *_), k in zip(call, counts):
+                if k:
+                    parts[i].append(out[at:at + k])
+                    at += k
             pending = rest
         return [p[0] if len(p) == 1 else np.concatenate(p) if p else np.empty((0, V), np.float32)
                 for p in parts]

@@ -198,6 +198,30 @@ def test_forward_rows_equals_logits(model, ids):
     assert model.past(0) == 40 and model.past(1) == before
 
 
+@pytest.mark.parametrize("ranges", [[(0, 40), (0, 60)], [(5, 40), (30, 31)], [(39, 40), (0, 0)],
+                                    [(0, 1), (59, 60)], [(7, 7), (0, 60)], [(2, 3), (0, 0)]])
+def test_forward_rows_of_chosen_rows(model, ids, ranges):
+    # only rows [lo, hi) get the lm_head: the same bits as those rows of every row's logits, one row alone too
+    a, b = ids[:40], ids[40:100]
+    full = [model.logits(a, slot=1), model.logits(b, slot=1)]
+    for s in range(3):
+        model.reset(s)
+    got = model.forward_rows([(0, a), (2, b)], ranges)
+    assert model.past(0) == 40 and model.past(2) == 60              # every row still went into the caches
+    for g, f, (lo, hi) in zip(got, full, ranges):
+        assert g.shape == (hi - lo, CFG.n_vocab)
+        assert np.array_equal(g, f[lo:hi])
+
+
+def test_forward_rows_bad_ranges(model, ids):
+    for s in range(3):
+        model.reset(s)
+    for bad in ([(0, 41)], [(3, 2)], [(-1, 2)], [(0, 1), (0, 1)], [(0.5, 2)]):
+        with pytest.raises(ValueError, match="rows"):
+            model.forward_rows([(0, ids[:40])], bad)
+    assert model.past(0) == 0
+
+
 def test_window_checks(model, ids):
     with pytest.raises(ValueError, match="bad window"):
         list(score_windows(model, [(ids, Window(0, 65, 1, 65))]))      # longer than n_ctx

@@ -14,6 +14,7 @@ described per tensor (weights.WeightTensor), and calls the matmul weights' kerne
 lazily backed, so pages count only once written.
 """
 from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy
 import numpy as np
 
 from ._matmul cimport ACT_NONE, ACT_GELU
@@ -353,8 +354,9 @@ cdef class Engine:
         The rows of a slot must be one contiguous run of the batch at consecutive positions starting at
         that slot's n_past, within n_ctx. logit_rows: increasing row indices whose logits go to out
         [len(logit_rows), n_vocab], each computed alone (the bits of a single sequence's last row).
-        all_rows: every row's logits into out [len(ids), n_vocab] by the dense (tiled) path, as forward's
-        all_rows (scoring); logit_rows must then be empty.
+        all_rows: logits by the dense (tiled) path, as forward's all_rows (scoring): of every row into out
+        [len(ids), n_vocab] when logit_rows is empty, else of the logit_rows only (a scoring window's
+        counted rows: its context rows cost no lm_head).
         """
         cdef Py_ssize_t T = ids.shape[0], R = logit_rows.shape[0], t, s, n_seg = 0, row0 = 0
         if not self._ready:
@@ -364,11 +366,9 @@ cdef class Engine:
         if slots.shape[0] != T or pos.shape[0] != T:
             raise ValueError(f"ids, slots and pos must have the same length, got {T}, {slots.shape[0]}, "
                              f"{pos.shape[0]}")
-        if all_rows and R:
-            raise ValueError("all_rows takes every row's logits: logit_rows must be empty")
-        if out.shape[0] != (T if all_rows else R) or out.shape[1] != self.n_vocab:
+        if out.shape[0] != (T if all_rows and not R else R) or out.shape[1] != self.n_vocab:
             raise ValueError(f"out has shape ({out.shape[0]}, {out.shape[1]}), expected "
-                             f"({T if all_rows else R}, {self.n_vocab})")
+                             f"({T if all_rows and not R else R}, {self.n_vocab})")
         for t in range(R):
             if logit_rows[t] < 0 or logit_rows[t] >= T or (t and logit_rows[t] <= logit_rows[t - 1]):
                 raise ValueError(f"logit_rows must be increasing rows of the batch [0, {T}), got "
@@ -401,7 +401,7 @@ cdef class Engine:
             for t in range(R):
                 self._lrows[t] = logit_rows[t]
             with nogil:
-                self._run(&ids[0], T, n_seg, R, &out[0, 0] if R or all_rows else NULL)
+                self._run(&ids[0], T, n_seg, R, &out[0, 0] if R or all_rows else NULL, all_rows)
             for s in range(n_seg):
                 self._past[self._segs[s].slot] += self._segs[s].count
                 self._version[self._segs[s].slot] += 1
@@ -409,9 +409,9 @@ cdef class Engine:
             self._busy = False
 
     cdef void _run(self, const Py_ssize_t* ids, Py_ssize_t T, Py_ssize_t n_seg, Py_ssize_t n_logits,
-                   float* out) noexcept nogil:
-        # T rows in self._segs[:n_seg]; logits of rows self._lrows[:n_logits] one by one into out, or of
-        # every row at once (the dense path) when n_logits == 0 and out != NULL
+                   float* out, bint dense=False) noexcept nogil:
+        # T rows in self._segs[:n_seg]; logits of rows self._lrows[:n_logits] into out, one by one, or by
+        # the dense path when dense; of every row by the dense path when n_logits == 0 and out != NULL
         cdef Py_ssize_t C = self.n_embd, H = self.n_head, D = self.head_dim, N = self._cap
         cdef Py_ssize_t l, i, layer_kv = C * N, S = self._slot_stride
         cdef int nt = self._threads
@@ -444,6 +444,11 @@ cdef class Engine:
         if n_logits == 0:                                                           # every row, tiled
             layernorm(self._x, C, self._lnf_g, self._lnf_b, self._xn, C, T, C, LN_EPS, nt)
             self._wte.k.logits_dense(self._xn, C, &self._wte.desc, out, self.n_vocab, T, nt)
+        elif dense:                                                                 # chosen rows, tiled
+            for i in range(n_logits):                   # gathered first: layernorm then runs them all at once
+                memcpy(self._att + i * C, self._x + self._lrows[i] * C, C * sizeof(float))
+            layernorm(self._att, C, self._lnf_g, self._lnf_b, self._xn, C, n_logits, C, LN_EPS, nt)
+            self._wte.k.logits_dense(self._xn, C, &self._wte.desc, out, self.n_vocab, n_logits, nt)
         else:                                                                       # row by row
             for i in range(n_logits):
                 layernorm(self._x + self._lrows[i] * C, C, self._lnf_g, self._lnf_b, self._xn + i * C, C,

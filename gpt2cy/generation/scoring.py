@@ -12,8 +12,8 @@ up to n_ctx - stride tokens of context before it. The first token of a text has 
 never scored. (The guide's code weights each window's mean by one token fewer than it holds after the
 first window; here every counted token has weight one.)
 
-The model is taken duck-typed: `forward_rows([(slot, ids), ...])` (every row's logits, each request appended
-to its slot's cache), `reset(slot)`, `n_ctx`, `n_slots`, `max_rows`, `tokenizer` and `config.n_vocab`.
+The model is taken duck-typed: `forward_rows([(slot, ids), ...], rows)` (the logits of rows [lo, hi) of each
+request, appended to its slot's cache), `reset(slot)`, `n_ctx`, `n_slots`, `max_rows`, `tokenizer` and `config.n_vocab`.
 Scoring resets and uses the model's slots. Windows are packed into passes of up to max_rows rows, one slot each.
 The log-softmax is float32 over float32 logits; each token's log-probability is formed and summed in float64.
 """
@@ -181,11 +181,12 @@ def score_windows(model, jobs: Iterable[Tuple[np.ndarray, Window]], top_n: int =
     def run(group):
         for s in range(len(group)):
             model.reset(s)
-        logits = model.forward_rows([(s, ids[w.start:w.end]) for s, (ids, w) in enumerate(group)])
+        # logits only of the rows that score a target: a window's context rows cost no lm_head
+        logits = model.forward_rows([(s, ids[w.start:w.end]) for s, (ids, w) in enumerate(group)],
+                                    [(w.first - 1 - w.start, w.last - 1 - w.start) for _, w in group])
         for (ids, w), lg in zip(group, logits):
-            r0 = w.first - 1 - w.start
             targets = np.asarray(ids[w.first:w.last], dtype=np.int64)
-            yield WindowScores(w, *_score_rows(lg[r0:r0 + len(targets)], targets, top_n))
+            yield WindowScores(w, *_score_rows(lg, targets, top_n))
 
     for ids, w in jobs:
         if not (0 <= w.start < w.first <= w.last <= w.end + 1 and w.end - w.start <= model.n_ctx
