@@ -8,58 +8,29 @@ from __future__ import annotations
 import os
 
 from .config import PUBLISHED
-from .errors import ModelNotFound
 from .formats.checkpoint import load_weights
-from .formats.layout import GGUF, is_gguf_file
-from .hub.models import resolve_model
+from .formats.layout import GGUF
+from .hub.models import get_tokenizer, gguf_file_path, resolve_model
 from .ids import is_int
 from .model import Model, check_dtype
 from .threads import check_threads
 
 
-def _gguf_path(path_or_name):
-    """The absolute path when `path_or_name` is a GGUF file (named *.gguf or starting with GGUF's magic), else
-    None; ModelNotFound for a *.gguf path that does not exist."""
-    if isinstance(path_or_name, (str, os.PathLike)):
-        path = os.path.expanduser(os.fspath(path_or_name))
-        if is_gguf_file(path):
-            return os.path.abspath(path)
-        if isinstance(path, str) and path.lower().endswith(".gguf") and not os.path.exists(path):
-            raise ModelNotFound(f"no such file: {os.fspath(path_or_name)}")
-    return None
-
-
-def resolve(path_or_name, download=True, offline=None) -> str:
+def resolve(path_or_name, download=True, offline=None, verify=True) -> str:
     """The path `load` reads for a name, a model directory or a GGUF file (a file is taken as it is; a name
-    or directory goes through gpt2cy.hub.resolve_model, which may download)."""
-    path = _gguf_path(path_or_name)
+    or directory goes through gpt2cy.hub.resolve_model, which may download, and verifies a cached model not
+    yet verified unless `verify` is False)."""
+    path = gguf_file_path(path_or_name)
     if path is not None:
         return path
-    return resolve_model(path_or_name, download=download, offline=offline)
+    return resolve_model(path_or_name, download=download, offline=offline, verify=verify)
 
 
 def load_tokenizer(path_or_name, download=True, offline=None):
-    """The tokenizer of the model `load` would read for `path_or_name`, found the same way (resolve): a GGUF
-    file's own (tokenizer.ggml.*, from its metadata: no tensor is read), else gpt2cy.hub.get_tokenizer's for
-    the name or directory, which needs (and downloads) only the vocabulary files, never the weights.
-    Raises ModelNotFound, CheckpointError (a damaged GGUF file) or TokenizerError (a file without one)."""
-    path = _gguf_path(path_or_name)
-    if path is None:
-        from .hub.models import get_tokenizer
-        return get_tokenizer(path_or_name, download=download, offline=offline)
-    from .errors import TokenizerError
-    from .formats.gguf import GGUFFile, gguf_config, gguf_vocab
-    from .text.tokenizer import Tokenizer
-    f = GGUFFile(path)                               # the header and metadata; no tensor is read
-    config = gguf_config(f)
-    vocab = gguf_vocab(f, config.n_vocab)
-    if vocab is None:
-        raise TokenizerError(f"{path}: the file holds no tokenizer (tokenizer.ggml.tokens and "
-                             f"tokenizer.ggml.merges)")
-    try:
-        return Tokenizer(vocab.encoder, vocab.merges, name=config.name or "gpt2")
-    except TokenizerError as e:
-        raise TokenizerError(f"{vocab.source}: {e}") from None
+    """The tokenizer of the model `load` would read for `path_or_name`: gpt2cy.get_tokenizer's (a GGUF file's
+    own, from its metadata; for a name or directory only the vocabulary files, downloaded when missing, never
+    the weights). Raises ModelNotFound, CheckpointError (a damaged GGUF file) or TokenizerError."""
+    return get_tokenizer(path_or_name, download=download, offline=offline)
 
 
 def default_dtype(weights) -> str:

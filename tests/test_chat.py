@@ -159,6 +159,7 @@ def test_save_and_load_a_transcript(tmp_path):
     (b'{"version": 1, "turns": [], "params": {"temperature": -1}}', "temperature"),
     (b'{"version": 1, "turns": [], "params": {"max_tokens": "5"}}', "max_tokens"),
     (b'{"version": 1, "turns": [], "params": {"seed": -4}}', "seed"),
+    (b'{"version": 1, "turns": [], "params": {"logit_bias": {"999999": 5}}}', "token 999999, but the vocabulary"),
 ])
 def test_a_bad_transcript_changes_nothing(tmp_path, content, match):
     chat, _, _ = bot([" Hi", "\n"])

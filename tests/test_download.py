@@ -462,6 +462,32 @@ def test_lock_excludes_threads(tmp_path):
     assert order == ["a-in", "a-out", "b-in"] and waited == [True]
 
 
+def test_a_waiter_locks_a_new_file_when_the_holder_removed_it(tmp_path):
+    """A failed first download removes its lock file (and folder) while holding it: whoever waited on the
+    removed file must lock the file now at the path, or a third comer would hold a lock of its own."""
+    pytest.importorskip("fcntl")
+    path = str(tmp_path / ".lock")
+    first_in, got = threading.Event(), []
+
+    def holder():
+        with FileLock(path):
+            first_in.set()
+            time.sleep(0.3)                           # the waiter has opened the file and blocks on it
+            os.unlink(path)                           # as FileLock.remove() does
+
+    def waiter():
+        first_in.wait()
+        with FileLock(path) as lock:
+            st, here = os.stat(path), os.fstat(lock._fd)
+            got.append((st.st_ino, st.st_dev) == (here.st_ino, here.st_dev))
+    ts = [threading.Thread(target=holder), threading.Thread(target=waiter)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert got == [True]
+
+
 def test_lock_excludes_processes(tmp_path):
     path = str(tmp_path / ".lock")
     probe = ("import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR)\n"

@@ -400,6 +400,17 @@ def test_layout_detects_gguf_files(toy_file, tmp_path):
         find_layout(str(tmp_path / "x.txt"))
 
 
+def test_get_tokenizer_takes_a_gguf_file(tmp_path, tiny_model_dir):
+    """gpt2cy.get_tokenizer reads a GGUF file's own vocabulary, as `load` and `gpt2cy tokenize` do."""
+    path = str(tmp_path / "m.bin")                                  # no .gguf suffix: the magic decides
+    export_gguf(tiny_model_dir, path, dtype="q8_0", threads=1)
+    tok = gpt2cy.get_tokenizer(path)
+    assert tok.n_vocab == 50257 and tok.encode("Hello world") == [15496, 995]
+    assert gpt2cy.get_tokenizer(path) is tok                                      # loaded once
+    with pytest.raises(gpt2cy.ModelNotFound, match="no such file"):
+        gpt2cy.get_tokenizer(str(tmp_path / "missing.gguf"))
+
+
 def test_verify_finds_nonfinite_values(tmp_path):
     from gpt2cy.formats.checkpoint import verify
     path = toy_gguf(tmp_path / "v.gguf", wte_type="q8_0")

@@ -311,6 +311,21 @@ def test_changed_file_is_verified_again(home, server, source):
     assert hub.is_verified(path) and len(server.served()) == n
 
 
+def test_verify_command_reads_an_unverified_cached_model_once(home, server, source, monkeypatch, capsys):
+    """`gpt2cy verify 124M` of a cached model without its marker: one pass over the CRCs, and marked."""
+    from gpt2cy.cli.main import main
+    from gpt2cy.formats import tfbundle
+    path = hub.download_models(["124M"])[0]
+    os.remove(os.path.join(path, hub.MARKER))
+    calls = []
+    real = tfbundle.TensorBundle.verify
+    monkeypatch.setattr(tfbundle.TensorBundle, "verify", lambda self, **kw: calls.append(1) or real(self, **kw))
+    assert main(["verify", "124M"]) == 0
+    assert len(calls) == 1 and hub.is_verified(path)
+    assert capsys.readouterr().out.startswith(f"{path}: 28 tensors")
+    assert main(["verify", "124M"]) == 0 and len(calls) == 2       # asked again: checked again
+
+
 def test_damaged_marker_means_verify_again(home, server, source):
     path = hub.download_models(["124M"])[0]
     n = len(server.served())
@@ -478,6 +493,42 @@ def test_fault_leaves_no_model(home, server, source, mode, name, message):
     assert_usable(hub.download_models(["124M"])[0], source)
 
 
+def test_a_failed_first_download_leaves_no_folder_and_says_what_it_fetched(home, server, source):
+    server.set_mode("hparams.json", "404")
+    with pytest.raises(DownloadError) as e:
+        hub.resolve_model("124M")                     # a first use, not `gpt2cy download`
+    assert str(e.value).startswith("model 124M is not in the cache and downloading it failed: ")
+    assert not os.path.exists(cache_dir(home))        # no models/124M/ holding only a .lock
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        hub.download_models(["124M"])
+    assert not os.path.exists(cache_dir(home))
+    server.set_mode("hparams.json")
+    server.set_mode("encoder.json", "404")
+    with pytest.raises(DownloadError) as e:
+        hub.resolve_tokenizer("124M")
+    assert str(e.value).startswith("the tokenizer of model 124M is not in the cache and downloading it failed")
+    assert not os.path.exists(cache_dir(home))
+    server.set_mode("encoder.json")
+    assert_usable(hub.download_models(["124M"])[0], source)
+
+
+def test_cli_download_errors_name_the_default_model_and_only_flags_the_command_has(home, server):
+    server.set_mode("hparams.json", "404")
+    env = dict(os.environ, GPT2CY_NO_PROGRESS="1")
+
+    def err(*args):
+        r = subprocess.run([sys.executable, "-m", "gpt2cy", *args], env=env, capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 4 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        return r.stderr
+    assert "-m" not in err("download", "124M")
+    first_run = err("generate", "-p", "hi", "-n", "1")
+    assert "model 124M is not in the cache and downloading it failed" in first_run
+    assert first_run.rstrip().endswith("(124M is the default model; -m names another, or a model directory or "
+                                       "GGUF file you have)")
+    assert err("-m", "124M").rstrip().endswith("(-m also takes a model directory or GGUF file you have)")
+
+
 def test_dropped_connection_resumes_with_only_the_rest(home, server, source):
     server.set_mode(DATA, "drop_once")
     path = hub.download_models(["124M"])[0]
@@ -554,11 +605,13 @@ def test_official_bucket_sizes_are_enforced(home, server, source, monkeypatch):
         hub.download_models(["124M"])
     assert_not_usable(cache_dir(home), source)
     hparams = os.path.join(cache_dir(home), "hparams.json")
+    os.makedirs(cache_dir(home), exist_ok=True)          # a failed first download left no folder
     with open(hparams, "w") as f:
         json.dump({**hub.PUBLISHED["124M"].to_json(), "n_layer": 13}, f)
     with pytest.raises(DownloadError, match=r"hparams\.json from .* does not describe GPT-2 124M"):
         hub.download_models(["124M"])
     assert not os.path.exists(hparams)
+    os.makedirs(cache_dir(home), exist_ok=True)
     with open(hparams, "w") as f:
         json.dump(hub.PUBLISHED["124M"].to_json(), f)
     with pytest.raises(DownloadError, match=r"model\.ckpt\.index: the server says \d+ bytes, the published size "

@@ -176,6 +176,13 @@ def test_files_that_cannot_be_scored(capsys, tmp_path, tiny_model_dir, content, 
     assert message in one_line_error(err)
 
 
+def test_one_token_scored_is_singular(capsys, tmp_path, tiny_model_dir):
+    f = tmp_path / "two.txt"
+    f.write_text("hi\n")                                      # "hi", "\n": the second token is the one scored
+    code, out, _ = run(capsys, "-m", tiny_model_dir, str(f))
+    assert code == 0 and out.rstrip().endswith(", 1 token scored (3 bytes)"), out
+
+
 def test_missing_files_and_directories(capsys, tmp_path, tiny_model_dir):
     code, _, err = run(capsys, "-m", tiny_model_dir, str(tmp_path / "nope.txt"))
     assert code == 1 and one_line_error(err) == f"gpt2cy: error: {tmp_path / 'nope.txt'}: No such file or directory"

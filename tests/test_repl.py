@@ -246,7 +246,7 @@ def test_ctrl_c_stops_a_long_reply_and_keeps_it(env, slow_model_dir):
     child.sendintr()
     child.expect_exact("[interrupted]")
     child.expect_exact(PROMPT)
-    used = int(command(child, "/show context", r"context (\d+)/1024 tokens, 1 turns").group(1))
+    used = int(command(child, "/show context", r"context (\d+)/1024 tokens, 1 turn").group(1))
     assert used < 1000                                        # cut well before the context was full
     child.sendline("/bye")
     finish(child, 0)

@@ -226,3 +226,46 @@ def test_prompt_too_long_names_the_flag_that_lets_it_run(env, tiny_model_dir):
     assert r.returncode == 5
     assert r.err.strip() == ("gpt2cy: error: the prompt is 301 tokens but the model's context holds 256; "
                              "shorten it, or pass --context-overflow shift to keep its newest tokens")
+
+
+def test_verify_of_a_huggingface_folder_needs_no_tokenizer_files(tmp_path, capsys):
+    from gpt2cy.config import Config
+    from gpt2cy.testing import write_random_model
+    path = write_random_model(str(tmp_path / "hf"), Config(n_vocab=300, n_ctx=16, n_embd=8, n_head=2, n_layer=1),
+                              fmt="safetensors")
+    for name in ("vocab.json", "merges.txt"):
+        if os.path.exists(os.path.join(path, name)):
+            os.remove(os.path.join(path, name))
+    assert main(["verify", path]) == 0
+    assert capsys.readouterr().out.strip().endswith("values ok (safetensors has no checksums)")
+
+
+def test_a_closed_stdout_is_exit_141_without_a_traceback(env, tiny_model_dir, tmp_path):
+    """`gpt2cy tokenize < big.txt | head -c 10`: the reader leaves; gpt2cy leaves quietly with 141."""
+    big = tmp_path / "big.txt"
+    big.write_text("hello world " * 100_000)            # ~1 MB of ids: far more than a pipe holds
+    with open(big, "rb") as stdin:
+        p = subprocess.Popen([sys.executable, "-m", "gpt2cy", "tokenize", "-m", tiny_model_dir], stdin=stdin,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                             cwd=os.path.join(env["HOME"], "cwd"))
+        assert p.stdout.read(10) == b"31373 995 "
+        p.stdout.close()
+        err = p.stderr.read().decode()
+        assert p.wait(timeout=60) == 141 and err == "", err
+
+
+def test_counts_of_one_are_singular(env, tiny_model_dir):
+    r = run(env, "generate", "-m", tiny_model_dir, "-t", "1", "-n", "1", "-p", "hi", "--temp", "0", "-v")
+    assert r.returncode == 0, r.err
+    assert "prompt 1 token\n" in r.err and "prompt 1 token (0 cached)" in r.err and "generated 1 token," in r.err
+    assert "1 thread;" in r.err and "1 tokens" not in r.err
+
+
+@pytest.mark.parametrize("n_ctx,message", [
+    (0, "n_ctx must be a positive integer (at most the model's context: 1024 for the published sizes), got 0"),
+    (-1, "got -1"), (257, "n_ctx must be between 1 and the model's 256, got 257")])
+def test_n_ctx_errors_name_the_real_limit(tiny_model_dir, n_ctx, message):
+    import gpt2cy
+    with pytest.raises(ValueError) as e:
+        gpt2cy.load(tiny_model_dir, n_ctx=n_ctx, threads=1)
+    assert message in str(e.value) and str(sys.maxsize) not in str(e.value)

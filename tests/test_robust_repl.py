@@ -97,3 +97,20 @@ def test_set_answers_in_its_own_words_and_says_what_was_set(env, tiny_model_dir)
     command(child, "/set temp 0.50", r"Set temp to 0\.5\.")
     command(child, "/set seed -1", r"Set seed to \d+\.")          # the seed drawn, not "-1"
     assert bye(child) == 0
+
+
+def test_show_context_never_reports_more_than_the_context(tiny_model_dir):
+    """A conversation can hold more tokens than the context (the next message drops the oldest turns):
+    /show context says it is full, never "300/256"."""
+    import io
+    import gpt2cy
+    from gpt2cy.cli.repl import Repl
+    from gpt2cy.generation.chat import Chat, Turn
+    chat = Chat(gpt2cy.load(tiny_model_dir, threads=1), on_notice=None)
+    chat.turns = [Turn(user="x", reply="y", user_ids=[0] * 300, reply_ids=[1])]
+    assert chat.context_used > chat.n_ctx == 256
+    err = io.StringIO()
+    repl = Repl(chat, stdin=io.StringIO("/show context\n"), stdout=io.StringIO(), stderr=err,
+                interactive=False)
+    assert repl.run() == 0
+    assert err.getvalue() == "context 256/256 tokens, 1 turn (full: the next message drops the oldest turns)\n"

@@ -14,7 +14,7 @@ import time
 from typing import List, Optional
 
 from .. import __version__
-from ..errors import CheckpointError, ContextLengthError
+from ..errors import CheckpointError, ContextLengthError, DownloadError
 from ..notices import deferred, notice
 from .parser import DEFAULT_MODEL, DEFAULTS, UsageError
 from .terminal import decode_input, escape_controls, wants_escaping
@@ -85,6 +85,17 @@ def _n(count: int, what: str) -> str:
     return f"{count} {what}" if count == 1 else f"{count} {what}s"
 
 
+def _with_model_hint(e: DownloadError, model: Optional[str]) -> DownloadError:
+    """A failed first-use download, with what -m can do instead (for the commands that take -m; `gpt2cy
+    download` does not, and its errors never name it)."""
+    hint = (f"{DEFAULT_MODEL} is the default model; -m names another, or a model directory or GGUF file you "
+            f"have" if model is None else "-m also takes a model directory or GGUF file you have")
+    err = DownloadError(f"{e} ({hint})")
+    if getattr(e, "resumable", False):
+        err.resumable = True
+    return err
+
+
 def load_model(args, n_slots: int = 1):
     """gpt2cy.load with the command line's settings (n_slots: sequences at once, for serve); returns
     (model, load time in ms)."""
@@ -106,6 +117,8 @@ def load_model(args, n_slots: int = 1):
         if args.ctx_size is not None and "n_ctx" in str(e):
             raise UsageError(f"gpt2cy: --ctx-size {args.ctx_size}: {e} (see gpt2cy --help)") from None
         raise
+    except DownloadError as e:
+        raise _with_model_hint(e, args.model) from None
     load_ms = (time.perf_counter() - t0) * 1e3
     if threads is not None and model.threads != threads:
         notice(f"{threads} threads asked for; using {model.threads} (the most gpt2cy runs)")
@@ -243,7 +256,10 @@ def cmd_tokenize(args) -> int:
         text = _read_stdin(args.strict)
     else:
         text = _clean(args.text, "TEXT", args.strict)
-    tok = load_tokenizer(args.model or DEFAULT_MODEL, offline=True if args.offline else None)
+    try:
+        tok = load_tokenizer(args.model or DEFAULT_MODEL, offline=True if args.offline else None)
+    except DownloadError as e:
+        raise _with_model_hint(e, args.model) from None
     ids = [int(i) for i in tok.encode(text)]
     if args.json:
         print(json.dumps({"ids": ids, "count": len(ids)}))
@@ -263,13 +279,20 @@ def cmd_verify(args) -> int:
     """Verify each named model; a failed check is exit 4 (as a failed download is), after checking the rest."""
     from ..formats.checkpoint import verify
     from ..formats.layout import GGUF
+    from ..hub.models import canonical_name, looks_like_path, verify_cached
     from ..loading import resolve
     status = EXIT_OK
     for name in args.models:
         try:
-            # the name, directory or GGUF file `load` would read (a cached model not yet marked verified is
-            # verified and marked by the hub's resolve_model itself)
-            result = verify(resolve(name, download=False))
+            # the name, directory or GGUF file `load` would read; a cached model is read once, here, and
+            # marked verified (resolve would otherwise verify one not yet marked, and this again)
+            size = None if looks_like_path(name) else canonical_name(name)
+            local = os.path.expanduser(name)
+            if size is None and os.path.isdir(local):   # the weights are checked: no vocabulary needed
+                result = verify(os.path.abspath(local))
+            else:
+                path = resolve(name, download=False, verify=False)
+                result = verify_cached(size, path) if size is not None else verify(path)
         except CheckpointError as e:
             error_line(describe(e))
             status = EXIT_DOWNLOAD

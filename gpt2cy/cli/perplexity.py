@@ -21,6 +21,8 @@ import stat
 import sys
 import time
 
+from .commands import _n
+
 NAME = "perplexity"
 HELP = "score files: perplexity, mean NLL, bits per byte"
 DESCRIPTION = ("Perplexity of each FILE (and of all together) under the model, with the Transformers "
@@ -155,7 +157,7 @@ class _Progress:
         from ..hub.progress import format_bytes
         share = f" ({100 * done_bytes / self.total:.0f}%)" if self.total else ""
         ppl = f", perplexity so far {math.exp(mean_nll):.3f}" if not math.isnan(mean_nll) else ""
-        line = (f"{self.label}: {format_bytes(done_bytes)}{share}, {tokens} tokens, "
+        line = (f"{self.label}: {format_bytes(done_bytes)}{share}, {_n(tokens, 'token')}, "
                 f"{tokens / (now - self.t0):.0f} tokens/s{ppl}")
         if self.tty:
             sys.stderr.write("\r\x1b[K" + line)
@@ -278,5 +280,5 @@ def run(args) -> int:
     for r in rows:
         bpb = f"{r['bits_per_byte']:.4f}" if r["bits_per_byte"] is not None else "-"
         print(f"{r['file']}: perplexity {r['perplexity']:.4f}, mean NLL {r['mean_nll']:.6f} nats/token, "
-              f"{bpb} bits/byte, {r['tokens']} tokens scored ({r['bytes']} bytes)")
+              f"{bpb} bits/byte, {_n(r['tokens'], 'token')} scored ({_n(r['bytes'], 'byte')})")
     return 0

@@ -17,6 +17,7 @@ from typing import Optional, TextIO
 from ..errors import GPT2CyError
 from ..generation.chat import GREETING, Chat
 from ..notices import deferred
+from .commands import _n
 from .terminal import decode_input, escape_controls, wants_escaping
 
 EXIT_INTERRUPT = 130
@@ -368,7 +369,7 @@ class Repl:
         try:
             if cmd == "/save":
                 self.chat.save(path, model_name=self.model_name or None)
-                self._info(f"Saved {len(self.chat.turns)} turns to {path}.")
+                self._info(f"Saved {_n(len(self.chat.turns), 'turn')} to {path}.")
                 return
             data = self.chat.load(path)
         except OSError as e:
@@ -379,7 +380,7 @@ class Repl:
             return
         other = data.get("model")
         note = f" (saved with model {other})" if other and self.model_name and other != self.model_name else ""
-        self._info(f"Loaded {len(self.chat.turns)} turns from {path}{note}.")
+        self._info(f"Loaded {_n(len(self.chat.turns), 'turn')} from {path}{note}.")
 
     def _set(self, args) -> None:
         if not args:
@@ -474,7 +475,7 @@ class Repl:
         if what in ("", "context"):
             used, n_ctx = chat.context_used, chat.n_ctx
             full = " (full: the next message drops the oldest turns)" if used >= n_ctx else ""
-            self._info(f"context {min(used, n_ctx)}/{n_ctx} tokens, {len(chat.turns)} turns{full}")
+            self._info(f"context {min(used, n_ctx)}/{n_ctx} tokens, {_n(len(chat.turns), 'turn')}{full}")
         if what == "stats":
             r = self.last_response
             self._info("No reply yet." if r is None else

@@ -223,6 +223,8 @@ class Chat:
             params = self.params.replace(**{k: v for k, v in raw.items() if k in known})
         except TypeError as e:
             raise ValueError(f"bad params in the transcript: {e}") from None
+        # a logit_bias saved with another vocabulary fails here, not at the next reply
+        params.check_vocab(self.model.config.n_vocab)
         max_tokens = raw.get("max_tokens", -1 if self.max_new_tokens is None else self.max_new_tokens)
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < -1:
             raise ValueError(f"bad max_tokens in the transcript: {max_tokens!r}")

@@ -120,17 +120,38 @@ class FileLock:
         self._fd = None
 
     def __enter__(self):
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            if not self._try(fd):
-                if self.on_wait is not None:
-                    self.on_wait()
-                self._wait(fd)
-        except BaseException:
-            os.close(fd)
-            raise
+        waited = False
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                if not self._try(fd):
+                    if self.on_wait is not None and not waited:
+                        self.on_wait()
+                    waited = True
+                    self._wait(fd)
+                if self._still_at_path(fd):
+                    break
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)            # the holder removed the file before letting go (remove()): lock the new one
         self._fd = fd
         return self
+
+    def _still_at_path(self, fd) -> bool:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        here = os.fstat(fd)
+        return (st.st_dev, st.st_ino) == (here.st_dev, here.st_ino)
+
+    def remove(self) -> None:
+        """Delete the lock file while holding it (a waiter then locks a new file, never this one)."""
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
 
     @staticmethod
     def _try(fd) -> bool:
@@ -349,7 +370,7 @@ class _Transfer:
             if isinstance(e.reason, socket.gaierror):  # no name resolution: retrying for half a minute won't help
                 host = urllib.parse.urlsplit(url).hostname
                 raise DownloadError(f"{url}: cannot resolve {host} ({e.reason.strerror}); check the network "
-                                    "connection, or use a model directory you have (-m PATH)") from None
+                                    "connection") from None
             raise _Retry(f"cannot connect ({e.reason})") from None
         except (OSError, http.client.HTTPException) as e:
             raise _Retry(f"connection failed ({e or type(e).__name__})") from None

@@ -26,7 +26,7 @@ import sys
 from ..config import PUBLISHED, Config
 from .download import FileLock, HttpSettings, PARTIAL_SUFFIX, fetch, offline_env
 from ..errors import CheckpointError, DownloadError, ModelNotFound
-from ..formats.layout import SAFETENSORS, TF, find_layout, find_vocab
+from ..formats.layout import SAFETENSORS, TF, find_layout, find_vocab, is_gguf_file
 from ..notices import notice
 from .progress import FileProgress, format_bytes, progress_enabled
 
@@ -189,18 +189,20 @@ def _check_small_file(name: str, path: str) -> None:
         raise DownloadError(f"{name} is not a valid {name} file (JSON nested too deeply)") from None
 
 
-def verify_model(path: str, marker: bool = True) -> None:
+def verify_model(path: str, marker: bool = True):
     """Check a complete OpenAI-layout model directory (hparams, tokenizer files, every tensor's CRC32C) and
-    (with `marker`) record it as verified. Raises CheckpointError (or DownloadError for a malformed small file)."""
+    (with `marker`) record it as verified; returns gpt2cy.verify's VerifyResult. Raises CheckpointError (or
+    DownloadError for a malformed small file)."""
     missing = missing_files(path)
     if missing:
         raise CheckpointError(f"{path}: missing {', '.join(missing)}")
     for name in ("hparams.json", "encoder.json", "vocab.bpe"):
         _check_small_file(name, os.path.join(path, name))
     from ..formats.checkpoint import verify
-    verify(path)
+    result = verify(path)
     if marker:
         _write_marker(path)
+    return result
 
 
 # --- resolving a -m argument ----------------------------------------------------------------------------------
@@ -253,7 +255,7 @@ def _offline(offline) -> bool:
 
 
 def resolve_model(name_or_path, download: bool = True, offline: bool | None = None,
-                  models_dir: str | None = None) -> str:
+                  models_dir: str | None = None, verify: bool = True) -> str:
     """Return the directory holding the model named or pointed at by `name_or_path`.
 
     name_or_path: a model name or alias ('124M', 'gpt2-medium', ...), or a directory in OpenAI's layout
@@ -264,10 +266,12 @@ def resolve_model(name_or_path, download: bool = True, offline: bool | None = No
         raising ModelNotFound.
     offline: never touch the network (also when GPT2CY_OFFLINE=1, which this argument cannot override).
     models_dir: the models directory to use instead of $GPT2CY_MODELS / <cache_root()>/models.
+    verify: verify a cached model that is complete but not yet verified (copied in by hand, or changed since)
+        here, once, which reads every byte; False leaves that to the caller (`gpt2cy verify` reads every byte
+        anyway: verify_cached checks and marks it in that one read).
 
-    A cached model that is complete but not yet verified (copied in by hand, or changed since) is verified once
-    here, which reads every byte. Raises ModelNotFound (unknown name, bad path, not cached and may not download),
-    DownloadError, or CheckpointError (a cached model fails verification).
+    Raises ModelNotFound (unknown name, bad path, not cached and may not download), DownloadError (saying
+    which model it was fetching), or CheckpointError (a cached model fails verification).
     """
     arg = os.fspath(name_or_path) if isinstance(name_or_path, (str, os.PathLike)) else None
     if not isinstance(arg, str):
@@ -283,12 +287,23 @@ def resolve_model(name_or_path, download: bool = True, offline: bool | None = No
     path = model_path(size, models_dir)
     missing = missing_files(path)
     if not missing:
-        if not is_verified(path):
-            _verify_cached(size, path)
+        if verify and not is_verified(path):
+            verify_cached(size, path, again=False)
         return path
     if _offline(offline) or not download:
         raise ModelNotFound(_not_cached_message(size, path, missing, _offline(offline)))
-    return download_models([size], models_dir=models_dir)[0]
+    try:
+        return download_models([size], models_dir=models_dir)[0]
+    except DownloadError as e:
+        raise _on_demand(f"model {size}", e) from None
+
+
+def _on_demand(what: str, e: DownloadError) -> DownloadError:
+    """The error of a download nobody asked for by command (a model's first use) says what it was fetching."""
+    err = DownloadError(f"{what} is not in the cache and downloading it failed: {e}")
+    if getattr(e, "resumable", False):
+        err.resumable = True
+    return err
 
 
 def _not_cached_message(size, path, missing, offline, force=False) -> str:
@@ -303,12 +318,17 @@ def _not_cached_message(size, path, missing, offline, force=False) -> str:
     return f"model {size} {state} ({path}){mode}; run: {env}gpt2cy download {'--force ' if force else ''}{size}"
 
 
-def _verify_cached(size: str, path: str) -> None:
-    notice(f"verifying model {size} in {path} (once; this reads every byte)")
+def verify_cached(size: str, path: str, again: bool = True):
+    """Verify the cached model `size` in `path` and mark it verified; returns the VerifyResult (None when
+    `again` is False and another process verified it while we waited for its lock). CheckpointError for a
+    damaged model, naming the command that fetches it again."""
+    if not again or not is_verified(path):
+        notice(f"verifying model {size} in {path} (once; this reads every byte)")
     try:
         with _lock_if_writable(path, size):
-            if not is_verified(path):  # another process may have verified it while we waited
-                verify_model(path)
+            if again or not is_verified(path):  # another process may have verified it while we waited
+                return verify_model(path)
+            return None
     except (CheckpointError, DownloadError) as e:
         raise CheckpointError(f"model {size} in the cache is damaged ({e}); run: gpt2cy download --force "
                               f"{size}") from None
@@ -378,21 +398,46 @@ def _download_one(size, force, offline, root, progress, http) -> str:
 
 @contextlib.contextmanager
 def _download_lock(size: str, path: str):
-    """Create the model's directory and hold its lock; OSErrors become DownloadErrors."""
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        raise DownloadError(f"cannot create {path}: {e.strerror or e}") from None
+    """Create the model's directory and hold its lock; OSErrors become DownloadErrors. A download that fails
+    leaving nothing in the directory but the lock removes both (no empty models/<SIZE>/ after a failed
+    first run)."""
     lock = FileLock(os.path.join(path, LOCK_FILE),
                     on_wait=lambda: notice(f"waiting for another download of model {size} to finish"))
-    try:
-        lock.__enter__()
-    except OSError as e:
-        raise DownloadError(f"cannot lock {lock.path}: {e.strerror or e}") from None
+    for _ in range(100):
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as e:
+            raise DownloadError(f"cannot create {path}: {e.strerror or e}") from None
+        try:
+            lock.__enter__()
+            break
+        except FileNotFoundError:       # the download we waited for failed and removed the directory
+            continue
+        except OSError as e:
+            raise DownloadError(f"cannot lock {lock.path}: {e.strerror or e}") from None
+    else:
+        raise DownloadError(f"cannot lock {lock.path}: the directory keeps disappearing")
     try:
         yield
+    except BaseException:
+        _remove_if_only_the_lock(path, lock)
+        raise
     finally:
         lock.__exit__(None, None, None)
+
+
+def _remove_if_only_the_lock(path: str, lock) -> None:
+    """Remove `path` when it holds nothing but the lock (and an empty staging folder); called holding it."""
+    try:
+        names = set(os.listdir(path))
+        if not names <= {LOCK_FILE, STAGING_DIR}:
+            return
+        if STAGING_DIR in names:
+            os.rmdir(os.path.join(path, STAGING_DIR))   # fails (and keeps all) unless it is empty
+        lock.remove()
+        os.rmdir(path)
+    except OSError:
+        pass
 
 
 def _download_locked(size, force, path, progress, http) -> str:
@@ -594,22 +639,65 @@ def resolve_tokenizer(name_or_path="124M", download: bool = True, offline: bool 
             total = sum(_TOKENIZER_BYTES[f] for f in missing)
             notice(f"downloading the tokenizer files of model {size} ({format_bytes(total)}) from {base}/{size}/ "
                  f"to {path}")
-            for name in missing:
-                _fetch_one(base, size, path, name, published, HttpSettings.from_env(), progress_enabled())
+            try:
+                for name in missing:
+                    _fetch_one(base, size, path, name, published, HttpSettings.from_env(), progress_enabled())
+            except DownloadError as e:
+                raise _on_demand(f"the tokenizer of model {size}", e) from None
     return path
 
 
 _TOKENIZERS: dict = {}
 
 
+def gguf_file_path(path_or_name) -> str | None:
+    """The absolute path when `path_or_name` is a GGUF file (named *.gguf or starting with GGUF's magic), else
+    None; ModelNotFound for a *.gguf path that does not exist."""
+    if isinstance(path_or_name, (str, os.PathLike)):
+        path = os.path.expanduser(os.fspath(path_or_name))
+        if is_gguf_file(path):
+            return os.path.abspath(path)
+        if isinstance(path, str) and path.lower().endswith(".gguf") and not os.path.exists(path):
+            raise ModelNotFound(f"no such file: {os.fspath(path_or_name)}")
+    return None
+
+
+def _gguf_tokenizer(path: str):
+    """A GGUF file's own tokenizer (tokenizer.ggml.*), from its metadata: no tensor is read."""
+    from ..errors import TokenizerError
+    from ..formats.gguf import GGUFFile, gguf_config, gguf_vocab
+    from ..text.tokenizer import Tokenizer
+    f = GGUFFile(path)
+    config = gguf_config(f)
+    vocab = gguf_vocab(f, config.n_vocab)
+    if vocab is None:
+        raise TokenizerError(f"{path}: the file holds no tokenizer (tokenizer.ggml.tokens and "
+                             f"tokenizer.ggml.merges)")
+    try:
+        return Tokenizer(vocab.encoder, vocab.merges, name=config.name or "gpt2")
+    except TokenizerError as e:
+        raise TokenizerError(f"{vocab.source}: {e}") from None
+
+
 def get_tokenizer(name_or_path="124M", *, download: bool = True, offline: bool | None = None):
-    """The tokenizer of a model, by name ('124M', 'gpt2-medium', ...) or directory; loaded once and shared.
+    """The tokenizer of a model, by name ('124M', 'gpt2-medium', ...), directory or GGUF file; loaded once
+    and shared.
 
     A name is resolved with resolve_tokenizer, which fetches only the two vocabulary files (ModelNotFound when
-    they are not available); a directory needs only those files, not the weights. A directory whose files
-    changed since (size or mtime) is read again. This is `gpt2cy.get_tokenizer`.
+    they are not available); a directory needs only those files, not the weights; a GGUF file gives its own
+    vocabulary (tokenizer.ggml.*, read from the metadata: no tensor is read; CheckpointError for a damaged
+    file, TokenizerError for one without a tokenizer). A directory or file that changed since (size or
+    mtime) is read again. This is `gpt2cy.get_tokenizer`.
     """
     from ..text.tokenizer import Tokenizer
+    gguf = gguf_file_path(name_or_path)
+    if gguf is not None:
+        st = os.stat(gguf)
+        key = (gguf, (("", st.st_mtime_ns, st.st_size),))
+        tok = _TOKENIZERS.get(key)
+        if tok is None:
+            tok = _TOKENIZERS[key] = _gguf_tokenizer(gguf)
+        return tok
     path = resolve_tokenizer(name_or_path, download=download, offline=offline)
     stamp = []
     for fname in (*TOKENIZER_FILES, "vocab.json", "merges.txt"):
