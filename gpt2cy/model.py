@@ -26,7 +26,7 @@ from .errors import CheckpointError, ContextLengthError, TokenizerError
 from .ids import check_id, check_ids, is_int
 from .notices import notice
 from .tensors import EMBEDDING, MATMUL, tensor_specs
-from .threads import ThreadGovernor, check_threads, thread_setting
+from .threads import ThreadGovernor, busy_cpus, check_threads, thread_setting
 
 
 DTYPE_CHOICES = ("f32", "bf16", "q8_0", "q4_0")     # what load(..., dtype=) and Model(..., dtype=) accept
@@ -161,7 +161,7 @@ class Model:
                                   None if max_rows is None else int(max_rows))
             if adaptive and threads > 1:
                 from .engine.adaptive import AdaptiveEngine
-                self._engine = AdaptiveEngine(self._engine, ThreadGovernor(threads))
+                self._engine = AdaptiveEngine(self._engine, ThreadGovernor(threads, busy=busy_cpus))
         except ValueError as e:
             raise CheckpointError(f"{where}{e}") from None
         self._described = described                # name -> WeightTensor, as the engine reads them

@@ -4,7 +4,7 @@ and the reason is kept for `gpt2cy --info` (thread_setting)."""
 from __future__ import annotations
 
 import os
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 MAX_THREADS = 256
 ENV_VARS = ("GPT2CY_NUM_THREADS", "OMP_NUM_THREADS")
@@ -58,6 +58,43 @@ def check_threads(threads) -> int:
 
 # ------------------------------------------------------------------------------------------------ adapting
 
+def _own_running() -> int:
+    # this process's threads that are runnable now (an OpenMP worker still spinning after a region counts)
+    n = 0
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{tid}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if stat[stat.rindex(b")") + 2:][:1] == b"R":
+                n += 1
+    except OSError:
+        return 1
+    return max(1, n)
+
+
+def busy_cpus(samples: int = 3, gap: float = 0.002) -> Optional[int]:
+    """How many CPUs other processes keep busy right now: the runnable tasks the kernel counts
+    (/proc/loadavg), less this process's own runnable threads, the least of a few samples `gap` seconds
+    apart (a task that runs for a moment is not a neighbour; a CPU-bound one is runnable in every sample).
+    None where the system has no /proc (not Linux)."""
+    import time
+    least = None
+    for i in range(samples):
+        try:
+            with open("/proc/loadavg") as f:
+                running = int(f.read().split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        others = max(0, running - _own_running())
+        least = others if least is None else min(least, others)
+        if i + 1 < samples:
+            time.sleep(gap)
+    return least
+
+
 def _levels(max_threads: int) -> Tuple[int, ...]:
     # the counts tried: max, max/2, max/4, ... 1 (halving keeps the number of probes logarithmic)
     out, n = [], max(1, int(max_threads))
@@ -104,9 +141,22 @@ class ThreadGovernor:
     SLOW_CALLS = 3                 # ...and this many in a row bring the next probe forward
     BUDGET = 0.02                  # the share of time a losing probe may cost
 
-    def __init__(self, max_threads: int):
+    def __init__(self, max_threads: int, busy: Optional[Callable[[], Optional[int]]] = None):
+        """busy: how many CPUs others keep busy now (busy_cpus), asked when a kind of call is first seen,
+        so that a process started beside a CPU-bound neighbour begins at the count that fits the free
+        CPUs instead of learning it from slow calls; None: begin at max_threads."""
         self.levels = _levels(max_threads)
         self._kinds = {}
+        self._busy = busy
+
+    def _start(self) -> int:
+        # the level index a new kind begins at: the largest count that fits the CPUs nobody else uses
+        top = len(self.levels) - 1
+        taken = self._busy() if self._busy is not None else None
+        if not taken:
+            return top
+        free = max(1, self.levels[top] - taken)
+        return max(i for i, n in enumerate(self.levels) if n <= free)
 
     @staticmethod
     def kind_of(rows: int) -> int:
@@ -116,7 +166,7 @@ class ThreadGovernor:
     def _state(self, kind: int) -> _Kind:
         st = self._kinds.get(kind)
         if st is None:
-            st = self._kinds[kind] = _Kind(len(self.levels) - 1)
+            st = self._kinds[kind] = _Kind(self._start())
         return st
 
     def current(self, kind: int = 0) -> int:

@@ -97,6 +97,8 @@ def test_model_adapts_only_when_no_count_was_given(monkeypatch):
     assert auto.adaptive_threads and not fixed.adaptive_threads
     ids = np.random.default_rng(5).integers(0, CFG.n_vocab, size=40)
     gov = auto._engine.governor
+    from gpt2cy.threads import busy_cpus
+    assert gov._busy is busy_cpus                          # a model's governor begins where the free CPUs say
     monkeypatch.setattr(gov, "choose", lambda kind, _c=iter([2, 1] * 100): next(_c))   # alternate counts
     stepped = np.stack([auto.step(int(t)) for t in ids])
     assert np.array_equal(stepped, np.stack([fixed.step(int(t)) for t in ids]))   # same bits at any count
@@ -104,3 +106,36 @@ def test_model_adapts_only_when_no_count_was_given(monkeypatch):
     assert not auto.adaptive_threads and auto.threads == 1
     monkeypatch.setenv("GPT2CY_NUM_THREADS", "2")
     assert not Model.from_tensors(CFG, tensors).adaptive_threads
+
+
+def test_a_kind_begins_at_the_count_that_fits_the_free_cpus():
+    # asked when a kind is first seen: 1 of 2 CPUs taken -> 1 thread from the first call; none -> all
+    asked = []
+    gov = ThreadGovernor(2, busy=lambda: asked.append(1) or 1)
+    assert gov.choose(0) == 1 and gov.choose(4) == 1 and len(asked) == 2
+    assert ThreadGovernor(2, busy=lambda: 0).choose(0) == 2
+    assert ThreadGovernor(2, busy=lambda: None).choose(0) == 2          # no /proc: as without a sampler
+    assert ThreadGovernor(16, busy=lambda: 5).choose(0) == 8           # 11 free: the largest level that fits
+    assert ThreadGovernor(16, busy=lambda: 40).choose(0) == 1
+
+
+def test_begun_low_it_still_climbs_when_the_machine_is_quiet():
+    gov = ThreadGovernor(2, busy=lambda: 1)                            # a neighbour at the start that then left
+    total, chosen = run(gov, noisy(QUIET), 400)
+    assert chosen[0] == 1 and gov.current() == 2 and set(chosen[-50:]) == {2}
+
+
+def test_busy_cpus_sees_a_spinning_neighbour():
+    import subprocess
+    import sys
+    import time
+    from gpt2cy.threads import busy_cpus
+    if busy_cpus() is None:
+        pytest.skip("no /proc/loadavg here")
+    p = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        assert busy_cpus() >= 1
+    finally:
+        p.kill()
+        p.wait()
