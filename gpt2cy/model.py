@@ -365,12 +365,16 @@ class Model:
     # ------------------------------------------------------------------------------------ scoring
 
     def forward_rows(self, requests: Sequence[Tuple[int, object]],
-                     rows: Optional[Sequence[Tuple[int, int]]] = None) -> List[np.ndarray]:
+                     rows: Optional[Sequence[Tuple[int, int]]] = None,
+                     out: Optional[np.ndarray] = None) -> List[np.ndarray]:
         """forward_batch with many rows' logits: append ids to several slots in one pass over the weights
         and return float32 logits per request, in order, by the dense, tiled lm_head (as logits() uses).
         The scorer's prefill: several windows or texts, each in its own slot. rows: one (lo, hi) per
         request, the rows [lo, hi) of its ids whose logits are wanted ([hi - lo, n_vocab] comes back;
-        the other rows cost no lm_head); None: every row. Checked as forward_batch checks; rows beyond
+        the other rows cost no lm_head); None: every row. out: a float32 [>= the rows wanted, n_vocab]
+        C-contiguous buffer to write the logits into (what comes back are views of it, valid until it is
+        written again): a scorer that reuses one pays the first touch of its pages once, not per call
+        (on a VM that costs about as much as the lm_head). Checked as forward_batch checks; rows beyond
         max_rows go in further passes."""
         checked = self._checked_requests(requests, "forward_rows")
         if rows is None:
@@ -383,6 +387,14 @@ class Model:
                 if not (is_int(lo) and is_int(hi) and 0 <= lo <= hi <= len(arr)):
                     raise ValueError(f"rows ({lo!r}, {hi!r}) is not a range within the {len(arr)} ids")
         eng, V, R = self._engine, self.config.n_vocab, self._engine.max_rows
+        total = sum(hi - lo for lo, hi in ranges)
+        if out is None:
+            out = np.empty((total, V), dtype=np.float32)
+        elif not (isinstance(out, np.ndarray) and out.dtype == np.float32 and out.ndim == 2
+                  and out.flags.c_contiguous and out.flags.writeable and out.shape[1] == V
+                  and out.shape[0] >= total):
+            raise ValueError(f"out must be a writable C-contiguous float32 array of at least ({total}, {V})")
+        filled = 0
         parts: List[list] = [[] for _ in checked]
         pending = [(i, slot, arr, 0) for i, (slot, arr) in enumerate(checked) if len(arr)]
         while pending:                      # one engine call per max_rows rows; a long request spans calls
@@ -410,15 +422,16 @@ class Model:
                 drop = 1 if want[0] == 0 else 0
                 want = sorted(want + [want[0] - 1 + 2 * (drop == 1)])
             logit_rows = np.asarray([] if len(want) == n_rows else want, dtype=np.intp)
-            out = np.empty((len(want), V), dtype=np.float32)
-            eng.forward_batch(ids, slots, pos, logit_rows, out, bool(want))
+            dst = out[filled:filled + len(want)] if drop is None else np.empty((2, V), dtype=np.float32)
+            eng.forward_batch(ids, slots, pos, logit_rows, dst, bool(want))
             if drop is not None:
-                out = out[1 - drop:2 - drop]
-            at = 0
+                out[filled] = dst[1 - drop]
+            at = filled
             for (i, *_), k in zip(call, counts):
                 if k:
                     parts[i].append(out[at:at + k])
                     at += k
+            filled = at
             pending = rest
         return [p[0] if len(p) == 1 else np.concatenate(p) if p else np.empty((0, V), np.float32)
                 for p in parts]

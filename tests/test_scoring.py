@@ -213,6 +213,24 @@ def test_forward_rows_of_chosen_rows(model, ids, ranges):
         assert np.array_equal(g, f[lo:hi])
 
 
+def test_forward_rows_into_a_buffer(model, ids):
+    a, b = ids[:40], ids[40:100]
+    full = [model.logits(a, slot=1), model.logits(b, slot=1)]
+    buf = np.full((30, CFG.n_vocab), np.nan, np.float32)
+    for s in range(3):
+        model.reset(s)
+    ga, gb = model.forward_rows([(0, a), (2, b)], [(10, 30), (5, 15)], buf)
+    assert np.shares_memory(ga, buf) and np.shares_memory(gb, buf)
+    assert np.array_equal(ga, full[0][10:30]) and np.array_equal(gb, full[1][5:15])
+    for bad in (np.empty((29, CFG.n_vocab), np.float32), np.empty((30, CFG.n_vocab), np.float64),
+                np.empty((30, CFG.n_vocab + 1), np.float32), np.empty((CFG.n_vocab, 30), np.float32).T):
+        for s in range(3):
+            model.reset(s)
+        with pytest.raises(ValueError, match="out must be"):
+            model.forward_rows([(0, a), (2, b)], [(10, 30), (5, 15)], bad)
+        assert model.past(0) == 0
+
+
 def test_forward_rows_bad_ranges(model, ids):
     for s in range(3):
         model.reset(s)

@@ -12,8 +12,9 @@ up to n_ctx - stride tokens of context before it. The first token of a text has 
 never scored. (The guide's code weights each window's mean by one token fewer than it holds after the
 first window; here every counted token has weight one.)
 
-The model is taken duck-typed: `forward_rows([(slot, ids), ...], rows)` (the logits of rows [lo, hi) of each
-request, appended to its slot's cache), `reset(slot)`, `n_ctx`, `n_slots`, `max_rows`, `tokenizer` and `config.n_vocab`.
+The model is taken duck-typed: `forward_rows([(slot, ids), ...], rows, out)` (the logits of rows [lo, hi) of
+each request, as views of the buffer out; each request appended to its slot's cache), `reset(slot)`, `n_ctx`,
+`n_slots`, `max_rows`, `tokenizer` and `config.n_vocab`.
 Scoring resets and uses the model's slots. Windows are packed into passes of up to max_rows rows, one slot each.
 The log-softmax is float32 over float32 logits; each token's log-probability is formed and summed in float64.
 """
@@ -177,13 +178,17 @@ def score_windows(model, jobs: Iterable[Tuple[np.ndarray, Window]], top_n: int =
     n_slots, R = int(model.n_slots), int(model.max_rows)
     group: List[Tuple[np.ndarray, Window]] = []
     rows = 0
+    buf = [np.empty((0, int(model.config.n_vocab)), np.float32)]   # the logits, reused pass after pass
 
     def run(group):
         for s in range(len(group)):
             model.reset(s)
+        need = sum(w.last - w.first for _, w in group)
+        if buf[0].shape[0] < need:
+            buf[0] = np.empty((need, buf[0].shape[1]), np.float32)
         # logits only of the rows that score a target: a window's context rows cost no lm_head
         logits = model.forward_rows([(s, ids[w.start:w.end]) for s, (ids, w) in enumerate(group)],
-                                    [(w.first - 1 - w.start, w.last - 1 - w.start) for _, w in group])
+                                    [(w.first - 1 - w.start, w.last - 1 - w.start) for _, w in group], buf[0])
         for (ids, w), lg in zip(group, logits):
             targets = np.asarray(ids[w.first:w.last], dtype=np.int64)
             yield WindowScores(w, *_score_rows(lg, targets, top_n))
