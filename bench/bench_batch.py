@@ -7,8 +7,8 @@ the same prompts generated one after another (generation.loop.generate) for 1, 4
 Groups "batch-124M-<n>seq" hold "batched" and "sequential"; extra_info["tokens/s"] is n * N_NEW / the
 median (aggregate completion tokens per second, prefill of the 32-token prompts included). Group
 "batch-step-124M" times the decode step alone: one Model.forward_batch of n sequences, one token each, at
-positions 32..32+STEPS (extra_info["tokens/s"] = n / the median step). Target (issue 10): 8 sequences per
-step at least 5x the tokens/s of one. Both implementations must produce the
+positions 32..32+STEPS (extra_info["tokens/s"] = n / the median step), f32; "batch-step-124M-q8_0" the
+same with q8_0 weights. Target (issue 10): 8 sequences per step at least 5x the tokens/s of one. Both implementations must produce the
 same tokens (greedy) before a figure counts. GPT2CY_BENCH_SMALL=1 runs the same code on a small model
 with a few tokens, as a smoke test.
 """
@@ -98,10 +98,28 @@ def test_batch_generate(benchmark, n, impl, models, prompts):
 STEPS = 4 if SMALL else 32
 
 
+@pytest.fixture(scope="module")
+def many_of(batch_model_dir, models):
+    """dtype -> the max(SIZES)-slot model of that weight type, every slot warmed as in models()."""
+    cache = {"f32": models[1]}
+
+    def get(dtype):
+        if dtype not in cache:
+            m = gpt2cy.load(batch_model_dir, threads=bench_threads(), n_slots=max(SIZES), dtype=dtype)
+            for s in range(m.n_slots):
+                m.forward_batch([(s, list(range(N_PROMPT + N_NEW)))])
+                m.reset(s)
+            cache[dtype] = m
+        return cache[dtype]
+    return get
+
+
+@pytest.mark.parametrize("dtype", ["f32", "q8_0"])
 @pytest.mark.parametrize("n", SIZES)
-def test_batch_step(benchmark, n, models, prompts):
-    _, many = models
-    benchmark.group = "batch-step-124M" if not SMALL else "batch-step-small"
+def test_batch_step(benchmark, n, dtype, many_of, prompts):
+    many = many_of(dtype)
+    benchmark.group = ("batch-step-124M" if not SMALL else "batch-step-small") + ("" if dtype == "f32" else
+                                                                                   f"-{dtype}")
     for s in range(many.n_slots):
         many.reset(s)
     firsts = [many.forward_batch([(s, prompts[s])])[0] for s in range(n)]   # each slot holds its prompt
@@ -121,6 +139,7 @@ def test_batch_step(benchmark, n, models, prompts):
 
     benchmark.pedantic(steps, setup=rewind, rounds=5, warmup_rounds=1)
     benchmark.extra_info["sequences"] = n
+    benchmark.extra_info["dtype"] = dtype
     benchmark.extra_info["threads"] = bench_threads()
     if benchmark.stats is not None:
         benchmark.extra_info["tokens/s"] = round(n * STEPS / benchmark.stats.stats.median, 2)
