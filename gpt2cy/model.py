@@ -15,6 +15,7 @@ Every id, slot and position is checked here, before the compiled engine indexes 
 """
 from __future__ import annotations
 
+import mmap
 import os
 from types import SimpleNamespace
 from typing import List, Optional, Sequence, Tuple
@@ -96,11 +97,40 @@ def engine_weights(config: Config, weights, dtype: str = "f32", threads: int = 1
                 raise ValueError(f"tensor '{spec.name}' has shape {getattr(a, 'shape', None)}, expected "
                                  f"{spec.shape}")
             arrays[spec.name] = convert(spec.name, np.ascontiguousarray(a), want, spec.role == MATMUL, threads)
+            release_pages(a)
     if widened:
         what = ", ".join(f"{n} {d}" for d, n in sorted(widened.items()))
         notice(f"converted {what} tensor(s) to f32 (dtype f32), so they take 4 bytes per weight in memory; "
                f"load(..., dtype=\"bf16\") keeps bf16 weights as they are")
     return describe_all(config, arrays, kinds)
+
+
+def release_pages(a) -> bool:
+    """Drop the pages of `a`, a view of a file's read-only mapping (the checkpoint readers' tensors), from
+    this process's resident memory: they stay in the page cache, and a later read faults them in again, so
+    nothing is lost. Converting 1558M to q8_0 thus never holds the whole fp32 file resident at once (its
+    peak would be the fp32 file plus the result). Anything else (heap memory, a copy) is left alone: False."""
+    base = a
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    if isinstance(base, memoryview):
+        base = base.obj
+    if not (isinstance(base, mmap.mmap) and isinstance(a, np.ndarray) and not a.flags.writeable and a.nbytes
+            and hasattr(mmap, "MADV_DONTNEED") and hasattr(base, "madvise")):
+        return False
+    try:
+        start = np.frombuffer(base, np.uint8).ctypes.data
+    except (ValueError, TypeError):                    # a closed mapping
+        return False
+    off, page = a.ctypes.data - start, mmap.PAGESIZE
+    if not 0 <= off <= len(base) - a.nbytes:
+        return False
+    lo, hi = off // page * page, min(len(base), -(-(off + a.nbytes) // page) * page)
+    try:
+        base.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+    except OSError:
+        return False
+    return True
 
 
 _BLOCK_STORED = ("q8_0", "q4_0")       # ggml block types a reader may hand over (formats/gguf.py)

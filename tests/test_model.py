@@ -406,3 +406,37 @@ def test_threads_default_honours_gpt2cy_num_threads_first(tiny_tensors, monkeypa
     assert thread_setting() == (cpu_count(), "cpus", None)
     assert thread_setting({"GPT2CY_NUM_THREADS": "5"}) == (5, "GPT2CY_NUM_THREADS", None)
     assert thread_setting({"GPT2CY_NUM_THREADS": "100000"})[0] == 256    # capped like check_threads
+
+
+def test_release_pages_drops_a_mapped_tensor_from_resident_memory(tmp_path):
+    # what engine_weights does after converting each tensor of a checkpoint (1558M to q8_0: peak memory)
+    import mmap
+    import sys
+    from gpt2cy.model import release_pages
+    if not sys.platform.startswith("linux") or not hasattr(mmap, "MADV_DONTNEED"):
+        pytest.skip("madvise(MADV_DONTNEED) and /proc/self/smaps are Linux's")
+    path = tmp_path / "t.bin"
+    n = 16 << 20
+    path.write_bytes(np.arange(n // 4, dtype=np.float32).tobytes())
+
+    def rss_of_file():
+        total, ours = 0, False
+        for line in open("/proc/self/smaps"):
+            if "-" in line.split(" ")[0] and len(line.split()) > 5:
+                ours = line.split()[5] == str(path)
+            elif ours and line.startswith("Rss:"):
+                total += int(line.split()[1])
+        return total * 1024
+
+    with open(path, "rb") as f:
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    a = np.frombuffer(mm, np.float32)[1024:].reshape(-1, 1024)      # a view at an offset, as readers hand out
+    assert float(a.sum(dtype=np.float64)) > 0                       # every page touched
+    before = rss_of_file()
+    assert before > n // 2
+    assert release_pages(a)
+    assert rss_of_file() < before - n // 2
+    assert np.array_equal(a[3], np.arange(4 * 1024, 5 * 1024, dtype=np.float32))    # read again from the file
+    assert not release_pages(np.ones((4, 4), np.float32))            # heap memory: never
+    assert not release_pages(np.array(a[:2]))                        # a copy: never
+    del a

@@ -25,6 +25,31 @@ from ._dtypes cimport WeightDesc, DTypeKernels, dtype_kernels, LAYOUT_IN_OUT, LA
 from gpt2cy.engine.weights import DTYPES, IN_OUT, OUT_IN, VECTOR, WeightTensor, describe_all, supported
 from gpt2cy.tensors import EMBEDDING, MATMUL, POSITIONS, tensor_specs
 
+cdef extern from *:
+    """
+    #include <stddef.h>
+    #include <stdint.h>
+    #if defined(__linux__)
+    #include <sys/mman.h>
+    #include <unistd.h>
+    #endif
+    /* No transparent huge pages for the whole pages inside [p, p + n). numpy asks for huge pages on large
+       arrays; a value cache is written a position at a time into per-head blocks, so with 2 MiB pages the
+       first position of a sequence would fault in the whole cache (1558M: 300 MB for a three-token chat). */
+    static void gpt2cy_small_pages(void *p, size_t n) {
+    #if defined(__linux__) && defined(MADV_NOHUGEPAGE)
+        long pg = sysconf(_SC_PAGESIZE);
+        if (pg <= 0) return;
+        uintptr_t a = ((uintptr_t)p + (uintptr_t)pg - 1) & ~((uintptr_t)pg - 1);
+        uintptr_t e = ((uintptr_t)p + n) & ~((uintptr_t)pg - 1);
+        if (e > a) (void)madvise((void *)a, e - a, MADV_NOHUGEPAGE);
+    #else
+        (void)p; (void)n;
+    #endif
+    }
+    """
+    void gpt2cy_small_pages(void* p, size_t n) nogil
+
 cdef float LN_EPS = 1e-5
 
 # A block's float32 vectors and its four matmul weights, indexed by these (the names are tensors.py's)
@@ -154,6 +179,7 @@ cdef class Engine:
         self._slot_stride = L * C * self._cap
         self._k_cache = self._buffer(S * self._slot_stride)
         self._v_cache = self._buffer(S * self._slot_stride)
+        gpt2cy_small_pages(self._v_cache, S * self._slot_stride * sizeof(float))   # resident as it fills
         self._x = self._buffer(R * C)
         self._xn = self._buffer(R * C)
         self._qkv = self._buffer(R * 3 * C)
