@@ -403,9 +403,8 @@ class Model:
         request, the rows [lo, hi) of its ids whose logits are wanted ([hi - lo, n_vocab] comes back;
         the other rows cost no lm_head); None: every row. out: a float32 [>= the rows wanted, n_vocab]
         C-contiguous buffer to write the logits into (what comes back are views of it, valid until it is
-        written again): a scorer that reuses one pays the first touch of its pages once, not per call
-        (on a VM that costs about as much as the lm_head). Checked as forward_batch checks; rows beyond
-        max_rows go in further passes."""
+        written again), so a scorer allocates one buffer for all its passes. Checked as forward_batch
+        checks; rows beyond max_rows go in further passes."""
         checked = self._checked_requests(requests, "forward_rows")
         if rows is None:
             ranges = [(0, len(arr)) for _, arr in checked]
