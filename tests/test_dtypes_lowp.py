@@ -215,6 +215,50 @@ def test_activation_quantizer_is_the_numpy_rule(rng):
     assert _qblocks.kernel_isa() in ("vnni", "avx2", "scalar")
 
 
+def block_products_by_the_rule(wt, x):
+    """_q8act.h's arithmetic in numpy, bit for bit: per block an exact integer dot of the weights' int8 (q4_0:
+    nibble - 8) with the activations' 8-bit blocks, s = d_w * dx in float32, then one multiply-add chain per
+    output over the blocks (one rounding where the build fuses it: float64's product of a 20-bit integer and
+    a float32 is exact, and the sum is rounded once in long double, then to float32)."""
+    from gpt2cy.engine import _qblocks
+    qx, dx = _qblocks.quantize_activations(x)
+    n, kb = wt.data.shape
+    nb = x.shape[1] // 32
+    blk = wt.data.reshape(n, nb, kb // nb)
+    dw = blk[:, :, :2].copy().view(np.float16)[:, :, 0].astype(np.float32)
+    if wt.dtype == "q8_0":
+        q = blk[:, :, 2:].view(np.int8).astype(np.int64)
+    else:
+        nib = blk[:, :, 2:].astype(np.int64)
+        q = np.concatenate([nib & 15, nib >> 4], axis=2) - 8
+    ints = np.einsum("mbk,nbk->mnb", qx.reshape(len(x), nb, 32).astype(np.int64), q)
+    acc = np.zeros((len(x), n), np.float32)
+    fused = _qblocks.fused_madd()
+    for b in range(nb):
+        s = (dx[:, None, b] * dw[None, :, b]).astype(np.float32)
+        f = ints[:, :, b].astype(np.float32)
+        if fused:
+            acc = (f.astype(np.longdouble) * s.astype(np.longdouble) + acc.astype(np.longdouble)).astype(np.float32)
+        else:
+            acc = (f * s).astype(np.float32) + acc
+    return acc
+
+
+@pytest.mark.skipif(np.finfo(np.longdouble).nmant < 63, reason="needs x87 long double for the exact fused sum")
+@pytest.mark.parametrize("dtype", QACT)
+@pytest.mark.parametrize("m,k,n", [(1, 64, 40), (3, 96, 17), (9, 3072, 24), (20, 768, 70), (40, 256, 33)])
+def test_block_products_are_the_stated_arithmetic_bit_for_bit(rng, dtype, m, k, n):
+    # every ISA variant runs this (test_isa), so they all give these bits: decode and prefill paths,
+    # the tiles' every row count, partial weight groups, and K past one packed slice (3072 = 3 x 32 blocks)
+    w = (rng.standard_normal((k, n)) * 0.05).astype(np.float32)
+    w[:32, 0] = -0.05 * np.sign(rng.standard_normal(32))          # a block whose q8_0 values reach +-127
+    wt = convert("h0.mlp.c_fc.w", w, dtype, matmul=True)
+    x = rng.standard_normal((m, k)).astype(np.float32) * 3
+    got = _dtypes.linear_py(wt, x, n_threads=2)
+    want = block_products_by_the_rule(wt, x)
+    assert np.array_equal(got, want), np.abs(got - want).max()
+
+
 @pytest.mark.parametrize("dtype", QACT)
 def test_non_finite_activations_give_nan_not_a_number(rng, dtype):
     w = (rng.standard_normal((64, 40)) * 0.05).astype(np.float32)

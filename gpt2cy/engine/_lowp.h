@@ -41,7 +41,6 @@
 #define LP_QK 32            /* q8_0: weights per block */
 #define LP_Q8_BYTES 34      /* q8_0: bytes per block (2-byte fp16 scale + 32 int8) */
 #define LP_Q4_BYTES 18      /* q4_0: bytes per block (2-byte fp16 scale + 16 bytes of nibbles) */
-#define LP_LANES 8          /* q8_0 / q4_0 dots: lanes of the fixed reduction order */
 #define LP_Q8 0             /* block types of the q* kernels */
 #define LP_Q4 1
 
@@ -340,25 +339,5 @@ static inline void lp_dot_rows_bf16(ptrdiff_t K, const float *x, const uint16_t 
         out[j] = s[0];
     }
 }
-
-/* ------------------------------------------------------------------------------------------------------
- * The 8-lane sum of the q8_0 / q4_0 products (_q8act.h): ((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7)),
- * lp_tree8 in C and lp_hsum8 in registers, the same bits.
- */
-static inline float lp_tree8(const float *s)
-{
-    float t0 = s[0] + s[4], t1 = s[1] + s[5], t2 = s[2] + s[6], t3 = s[3] + s[7];
-    float u0 = t0 + t2, u1 = t1 + t3;
-    return u0 + u1;
-}
-
-#if LP_AVX2
-static inline float lp_hsum8(__m256 v)
-{
-    __m128 t = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));  /* t_l = l + (l+4) */
-    __m128 u = _mm_add_ps(t, _mm_movehl_ps(t, t));                                   /* u0 = t0+t2, u1 = t1+t3 */
-    return _mm_cvtss_f32(_mm_add_ss(u, _mm_movehdup_ps(u)));                         /* u0 + u1 */
-}
-#endif
 
 #endif /* GPT2CY_LOWP_H */

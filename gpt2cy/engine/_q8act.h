@@ -3,18 +3,24 @@
  * Our own code.  The activation row x [K] is quantized per block of 32 (the weights' blocks) to
  * qx = round_half_away(x / dx), dx = amax / 127 kept in float32 (ggml keeps it in fp16; float32 loses less),
  * and each block's product with a weight block is an exact integer dot.  That is 8 bits a weight and 8 an
- * activation through one instruction per 32 products (AVX-VNNI / AVX512-VNNI vpdpbusd, else AVX2's
- * vpmaddubsw + vpmaddwd) instead of widening every weight to a float: the kernels stream the weight bytes at
- * memory speed again.  llama.cpp's CPU kernels for these types quantize activations the same way.
+ * activation through one instruction per 32 (256-bit) or 64 (512-bit) products (AVX-VNNI / AVX512-VNNI
+ * vpdpbusd, else AVX2's vpmaddubsw + vpmaddwd) instead of widening every weight to a float.  llama.cpp's CPU
+ * kernels for these types quantize activations the same way.
  *
- * The arithmetic, the same bits on every build with FMA (and without the SIMD path: the scalar loop is the
+ * The arithmetic, the same bits on every build with FMA (the scalar loop, qa_dot_scalar, is the
  * specification):
- *   lane l (0..7) of block b:  i_bl = sum of w[b, 4l + t] * qx[b, 4l + t], t = 0..3   (exact int32)
- *   s_b = d_w[b] * dx[b]                                                           (one float32 rounding)
- *   acc_l = fma((float)i_bl, s_b, acc_l) over b = 0, 1, ...                        (one chain per lane)
- *   out = ((acc_0 + acc_4) + (acc_2 + acc_6)) + ((acc_1 + acc_5) + (acc_3 + acc_7))  (lp_tree8)
+ *   i_b = sum over the block's 32 k of w[b, k] * qx[b, k]        (exact int32: |i_b| <= 32 * 128 * 127)
+ *   s_b = d_w[b] * dx[b]                                         (one float32 rounding)
+ *   acc = fma((float)i_b, s_b, acc) over b = 0, 1, ...; out = acc (one chain per output; (float)i_b is exact)
  * One output element is one such computation whatever M, the thread count or the row's place in a batch,
- * so a decode row equals the same row inside a prefill.
+ * so a decode row equals the same row inside a prefill.  Because each block's integer is whole, any exact
+ * integer unit gives the same bits (an AMX tile product would too).
+ *
+ * The SIMD kernels put one output in each lane (16 at 512 bits, 8 at 256): a group of QA_W weight rows is
+ * first repacked, block by block, so that vector j holds bytes 4j..4j+3 of every row's block (a dword
+ * transpose, the layout vpdpbusd wants), with the rows' scales as floats beside it (qa_pack_group).  The
+ * tile then takes each activation dword as a broadcast, and the scale multiply and the fused multiply-add
+ * run once per block for QA_W outputs at a time instead of once per output.
  *
  * A NaN or infinite activation makes dx NaN, so the block's products are NaN and the logits say so (the
  * generation loop's finiteness check then names the problem) instead of quietly rounding it away.
@@ -24,34 +30,68 @@
 
 #include "_lowp.h"
 
-#if LP_AVX2
+#if LP_AVX2 && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VNNI__)
+#define QA_W 16             /* outputs per vector */
+#define QA_MR 8             /* activation rows per tile: 8 accumulators + 8 weight vectors of 32 registers */
+#define QA_VNNI 1
+#elif LP_AVX2
+#define QA_W 8
+#define QA_MR 4             /* AVX2 has 16 registers */
 #if defined(__AVXVNNI__) || (defined(__AVX512VNNI__) && defined(__AVX512VL__))
-#define QA_ISA "vnni"
+#define QA_VNNI 1
 #else
-#define QA_ISA "avx2"
+#define QA_VNNI 0
 #endif
+#else
+#define QA_W 8
+#define QA_MR 4
+#define QA_VNNI 0
+#endif
+
+#if LP_AVX2 && QA_VNNI
+#define QA_ISA "vnni"
+#elif LP_AVX2
+#define QA_ISA "avx2"
 #else
 #define QA_ISA "scalar"
 #endif
 
-/* Tile shape of the products: MR rows of activations against 4 weight rows (16 accumulators take the 32
- * vector registers of AVX-512VL; AVX2 has 16, so 2 rows there). */
-#if LP_AVX2 && defined(__AVX512VL__)
-#define QA_MR 4
+/* One packed block of a group: QA_ZV weight vectors (8; without VNNI q8_0 also keeps |w| in 8 more), then
+ * QA_W float scales. */
+#if LP_AVX2 && !QA_VNNI
+#define QA_ZV 16
 #else
-#define QA_MR 2
+#define QA_ZV 8
 #endif
-#define QA_NR 4
+#if LP_AVX2
+#define QA_BLK_BYTES ((QA_ZV + 1) * QA_W * 4)
+#define QA_KB 32            /* blocks per packed slice: 18 KB, so the slice stays in L1 while the rows use it */
+#else
+#define QA_BLK_BYTES 0      /* the scalar kernel reads the blocks where they lie, in one pass */
+#define QA_KB 0
+#endif
 
-/* One row of K activations (K a multiple of 32) -> qx [K] int8, dx [K / 32] float scales and ns [K / 32 * 8]
- * the negated sums of each group of 4 q (the 8 lanes of a block): the corrections that let the kernels
- * multiply unsigned weight bytes (q4_0's nibbles; q8_0's bytes + 128) by signed activations exactly. */
-static inline void qa_quantize_row(const float *x, ptrdiff_t K, int8_t *qx, float *dx, int32_t *ns)
+/* What the kernels add to each block's integer for the offset they multiply by: VNNI multiplies unsigned
+ * bytes by signed ones, so q8_0's int8 weights go in as w + 128 and q4_0's as their nibbles (w + 8); the
+ * correction is -128 (or -8) times the block's sum of qx.  AVX2's q8_0 path multiplies |w| by qx with w's
+ * sign, exactly, and needs none. */
+static inline int32_t qa_offset(int qtype)
+{
+    if (qtype == LP_Q4)
+        return 8;
+    return (LP_AVX2 && QA_VNNI) ? 128 : 0;
+}
+
+/* One row of K activations (K a multiple of 32) -> qx [K] int8, dx [K / 32] float scales and cs [K / 32]
+ * = -offset * (sum of the block's qx), the corrections above. */
+static inline void qa_quantize_row(const float *x, ptrdiff_t K, int8_t *qx, float *dx, int32_t *cs,
+                                   int32_t offset)
 {
     for (ptrdiff_t b = 0; b < K / LP_QK; b++) {
         const float *xb = x + b * LP_QK;
         float amax = 0.0f;
         int bad = 0;
+        int32_t sum = 0;
         for (int j = 0; j < LP_QK; j++) {
             float a = fabsf(xb[j]);
             bad |= !(a <= 3.402823466e38f);                 /* NaN or inf */
@@ -62,12 +102,11 @@ static inline void qa_quantize_row(const float *x, ptrdiff_t K, int8_t *qx, floa
         dx[b] = bad ? NAN : d;
         for (int j = 0; j < LP_QK; j++) {
             float q = bad ? 0.0f : roundf(xb[j] * id);      /* half away from zero, |q| <= 127 */
-            qx[b * LP_QK + j] = (int8_t)(q > 127.0f ? 127.0f : (q < -127.0f ? -127.0f : q));
+            int8_t v = (int8_t)(q > 127.0f ? 127.0f : (q < -127.0f ? -127.0f : q));
+            qx[b * LP_QK + j] = v;
+            sum += v;
         }
-        for (int l = 0; l < LP_LANES; l++) {
-            const int8_t *g = qx + b * LP_QK + 4 * l;
-            ns[b * LP_LANES + l] = -((int32_t)g[0] + g[1] + g[2] + g[3]);
-        }
+        cs[b] = -offset * sum;
     }
 }
 
@@ -84,139 +123,278 @@ static inline void qa_block_weights(int qtype, const uint8_t *blk, int8_t *w)
     }
 }
 
-#if LP_AVX2
-#if defined(__AVXVNNI__) || (defined(__AVX512VNNI__) && defined(__AVX512VL__))
-#define QA_VNNI 1
-static inline __m256i qa_dpbusd(__m256i acc, __m256i u, __m256i s)
-{
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-    return _mm256_dpbusd_epi32(acc, u, s);
-#else
-    return _mm256_dpbusd_avx_epi32(acc, u, s);
-#endif
-}
-#else
-#define QA_VNNI 0
-#endif
-
-/* A weight block's 32 bytes as the kernels multiply them: q4_0 its nibbles (0..15); q8_0 its int8 values,
- * + 128 where VNNI multiplies unsigned by signed bytes */
-static inline __m256i qa_load_w(int qtype, const uint8_t *blk)
-{
-    if (qtype == LP_Q4) {
-        __m128i b = _mm_loadu_si128((const __m128i *)(blk + 2));
-        __m128i m = _mm_set1_epi8(0x0F);
-        return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(b, 4), m), _mm_and_si128(b, m));
-    }
-    __m256i w = _mm256_loadu_si256((const __m256i *)(blk + 2));
-#if QA_VNNI
-    w = _mm256_xor_si256(w, _mm256_set1_epi8((char)0x80));
-#endif
-    return w;
-}
-
-/* lane l = sum_{t<4} w[4l+t] * x[4l+t], exactly; c = the block's negated lane sums of x, times 2^shift
- * (shift 7 for q8_0's +128 offset, 3 for q4_0's -8) */
-static inline __m256i qa_lanes(int qtype, __m256i w, __m256i x, __m256i c)
-{
-#if QA_VNNI
-    return qa_dpbusd(c, w, x);
-#else
-    __m256i ones = _mm256_set1_epi16(1);
-    if (qtype == LP_Q4)                       /* nibble * x: pairs at most 2 * 15 * 127, no saturation */
-        return _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(w, x), ones), c);
-    (void)c;                                  /* |w| * (x with w's sign): pairs at most 2 * 128 * 127 */
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w)), ones);
-#endif
-}
-
-/* out[m * ldo + r] for m < MR, r < NR: activation rows qx + m * K (dx, ns likewise) against weight rows
- * w + r * ldw.  Inlined with constant MR and NR (qa_dot_block's switch), so the accumulators stay in
- * registers. */
-static inline __attribute__((always_inline)) void qa_tile(
-    int qtype, ptrdiff_t K, int MR, int NR, const int8_t *qx, const float *dx, const int32_t *ns,
-    const uint8_t *w, ptrdiff_t ldw, float *out, ptrdiff_t ldo)
-{
-    ptrdiff_t nb = K / LP_QK, bb = qtype == LP_Q4 ? LP_Q4_BYTES : LP_Q8_BYTES;
-    int shift = qtype == LP_Q4 ? 3 : 7;
-    __m256 acc[QA_MR][QA_NR];
-    for (int m = 0; m < MR; m++)
-        for (int r = 0; r < NR; r++)
-            acc[m][r] = _mm256_setzero_ps();
-    for (ptrdiff_t b = 0; b < nb; b++) {
-        __m256i wv[QA_NR];
-        float dw[QA_NR];
-        for (int r = 0; r < NR; r++) {
-            const uint8_t *blk = w + r * ldw + b * bb;
-            dw[r] = lp_q8_scale(blk);
-            wv[r] = qa_load_w(qtype, blk);
-        }
-        for (int m = 0; m < MR; m++) {
-            __m256i xv = _mm256_loadu_si256((const __m256i *)(qx + m * K + b * LP_QK));
-            __m256i c = _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)(ns + (m * nb + b) * LP_LANES)),
-                                          shift);
-            float d = dx[m * nb + b];
-            for (int r = 0; r < NR; r++)
-                acc[m][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(qa_lanes(qtype, wv[r], xv, c)),
-                                            _mm256_set1_ps(dw[r] * d), acc[m][r]);
-        }
-    }
-    for (int m = 0; m < MR; m++)
-        for (int r = 0; r < NR; r++)
-            out[m * ldo + r] = lp_hsum8(acc[m][r]);
-}
-#endif
-
-/* The scalar statement of every product (the SIMD tiles give these bits where the build has FMA). */
+/* The specification: *out = the product of one activation row (qx [K], dx [K / 32]) with one weight row. */
 static inline void qa_dot_scalar(int qtype, ptrdiff_t K, const int8_t *qx, const float *dx, const uint8_t *w,
                                  float *out)
 {
     ptrdiff_t nb = K / LP_QK, bb = qtype == LP_Q4 ? LP_Q4_BYTES : LP_Q8_BYTES;
-    float acc[LP_LANES] = {0};
+    float acc = 0.0f;
     int8_t wq[LP_QK];
     for (ptrdiff_t b = 0; b < nb; b++) {
         const uint8_t *blk = w + b * bb;
         const int8_t *xb = qx + b * LP_QK;
-        float s = lp_q8_scale(blk) * dx[b];
+        int32_t i = 0;
         qa_block_weights(qtype, blk, wq);
-        for (int l = 0; l < LP_LANES; l++) {
-            int32_t i = 0;
-            for (int t = 0; t < 4; t++)
-                i += (int32_t)wq[4 * l + t] * (int32_t)xb[4 * l + t];
-            acc[l] = GPT2CY_MADD((float)i, s, acc[l]);
-        }
+        for (int k = 0; k < LP_QK; k++)
+            i += (int32_t)wq[k] * (int32_t)xb[k];
+        acc = GPT2CY_MADD((float)i, lp_q8_scale(blk) * dx[b], acc);
     }
-    *out = lp_tree8(acc);
+    *out = acc;
 }
 
-/* out[m * ldo + j] = the product of activation row m (qx + m * K, dx + m * K / 32, ns + m * K / 4) with weight
- * row j (q8_0 or q4_0 blocks, row stride ldw bytes), for m < mr (at most QA_MR) and j < n. */
-static inline void qa_dot_block(int qtype, ptrdiff_t K, ptrdiff_t mr, const int8_t *qx, const float *dx,
-                                const int32_t *ns, const uint8_t *w, ptrdiff_t ldw, ptrdiff_t n, float *out,
-                                ptrdiff_t ldo)
+static inline int32_t qa_load4(const int8_t *p)
+{
+    int32_t v;
+    memcpy(&v, p, sizeof(v));
+    return v;
+}
+
+#if QA_W == 16 && LP_AVX2
+/* ---------------------------------------------------------------------------------------------- 512-bit */
+
+/* a, b, c, d: within each 128-bit lane, the 4x4 transpose of their dwords (t[i] lane = dword i of a, b, c, d) */
+static inline void qa_t4x4(__m512i a, __m512i b, __m512i c, __m512i d, __m512i *t)
+{
+    __m512i t0 = _mm512_unpacklo_epi32(a, b), t1 = _mm512_unpackhi_epi32(a, b);
+    __m512i t2 = _mm512_unpacklo_epi32(c, d), t3 = _mm512_unpackhi_epi32(c, d);
+    t[0] = _mm512_unpacklo_epi64(t0, t2);
+    t[1] = _mm512_unpackhi_epi64(t0, t2);
+    t[2] = _mm512_unpacklo_epi64(t1, t3);
+    t[3] = _mm512_unpackhi_epi64(t1, t3);
+}
+
+/* Weight rows w + n * ldw, n < nvalid (<= QA_W; the rest repeat row 0, whose outputs nobody reads), all
+ * nb blocks -> dst [nb][QA_BLK_BYTES], 64-byte aligned. */
+static inline void qa_pack_group(int qtype, ptrdiff_t b0, ptrdiff_t b1, const uint8_t *w, ptrdiff_t ldw,
+                                 int nvalid, uint8_t *dst)
+{
+    const uint8_t *row[16];
+    for (int n = 0; n < 16; n++)
+        row[n] = w + (n < nvalid ? n : 0) * ldw;
+    ptrdiff_t bb = qtype == LP_Q4 ? LP_Q4_BYTES : LP_Q8_BYTES;
+    for (ptrdiff_t b = b0; b < b1; b++, dst += QA_BLK_BYTES) {
+        ptrdiff_t o = b * bb;
+        /* the 16 fp16 scales (plain loads: a vpgatherdd made the whole decode step slower) */
+        uint16_t hs[16];
+        for (int n = 0; n < 16; n++)
+            memcpy(&hs[n], row[n] + o, 2);
+        _mm512_store_ps((float *)(dst + QA_ZV * 64), _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)hs)));
+        __m512i z[8];
+        if (qtype == LP_Q4) {
+            /* R_g lanes = rows g, 4 + g, 8 + g, 12 + g (16 bytes each); transposed: P_t = dword t of rows 0..15 */
+            __m512i r[4], p[4];
+            for (int q = 0; q < 4; q++) {
+                __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(row[q] + o + 2)));
+                v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(row[4 + q] + o + 2)), 1);
+                v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(row[8 + q] + o + 2)), 2);
+                r[q] = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(row[12 + q] + o + 2)), 3);
+            }
+            qa_t4x4(r[0], r[1], r[2], r[3], p);
+            __m512i m = _mm512_set1_epi8(0x0F);
+            for (int t = 0; t < 4; t++) {
+                z[t] = _mm512_and_si512(p[t], m);                          /* weights 4t..4t+3 (low nibbles) */
+                z[4 + t] = _mm512_and_si512(_mm512_srli_epi16(p[t], 4), m); /* 16 + 4t.. (high nibbles) */
+            }
+        } else {
+            /* R_sg = row 8s + g (low half), row 8s + 4 + g (high half); after the in-lane transposes lane 0 of
+             * T_st is dword t of rows 8s..8s+3, lane 1 dword 4 + t, lanes 2, 3 the same of rows 8s+4..8s+7 */
+            __m512i t[2][4];
+            for (int s = 0; s < 2; s++) {
+                __m512i r[4];
+                for (int q = 0; q < 4; q++)
+                    r[q] = _mm512_inserti64x4(
+                        _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(row[8 * s + q] + o + 2))),
+                        _mm256_loadu_si256((const __m256i *)(row[8 * s + 4 + q] + o + 2)), 1);
+                qa_t4x4(r[0], r[1], r[2], r[3], t[s]);
+            }
+            __m512i x80 = _mm512_set1_epi8((char)0x80);
+            for (int q = 0; q < 4; q++) {
+                z[q] = _mm512_xor_si512(_mm512_shuffle_i32x4(t[0][q], t[1][q], 0x88), x80);
+                z[4 + q] = _mm512_xor_si512(_mm512_shuffle_i32x4(t[0][q], t[1][q], 0xDD), x80);
+            }
+        }
+        for (int j = 0; j < 8; j++)
+            _mm512_store_si512((void *)(dst + 64 * j), z[j]);
+    }
+}
+
+/* out[m * ldo + n], m < MR, n < QA_W: activation rows qx + m * K (dx, cs + m * nb) against a packed group.
+ * Inlined with a constant MR (qa_tile_rows' switch), so the accumulators stay in registers. */
+static inline __attribute__((always_inline)) void qa_tile(int MR, ptrdiff_t K, ptrdiff_t b0, ptrdiff_t b1,
+                                                          const int8_t *qx, const float *dx, const int32_t *cs,
+                                                          const uint8_t *pk, float *out, ptrdiff_t ldo)
+{
+    ptrdiff_t nb = K / LP_QK;
+    __m512 acc[QA_MR];
+    for (int m = 0; m < MR; m++)
+        acc[m] = b0 ? _mm512_loadu_ps(out + m * ldo) : _mm512_setzero_ps();
+    for (ptrdiff_t b = b0; b < b1; b++, pk += QA_BLK_BYTES) {
+        __m512i z[8];
+        for (int j = 0; j < 8; j++)
+            z[j] = _mm512_load_si512((const void *)(pk + 64 * j));
+        __m512 sv = _mm512_load_ps((const float *)(pk + QA_ZV * 64));
+        for (int m = 0; m < MR; m++) {
+            const int8_t *xb = qx + m * K + b * LP_QK;
+            __m512i i = _mm512_set1_epi32(cs[m * nb + b]);
+            for (int j = 0; j < 8; j++)
+                i = _mm512_dpbusd_epi32(i, z[j], _mm512_set1_epi32(qa_load4(xb + 4 * j)));
+            acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_mul_ps(sv, _mm512_set1_ps(dx[m * nb + b])),
+                                     acc[m]);
+        }
+    }
+    for (int m = 0; m < MR; m++)
+        _mm512_storeu_ps(out + m * ldo, acc[m]);
+}
+
+#elif LP_AVX2
+/* ---------------------------------------------------------------------------------------------- 256-bit */
+
+static inline void qa_t4x4(__m256i a, __m256i b, __m256i c, __m256i d, __m256i *t)
+{
+    __m256i t0 = _mm256_unpacklo_epi32(a, b), t1 = _mm256_unpackhi_epi32(a, b);
+    __m256i t2 = _mm256_unpacklo_epi32(c, d), t3 = _mm256_unpackhi_epi32(c, d);
+    t[0] = _mm256_unpacklo_epi64(t0, t2);
+    t[1] = _mm256_unpackhi_epi64(t0, t2);
+    t[2] = _mm256_unpacklo_epi64(t1, t3);
+    t[3] = _mm256_unpackhi_epi64(t1, t3);
+}
+
+static inline void qa_pack_group(int qtype, ptrdiff_t b0, ptrdiff_t b1, const uint8_t *w, ptrdiff_t ldw,
+                                 int nvalid, uint8_t *dst)
+{
+    const uint8_t *row[8];
+    for (int n = 0; n < 8; n++)
+        row[n] = w + (n < nvalid ? n : 0) * ldw;
+    ptrdiff_t bb = qtype == LP_Q4 ? LP_Q4_BYTES : LP_Q8_BYTES;
+    for (ptrdiff_t b = b0; b < b1; b++, dst += QA_BLK_BYTES) {
+        ptrdiff_t o = b * bb;
+        uint16_t hs[8];
+        for (int n = 0; n < 8; n++)
+            memcpy(&hs[n], row[n] + o, 2);
+        _mm256_store_ps((float *)(dst + QA_ZV * 32), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)hs)));
+        __m256i z[8];
+        if (qtype == LP_Q4) {
+            __m256i r[4], p[4];
+            for (int q = 0; q < 4; q++)
+                r[q] = _mm256_set_m128i(_mm_loadu_si128((const __m128i *)(row[4 + q] + o + 2)),
+                                        _mm_loadu_si128((const __m128i *)(row[q] + o + 2)));
+            qa_t4x4(r[0], r[1], r[2], r[3], p);
+            __m256i m = _mm256_set1_epi8(0x0F);
+            for (int t = 0; t < 4; t++) {
+                z[t] = _mm256_and_si256(p[t], m);
+                z[4 + t] = _mm256_and_si256(_mm256_srli_epi16(p[t], 4), m);
+            }
+        } else {
+            /* T_st: lane 0 dword t of rows 4s..4s+3, lane 1 dword 4 + t */
+            __m256i t[2][4];
+            for (int s = 0; s < 2; s++)
+                qa_t4x4(_mm256_loadu_si256((const __m256i *)(row[4 * s] + o + 2)),
+                        _mm256_loadu_si256((const __m256i *)(row[4 * s + 1] + o + 2)),
+                        _mm256_loadu_si256((const __m256i *)(row[4 * s + 2] + o + 2)),
+                        _mm256_loadu_si256((const __m256i *)(row[4 * s + 3] + o + 2)), t[s]);
+            for (int q = 0; q < 4; q++) {
+                z[q] = _mm256_permute2x128_si256(t[0][q], t[1][q], 0x20);
+                z[4 + q] = _mm256_permute2x128_si256(t[0][q], t[1][q], 0x31);
+            }
+#if QA_VNNI
+            for (int j = 0; j < 8; j++)
+                z[j] = _mm256_xor_si256(z[j], _mm256_set1_epi8((char)0x80));
+#else
+            for (int j = 0; j < 8; j++)
+                _mm256_store_si256((__m256i *)(dst + 32 * (8 + j)), _mm256_abs_epi8(z[j]));
+#endif
+        }
+        for (int j = 0; j < 8; j++)
+            _mm256_store_si256((__m256i *)(dst + 32 * j), z[j]);
+    }
+}
+
+static inline __m256i qa_dot4(int qtype, __m256i i, const uint8_t *pk, int j, int32_t x4)
+{
+    __m256i z = _mm256_load_si256((const __m256i *)(pk + 32 * j)), x = _mm256_set1_epi32(x4);
+#if QA_VNNI
+    (void)qtype;
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(i, z, x);
+#else
+    return _mm256_dpbusd_avx_epi32(i, z, x);
+#endif
+#else
+    __m256i ones = _mm256_set1_epi16(1);
+    if (qtype == LP_Q4)                       /* nibble * x: pairs at most 2 * 15 * 127, no saturation */
+        return _mm256_add_epi32(i, _mm256_madd_epi16(_mm256_maddubs_epi16(z, x), ones));
+    __m256i a = _mm256_load_si256((const __m256i *)(pk + 32 * (8 + j)));   /* |w| * (x with w's sign) */
+    return _mm256_add_epi32(i, _mm256_madd_epi16(_mm256_maddubs_epi16(a, _mm256_sign_epi8(x, z)), ones));
+#endif
+}
+
+static inline __attribute__((always_inline)) void qa_tile(int qtype, int MR, ptrdiff_t K, ptrdiff_t b0,
+                                                          ptrdiff_t b1, const int8_t *qx, const float *dx,
+                                                          const int32_t *cs, const uint8_t *pk, float *out,
+                                                          ptrdiff_t ldo)
+{
+    ptrdiff_t nb = K / LP_QK;
+    __m256 acc[QA_MR];
+    for (int m = 0; m < MR; m++)
+        acc[m] = b0 ? _mm256_loadu_ps(out + m * ldo) : _mm256_setzero_ps();
+    for (ptrdiff_t b = b0; b < b1; b++, pk += QA_BLK_BYTES) {
+        __m256 sv = _mm256_load_ps((const float *)(pk + QA_ZV * 32));
+        for (int m = 0; m < MR; m++) {
+            const int8_t *xb = qx + m * K + b * LP_QK;
+            __m256i i = _mm256_set1_epi32(cs[m * nb + b]);
+            for (int j = 0; j < 8; j++)
+                i = qa_dot4(qtype, i, pk, j, qa_load4(xb + 4 * j));
+            acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(i), _mm256_mul_ps(sv, _mm256_set1_ps(dx[m * nb + b])),
+                                     acc[m]);
+        }
+    }
+    for (int m = 0; m < MR; m++)
+        _mm256_storeu_ps(out + m * ldo, acc[m]);
+}
+#else
+static inline void qa_pack_group(int qtype, ptrdiff_t b0, ptrdiff_t b1, const uint8_t *w, ptrdiff_t ldw,
+                                 int nvalid, uint8_t *dst)
+{
+    (void)qtype; (void)b0; (void)b1; (void)w; (void)ldw; (void)nvalid; (void)dst;
+}
+#endif
+
+/* Blocks b0..b1-1 of out[m * ldo + n] for m < mr (at most QA_MR), n < QA_W: the products of activation rows
+ * qx + m * K (dx + m * K / 32, cs + m * K / 32) with the weight rows w + n * ldw, packed in pk by
+ * qa_pack_group(b0, b1).  b0 > 0 continues the chains from out's values (the same bits as one pass); the
+ * scalar build reads w itself, takes b0 = 0, b1 = K / 32 only, and writes n < nvalid. */
+static inline void qa_tile_rows(int qtype, ptrdiff_t K, ptrdiff_t b0, ptrdiff_t b1, ptrdiff_t mr,
+                                const int8_t *qx, const float *dx, const int32_t *cs, const uint8_t *pk,
+                                const uint8_t *w, ptrdiff_t ldw, int nvalid, float *out, ptrdiff_t ldo)
 {
 #if LP_AVX2
-    for (ptrdiff_t j = 0; j < n; j += QA_NR) {
-        int nr = (int)(n - j < QA_NR ? n - j : QA_NR);
-        const uint8_t *wj = w + j * ldw;
-        float *oj = out + j;
-#define QA_CASE(M, N) case (M) * 8 + (N): qa_tile(qtype, K, M, N, qx, dx, ns, wj, ldw, oj, ldo); break;
-        switch ((int)mr * 8 + nr) {
-        QA_CASE(1, 1) QA_CASE(1, 2) QA_CASE(1, 3) QA_CASE(1, 4)
-        QA_CASE(2, 1) QA_CASE(2, 2) QA_CASE(2, 3) QA_CASE(2, 4)
-#if QA_MR == 4
-        QA_CASE(3, 1) QA_CASE(3, 2) QA_CASE(3, 3) QA_CASE(3, 4)
-        QA_CASE(4, 1) QA_CASE(4, 2) QA_CASE(4, 3) QA_CASE(4, 4)
-#endif
-        default: break;
-        }
-#undef QA_CASE
+    (void)w; (void)ldw; (void)nvalid;
+#if QA_W == 16
+    (void)qtype;
+#define QA_CASE(M) case M: qa_tile(M, K, b0, b1, qx, dx, cs, pk, out, ldo); break;
+    switch ((int)mr) {
+    QA_CASE(1) QA_CASE(2) QA_CASE(3) QA_CASE(4) QA_CASE(5) QA_CASE(6) QA_CASE(7) QA_CASE(8)
+    default: break;
     }
 #else
-    (void)ns;
+#define QA_CASE(M) case M:                                                          \
+        if (qtype == LP_Q4)                                                         \
+            qa_tile(LP_Q4, M, K, b0, b1, qx, dx, cs, pk, out, ldo);                 \
+        else                                                                        \
+            qa_tile(LP_Q8, M, K, b0, b1, qx, dx, cs, pk, out, ldo);                 \
+        break;
+    switch ((int)mr) {
+    QA_CASE(1) QA_CASE(2) QA_CASE(3) QA_CASE(4)
+    default: break;
+    }
+#endif
+#undef QA_CASE
+#else
+    (void)cs; (void)pk; (void)b0; (void)b1;
+    ptrdiff_t nb = K / LP_QK;
     for (ptrdiff_t m = 0; m < mr; m++)
-        for (ptrdiff_t j = 0; j < n; j++)
-            qa_dot_scalar(qtype, K, qx + m * K, dx + m * (K / LP_QK), w + j * ldw, out + m * ldo + j);
+        for (int n = 0; n < nvalid; n++)
+            qa_dot_scalar(qtype, K, qx + m * K, dx + m * nb, w + n * ldw, out + m * ldo + n);
 #endif
 }
 

@@ -8,10 +8,11 @@ where the CPU has VNNI, instead of widening each weight to a float (what kept th
 third of the memory bound).  The numpy reference with the same activation quantization agrees to fp32
 rounding (tests/test_dtypes_lowp.py); the quantization itself is the price, as in llama.cpp.
 - Decode (M <= 16): each thread takes a contiguous range of output rows (multiples of CHUNK) and streams
-  their blocks once, every row of x against a CHUNK of weight rows while it is in L1/L2.
-- Prefill: one task = PANEL output rows x MC rows of x (scheduled dynamically), the same row dots.
-- Determinism: every output element is _q8act.h's one computation (8 lanes of exact block dots, one fused
-  multiply-add chain per lane over the blocks, a fixed tree), then `+ bias`, then `out +` when
+  their blocks once: each group of QA_W weight rows is repacked (one dword transpose per block) into an
+  L1/L2-sized buffer, and every row of x runs against it.
+- Prefill: one task = PANEL output rows x MC rows of x (scheduled dynamically), the same groups and tiles.
+- Determinism: every output element is _q8act.h's one computation (an exact integer dot per block, one
+  fused multiply-add chain over the blocks), then `+ bias`, then `out +` when
   accumulating, GELU in the same NR-wide pieces from column 0 of a CHUNK.  So neither the thread count nor
   M (decode or prefill, alone or batched) changes a bit.
 """
@@ -45,17 +46,24 @@ cdef extern from "_lowp.h" nogil:
 cdef extern from "_q8act.h" nogil:
     enum:
         QA_MR
+        QA_W
+        QA_BLK_BYTES
+        QA_KB
     const char* QA_ISA
-    void qa_quantize_row(const float* x, Py_ssize_t K, int8_t* qx, float* dx, int32_t* ns)
-    void qa_dot_block(int qtype, Py_ssize_t K, Py_ssize_t mr, const int8_t* qx, const float* dx,
-                      const int32_t* ns, const uint8_t* w, Py_ssize_t ldw, Py_ssize_t n, float* out,
-                      Py_ssize_t ldo)
+    int32_t qa_offset(int qtype)
+    void qa_quantize_row(const float* x, Py_ssize_t K, int8_t* qx, float* dx, int32_t* cs, int32_t offset)
+    void qa_pack_group(int qtype, Py_ssize_t b0, Py_ssize_t b1, const uint8_t* w, Py_ssize_t ldw, int nvalid,
+                       uint8_t* dst)
+    void qa_tile_rows(int qtype, Py_ssize_t K, Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t mr, const int8_t* qx,
+                      const float* dx, const int32_t* cs, const uint8_t* pk, const uint8_t* w, Py_ssize_t ldw,
+                      int nvalid, float* out, Py_ssize_t ldo)
 
 cdef enum:
     CHUNK = 64               # output rows per epilogue piece (a multiple of every GEMM_NR: 8, 16, 32)
     PANEL = 64               # prefill: output rows per task
     MC = 32                  # prefill: rows of x per task
     DECODE_MAXM = 16         # up to this many rows: the streaming path
+    MAX_ROWS = 32            # rows of x one _rows_range call takes (MC, DECODE_MAXM)
     MIN_PAR_FLOPS = 1 << 18
 
 
@@ -93,27 +101,47 @@ cdef inline void _row_to_f32(int qtype, const uint8_t* src, float* dst, Py_ssize
         lp_q8_row_to_f32(src, dst, n)
 
 
-cdef void _rows_range(int qtype, const int8_t* qx, const float* dx, const int32_t* ns, const uint8_t* w,
+cdef void _rows_range(int qtype, const int8_t* qx, const float* dx, const int32_t* cs, const uint8_t* w,
                       Py_ssize_t ldw, const float* bias, float* out, Py_ssize_t ldo, Py_ssize_t m0,
                       Py_ssize_t m1, Py_ssize_t K, Py_ssize_t n0, Py_ssize_t n1, int act,
                       bint accumulate) noexcept nogil:
-    # out[m0:m1, n0:n1] from the quantized rows qx [M, K] / dx [M, K / 32] / ns [M, K / 4]; n0 at a CHUNK
-    # start.  QA_MR rows of x at a time against a CHUNK of weight rows (in L1/L2 while they are used).
-    cdef float dots[QA_MR * CHUNK]
-    cdef Py_ssize_t c0, cw, m, mr, i, nb = K // LP_QK
+    # out[m0:m1, n0:n1] (m1 - m0 <= MAX_ROWS) from the quantized rows qx [M, K] / dx [M, K / 32] / cs [M, K / 32];
+    # n0 at a CHUNK start.  Each QA_W weight rows are repacked, QA_KB blocks at a time (qa_pack_group, into
+    # this call's L1-sized buffer), and every row of x runs against the slice, QA_MR rows at a time.
+    cdef float dots[MAX_ROWS * CHUNK]
+    cdef Py_ssize_t c0, cw, g, m, mr, i, j, b0, b1, nb = K // LP_QK
+    cdef Py_ssize_t kb = QA_KB if QA_KB > 0 else nb
+    cdef int nv
+    cdef void* raw = malloc(kb * QA_BLK_BYTES + 64)
+    cdef uint8_t* pk = <uint8_t*>((<size_t>raw + 63) & ~(<size_t>63))
+    if raw == NULL:                              # NaN, which the caller reports
+        for i in range(m0, m1):
+            for j in range(n0, n1):
+                out[i * ldo + j] = NAN
+        return
     c0 = n0
     while c0 < n1:
         cw = _min(CHUNK, n1 - c0)
-        m = m0
-        while m < m1:
-            mr = _min(QA_MR, m1 - m)
-            qa_dot_block(qtype, K, mr, qx + m * K, dx + m * nb, ns + m * nb * 8, w + c0 * ldw, ldw, cw, dots,
-                         CHUNK)
-            for i in range(mr):
-                _epilogue(dots + i * CHUNK, bias + c0 if bias != NULL else NULL, out + (m + i) * ldo + c0, cw,
-                          act, accumulate)
-            m = m + mr
+        g = 0
+        while g < cw:
+            nv = <int>_min(QA_W, cw - g)
+            b0 = 0
+            while b0 < nb:
+                b1 = _min(b0 + kb, nb)
+                qa_pack_group(qtype, b0, b1, w + (c0 + g) * ldw, ldw, nv, pk)
+                m = m0
+                while m < m1:
+                    mr = _min(QA_MR, m1 - m)
+                    qa_tile_rows(qtype, K, b0, b1, mr, qx + m * K, dx + m * nb, cs + m * nb, pk,
+                                 w + (c0 + g) * ldw, ldw, nv, dots + (m - m0) * CHUNK + g, CHUNK)
+                    m = m + mr
+                b0 = b1
+            g = g + QA_W
+        for i in range(m1 - m0):
+            _epilogue(dots + i * CHUNK, bias + c0 if bias != NULL else NULL, out + (m0 + i) * ldo + c0, cw,
+                      act, accumulate)
         c0 = c0 + CHUNK
+    free(raw)
 
 
 cdef void q_linear(int qtype, const float* x, Py_ssize_t ldx, const uint8_t* w, Py_ssize_t ldw, const float* bias,
@@ -123,43 +151,54 @@ cdef void q_linear(int qtype, const float* x, Py_ssize_t ldx, const uint8_t* w, 
     cdef Py_ssize_t n_chunks = _cdiv(N, CHUNK), n_tasks, per, t, n_pt, n_mt, pt, mt, m, j, nb = K // LP_QK
     cdef int8_t* qx
     cdef float* dx
-    cdef int32_t* ns
+    cdef int32_t* cs
+    cdef int32_t off = qa_offset(qtype)
     if M <= 0 or N <= 0:
         return
     qx = <int8_t*>malloc(M * K * sizeof(int8_t) + 1)
     dx = <float*>malloc(M * nb * sizeof(float) + 1)
-    ns = <int32_t*>malloc(M * nb * 8 * sizeof(int32_t) + 1)
-    if qx == NULL or dx == NULL or ns == NULL:   # no memory for the quantized rows: NaN, which the caller reports
+    cs = <int32_t*>malloc(M * nb * sizeof(int32_t) + 1)
+    if qx == NULL or dx == NULL or cs == NULL:   # no memory for the quantized rows: NaN, which the caller reports
         free(qx)
         free(dx)
-        free(ns)
+        free(cs)
         for m in range(M):
             for j in range(N):
                 out[m * ldo + j] = NAN
         return
     if M <= DECODE_MAXM:
         for m in range(M):
-            qa_quantize_row(x + m * ldx, K, qx + m * K, dx + m * nb, ns + m * nb * 8)
+            qa_quantize_row(x + m * ldx, K, qx + m * K, dx + m * nb, cs + m * nb, off)
         n_tasks = _min(nt, n_chunks)
         per = _cdiv(n_chunks, n_tasks) * CHUNK
         n_tasks = _cdiv(N, per)
         for t in prange(n_tasks, num_threads=nt, schedule="static"):
-            _rows_range(qtype, qx, dx, ns, w, ldw, bias, out, ldo, 0, M, K, t * per, _min((t + 1) * per, N),
+            _rows_range(qtype, qx, dx, cs, w, ldw, bias, out, ldo, 0, M, K, t * per, _min((t + 1) * per, N),
                         act, accumulate)
     else:
         n_pt = _cdiv(N, PANEL)
         n_mt = _cdiv(M, MC)
         with parallel(num_threads=nt):
             for m in prange(M, schedule="static"):
-                qa_quantize_row(x + m * ldx, K, qx + m * K, dx + m * nb, ns + m * nb * 8)
+                qa_quantize_row(x + m * ldx, K, qx + m * K, dx + m * nb, cs + m * nb, off)
         for t in prange(n_pt * n_mt, num_threads=nt, schedule="dynamic"):
             pt = t % n_pt
             mt = t // n_pt
-            _rows_range(qtype, qx, dx, ns, w, ldw, bias, out, ldo, mt * MC, _min((mt + 1) * MC, M), K,
+            _rows_range(qtype, qx, dx, cs, w, ldw, bias, out, ldo, mt * MC, _min((mt + 1) * MC, M), K,
                         pt * PANEL, _min((pt + 1) * PANEL, N), act, accumulate)
     free(qx)
     free(dx)
-    free(ns)
+    free(cs)
+
+
+cdef extern from "_madd.h":
+    enum:
+        GPT2CY_FUSED
+
+
+def fused_madd():
+    """Whether this build's multiply-adds round once (FMA), as the products' chains do (_madd.h)."""
+    return bool(GPT2CY_FUSED)
 
 
 def kernel_isa():
@@ -176,15 +215,15 @@ def quantize_activations(x):
         raise ValueError(f"x must be 2-D with a multiple of {LP_QK} columns")
     q = np.empty(a.shape, np.int8)
     d = np.empty((a.shape[0], a.shape[1] // LP_QK), np.float32)
-    ns = np.empty((a.shape[0], a.shape[1] // 4), np.int32)
+    cs = np.empty((a.shape[0], a.shape[1] // LP_QK), np.int32)
     cdef const float[:, ::1] av = a
     cdef int8_t[:, ::1] qv = q
     cdef float[:, ::1] dv = d
-    cdef int32_t[:, ::1] nv = ns
+    cdef int32_t[:, ::1] cv = cs
     cdef Py_ssize_t m
     for m in range(a.shape[0]):
         if a.shape[1]:
-            qa_quantize_row(&av[m, 0], a.shape[1], &qv[m, 0], &dv[m, 0], &nv[m, 0])
+            qa_quantize_row(&av[m, 0], a.shape[1], &qv[m, 0], &dv[m, 0], &cv[m, 0], 0)
     return q, d
 
 
