@@ -324,8 +324,8 @@ def cmd_list(args) -> int:
 _KERNELS = {
     "f32": "register tiles (prefill), row-streaming matrix-vector (decode), row dots (lm_head)",
     "bf16": "the f32 kernels, weights widened exactly in registers and while packing",
-    "q8_0": "activations quantized to 8-bit blocks, integer block dots ({q}) (decode: streamed rows; "
-            "prefill: tasks of 32 rows x 64 outputs)",
+    "q8_0": "activations quantized to 8-bit blocks, integer block dots ({q}), one output per lane "
+            "(decode: streamed rows; prefill: tasks of 32 rows x 64 outputs)",
     "q4_0": "as q8_0, 4-bit weights unpacked in registers ({q})",
 }
 ISA_ENV = "GPT2CY_ISA"
