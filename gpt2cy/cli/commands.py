@@ -7,6 +7,7 @@ gpt2cy.notices, which the command line points at stderr.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -228,8 +229,11 @@ def cmd_generate(args) -> int:
         try:
             for chunk in stream:
                 if args.jsonl and chunk.token is not None:
-                    out.write(json.dumps({"token": chunk.token, "text": chunk.text}, ensure_ascii=False) + "\n")
-                    out.flush()
+                    # SIGINT held off while the event is written: a KeyboardInterrupt inside the text layer's
+                    # flush can drop what it held, so the final object would list tokens with no event
+                    with _sigint_deferred():
+                        out.write(json.dumps({"token": chunk.token, "text": chunk.text}, ensure_ascii=False) + "\n")
+                        out.flush()
                 elif not as_json and chunk.text:
                     out.write(show(chunk.text))
                     out.flush()
@@ -246,6 +250,20 @@ def cmd_generate(args) -> int:
     if args.verbose:
         notice(stats_line(response))
     return status
+
+
+@contextlib.contextmanager
+def _sigint_deferred():
+    """SIGINT blocked inside the block (delivered, as KeyboardInterrupt, right after it) where the OS allows."""
+    import signal
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def cmd_tokenize(args) -> int:
