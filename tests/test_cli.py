@@ -254,6 +254,9 @@ def test_version_help_info(env):
     assert "kernels: the generic variant (GPT2CY_ISA forces it" in r2.out and "integer block dots (scalar)" in r2.out
     for dtype in ("f32", "bf16", "q8_0", "q4_0"):
         assert f"  {dtype} " in r.out
+    from gpt2cy.engine._qblocks import amx
+    assert ("AMX-INT8 tiles" in r.out) == amx()
+    assert "AMX-INT8 tiles" not in gpt2cy(dict(env, GPT2CY_AMX="0"), "--info").out
     env = {k: v for k, v in env.items() if k not in ("GPT2CY_NUM_THREADS", "OMP_NUM_THREADS")}
     assert "threads: adapting between 1 and" in gpt2cy(env, "--info").out
     r = gpt2cy(dict(env, OMP_WAIT_POLICY="passive", GPT2CY_NUM_THREADS="1"), "--info")

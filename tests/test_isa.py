@@ -13,15 +13,22 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 KERNEL_TESTS = ["test_kernels.py", "test_matmul.py", "test_dtypes_lowp.py", "test_engine_batch.py"]
 
 
-def _env(variant):
-    return {**os.environ, "GPT2CY_ISA": variant}
+def _env(variant, **extra):
+    return {**os.environ, "GPT2CY_ISA": variant, **extra}
 
 
-def _probe(variant):
+def _probe(variant, **extra):
     code = ("from gpt2cy.engine import isa, _matmul, _qblocks; "
-            "print(isa.chosen(), _matmul.__name__, _matmul.isa()[0], _qblocks.kernel_isa())")
-    return subprocess.run([sys.executable, "-c", code], env=_env(variant), capture_output=True, text=True,
-                          timeout=120)
+            "print(isa.chosen(), _matmul.__name__, _matmul.isa()[0], _qblocks.kernel_isa(), _qblocks.amx(), "
+            "_qblocks.amx_available())")
+    return subprocess.run([sys.executable, "-c", code], env=_env(variant, **extra), capture_output=True,
+                          text=True, timeout=120)
+
+
+def _kernel_tests(env):
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-m", "not slow", "-p", "no:cacheprovider",
+                           *[os.path.join(HERE, t) for t in KERNEL_TESTS]],
+                          env=env, capture_output=True, text=True, timeout=900, cwd=HERE)
 
 
 def test_the_default_is_the_best_supported_variant():
@@ -34,8 +41,11 @@ def test_the_default_is_the_best_supported_variant():
 def test_variant_is_what_runs(variant):
     r = _probe(variant)
     assert r.returncode == 0, r.stderr
-    chosen, module, kernels, q = r.stdout.split()
+    chosen, module, kernels, q, amx, amx_ok = r.stdout.split()
     assert chosen == variant
+    assert amx == amx_ok                                  # AMX is on by default wherever it can run
+    if variant in ("generic", "avx2"):
+        assert amx_ok == "False"                          # only the 512-bit tile has an AMX form
     assert module == ("gpt2cy.engine._matmul" if variant == "generic" else f"gpt2cy.engine._isa_{variant}._matmul")
     if variant == "avx2":
         assert kernels == "avx2+fma" and q == "avx2"
@@ -48,11 +58,32 @@ def test_variant_is_what_runs(variant):
 @pytest.mark.parametrize("variant", [v for v in isa.supported() if v != isa.chosen()])
 def test_variant_passes_the_kernel_tests(variant):
     # the chosen variant runs them in this suite already
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-m", "not slow", "-p", "no:cacheprovider",
-                        *[os.path.join(HERE, t) for t in KERNEL_TESTS]],
-                       env=_env(variant), capture_output=True, text=True, timeout=900, cwd=HERE)
+    r = _kernel_tests(_env(variant))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     assert " passed" in r.stdout
+
+
+def _amx_here():
+    return _probe(isa.chosen()).stdout.split()[-1] == "True"
+
+
+@pytest.mark.skipif(not _amx_here(), reason="this CPU, OS or build has no AMX-INT8 tiles")
+def test_without_amx_the_kernels_pass_too():
+    # the suite runs the AMX tiles; GPT2CY_AMX=0 gives the VNNI tiles the same tests (and the same bits)
+    r = _probe(isa.chosen(), GPT2CY_AMX="0")
+    assert r.returncode == 0 and r.stdout.split()[-2:] == ["False", "True"], r.stdout + r.stderr
+    r = _kernel_tests(_env(isa.chosen(), GPT2CY_AMX="0"))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert " passed" in r.stdout
+
+
+def test_a_bad_amx_setting_is_one_clear_error():
+    r = _probe(isa.chosen(), GPT2CY_AMX="maybe")
+    assert r.returncode != 0 and "GPT2CY_AMX='maybe' is not 0, 1, on, off or auto" in r.stderr
+    cli = subprocess.run([sys.executable, "-m", "gpt2cy", "--info"], env=_env(isa.chosen(), GPT2CY_AMX="maybe"),
+                         capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 1
+    assert cli.stderr.strip().count("\n") == 0 and "GPT2CY_AMX" in cli.stderr and "Traceback" not in cli.stderr
 
 
 @pytest.mark.parametrize("value,message", [

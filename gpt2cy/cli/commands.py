@@ -399,13 +399,14 @@ def cmd_info() -> int:
     policy = os.environ.get("OMP_WAIT_POLICY")
     print(f"OMP_WAIT_POLICY: {policy if policy else 'unset (libgomp default: idle workers spin a while, then sleep)'}")
     from ..engine import isa as variants
-    from ..engine._qblocks import kernel_isa
+    from ..engine._qblocks import amx, kernel_isa
     name, mr, nr = isa()
     how = f"{ISA_ENV} forces it" if variants.forced() else f"the best this CPU runs; {ISA_ENV}=NAME forces one"
     print(f"kernels: the {variants.chosen()} variant ({how}; this build has: {', '.join(variants.built())}), "
           f"built for {name} (f32 tile {mr}x{nr})")
+    q = kernel_isa() + ("; prefill through AMX-INT8 tiles, GPT2CY_AMX=0 turns them off" if amx() else "")
     for dt in DTYPES:
-        print(f"  {dt:5s} {_KERNELS.get(dt, '').format(q=kernel_isa())}")
+        print(f"  {dt:5s} {_KERNELS.get(dt, '').format(q=q)}")
     flags = _cpu_flags()
     if flags is not None:
         print(f"cpu: {_cpu_model()}; flags: {' '.join(f for f in _ISA_FLAGS if f in flags) or 'none of note'}")

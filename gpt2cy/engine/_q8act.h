@@ -29,6 +29,7 @@
 #define GPT2CY_Q8ACT_H
 
 #include "_lowp.h"
+#include "_amx.h"
 
 #if LP_AVX2 && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VNNI__)
 #define QA_W 16             /* outputs per vector */
@@ -66,9 +67,13 @@
 #if LP_AVX2
 #define QA_BLK_BYTES ((QA_ZV + 1) * QA_W * 4)
 #define QA_KB 32            /* blocks per packed slice: 18 KB, so the slice stays in L1 while the rows use it */
+#ifndef QA_KB_AMX
+#define QA_KB_AMX 16        /* through AMX: 9 KB, beside 64 rows' 16 KB of activation tiles */
+#endif
 #else
 #define QA_BLK_BYTES 0      /* the scalar kernel reads the blocks where they lie, in one pass */
 #define QA_KB 0
+#define QA_KB_AMX 0
 #endif
 
 /* What the kernels add to each block's integer for the offset they multiply by: VNNI multiplies unsigned
@@ -82,11 +87,94 @@ static inline int32_t qa_offset(int qtype)
     return (LP_AVX2 && QA_VNNI) ? 128 : 0;
 }
 
+#if LP_AVX2
+/* roundf (halves away from zero) of v, |v| < 2^23, lane by lane: t = trunc(v) and v - t are exact, and
+ * |v - t| >= 0.5 moves t one step away from zero. */
+#if defined(__AVX512F__)
+static inline __m512 qa_round_away16(__m512 v)
+{
+    __m512 t = _mm512_roundscale_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    __m512 one = _mm512_or_ps(_mm512_set1_ps(1.0f), _mm512_and_ps(v, _mm512_set1_ps(-0.0f)));
+    __mmask16 up = _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_sub_ps(v, t)), _mm512_set1_ps(0.5f), _CMP_GE_OQ);
+    return _mm512_mask_add_ps(t, up, t, one);
+}
+#endif
+static inline __m256 qa_round_away8(__m256 v)
+{
+    __m256 sign = _mm256_and_ps(v, _mm256_set1_ps(-0.0f));
+    __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), _mm256_sub_ps(v, t));
+    __m256 up = _mm256_cmp_ps(r, _mm256_set1_ps(0.5f), _CMP_GE_OQ);
+    return _mm256_add_ps(t, _mm256_and_ps(up, _mm256_or_ps(_mm256_set1_ps(1.0f), sign)));
+}
+#endif
+
 /* One row of K activations (K a multiple of 32) -> qx [K] int8, dx [K / 32] float scales and cs [K / 32]
- * = -offset * (sum of the block's qx), the corrections above. */
+ * = -offset * (sum of the block's qx), the corrections above.  The SIMD forms compute the same values as the
+ * scalar loop after them (amax is exact, and x * id, the rounding and the clamp are lane by lane). */
 static inline void qa_quantize_row(const float *x, ptrdiff_t K, int8_t *qx, float *dx, int32_t *cs,
                                    int32_t offset)
 {
+#if LP_AVX2 && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__)
+    for (ptrdiff_t b = 0; b < K / LP_QK; b++) {
+        const float *xb = x + b * LP_QK;
+        __m512 x0 = _mm512_loadu_ps(xb), x1 = _mm512_loadu_ps(xb + 16);
+        __m512 a0 = _mm512_abs_ps(x0), a1 = _mm512_abs_ps(x1), big = _mm512_set1_ps(3.402823466e38f);
+        __mmask16 ok = _mm512_cmp_ps_mask(a0, big, _CMP_LE_OQ) & _mm512_cmp_ps_mask(a1, big, _CMP_LE_OQ);
+        if (ok != 0xFFFF) {                                   /* NaN or inf */
+            dx[b] = NAN;
+            memset(qx + b * LP_QK, 0, LP_QK);
+            cs[b] = 0;
+            continue;
+        }
+        float d = _mm512_reduce_max_ps(_mm512_max_ps(a0, a1)) / 127.0f;
+        float id = d != 0.0f ? 1.0f / d : 0.0f;
+        dx[b] = d;
+        __m512 vid = _mm512_set1_ps(id), lim = _mm512_set1_ps(127.0f), nlim = _mm512_set1_ps(-127.0f);
+        __m512i q0 = _mm512_cvttps_epi32(_mm512_max_ps(_mm512_min_ps(qa_round_away16(_mm512_mul_ps(x0, vid)), lim), nlim));
+        __m512i q1 = _mm512_cvttps_epi32(_mm512_max_ps(_mm512_min_ps(qa_round_away16(_mm512_mul_ps(x1, vid)), lim), nlim));
+        _mm_storeu_si128((__m128i *)(qx + b * LP_QK), _mm512_cvtepi32_epi8(q0));
+        _mm_storeu_si128((__m128i *)(qx + b * LP_QK + 16), _mm512_cvtepi32_epi8(q1));
+        cs[b] = -offset * _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+    }
+#elif LP_AVX2
+    for (ptrdiff_t b = 0; b < K / LP_QK; b++) {
+        const float *xb = x + b * LP_QK;
+        __m256 v[4], amax = _mm256_setzero_ps(), good = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+        __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF)), big = _mm256_set1_ps(3.402823466e38f);
+        for (int i = 0; i < 4; i++) {
+            v[i] = _mm256_loadu_ps(xb + 8 * i);
+            __m256 a = _mm256_and_ps(v[i], absm);
+            good = _mm256_and_ps(good, _mm256_cmp_ps(a, big, _CMP_LE_OQ));
+            amax = _mm256_max_ps(amax, a);
+        }
+        if (_mm256_movemask_ps(good) != 0xFF) {
+            dx[b] = NAN;
+            memset(qx + b * LP_QK, 0, LP_QK);
+            cs[b] = 0;
+            continue;
+        }
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
+        float d = _mm_cvtss_f32(m4) / 127.0f;
+        float id = d != 0.0f ? 1.0f / d : 0.0f;
+        dx[b] = d;
+        __m256 vid = _mm256_set1_ps(id), lim = _mm256_set1_ps(127.0f), nlim = _mm256_set1_ps(-127.0f);
+        __m256i q[4];
+        for (int i = 0; i < 4; i++)
+            q[i] = _mm256_cvttps_epi32(_mm256_max_ps(_mm256_min_ps(qa_round_away8(_mm256_mul_ps(v[i], vid)), lim), nlim));
+        /* int32 -> int8 (|q| <= 127: the saturating packs are exact), back in order */
+        __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+        p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *)(qx + b * LP_QK), p);
+        __m256i s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
+        cs[b] = -offset * _mm_cvtsi128_si32(s4);
+    }
+#else
     for (ptrdiff_t b = 0; b < K / LP_QK; b++) {
         const float *xb = x + b * LP_QK;
         float amax = 0.0f;
@@ -108,6 +196,7 @@ static inline void qa_quantize_row(const float *x, ptrdiff_t K, int8_t *qx, floa
         }
         cs[b] = -offset * sum;
     }
+#endif
 }
 
 /* The 32 signed weights of block `blk` (q8_0: as stored; q4_0: nibble - 8) into w[32]. */
@@ -172,10 +261,11 @@ static inline void qa_t4x4(__m512i a, __m512i b, __m512i c, __m512i d, __m512i *
     t[3] = _mm512_unpackhi_epi64(t1, t3);
 }
 
-/* Weight rows w + n * ldw, n < nvalid (<= QA_W; the rest repeat row 0, whose outputs nobody reads), all
- * nb blocks -> dst [nb][QA_BLK_BYTES], 64-byte aligned. */
+/* Weight rows w + n * ldw, n < nvalid (<= QA_W; the rest repeat row 0, whose outputs nobody reads), blocks
+ * b0..b1-1 -> dst [b1 - b0][QA_BLK_BYTES], 64-byte aligned.  sgn: the weights as signed bytes (w itself, for
+ * AMX's TDPBSSD) instead of VNNI's unsigned w + offset. */
 static inline void qa_pack_group(int qtype, ptrdiff_t b0, ptrdiff_t b1, const uint8_t *w, ptrdiff_t ldw,
-                                 int nvalid, uint8_t *dst)
+                                 int nvalid, int sgn, uint8_t *dst)
 {
     const uint8_t *row[16];
     for (int n = 0; n < 16; n++)
@@ -184,7 +274,8 @@ static inline void qa_pack_group(int qtype, ptrdiff_t b0, ptrdiff_t b1, const ui
     const char *next = (const char *)(w + 16 * ldw) + b0 * 16 * bb;
     for (ptrdiff_t b = b0; b < b1; b++, dst += QA_BLK_BYTES) {
         ptrdiff_t o = b * bb;
-        QA_PREFETCH_NEXT(next, 16 * bb);
+        if (!sgn)                 /* AMX runs prefills: the weights are reused, a prefetch only queues */
+            QA_PREFETCH_NEXT(next, 16 * bb);
         /* the 16 fp16 scales (plain loads: a vpgatherdd made the whole decode step slower) */
         uint16_t hs[16];
         for (int n = 0; n < 16; n++)
@@ -201,10 +292,10 @@ static inline void qa_pack_group(int qtype, ptrdiff_t b0, ptrdiff_t b1, const ui
                 r[q] = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(row[12 + q] + o + 2)), 3);
             }
             qa_t4x4(r[0], r[1], r[2], r[3], p);
-            __m512i m = _mm512_set1_epi8(0x0F);
+            __m512i m = _mm512_set1_epi8(0x0F), eight = _mm512_set1_epi8(sgn ? 8 : 0);
             for (int t = 0; t < 4; t++) {
-                z[t] = _mm512_and_si512(p[t], m);                          /* weights 4t..4t+3 (low nibbles) */
-                z[4 + t] = _mm512_and_si512(_mm512_srli_epi16(p[t], 4), m); /* 16 + 4t.. (high nibbles) */
+                z[t] = _mm512_sub_epi8(_mm512_and_si512(p[t], m), eight);   /* weights 4t..4t+3 (low nibbles) */
+                z[4 + t] = _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(p[t], 4), m), eight); /* 16 + 4t.. */
             }
         } else {
             /* R_sg = row 8s + g (low half), row 8s + 4 + g (high half); after the in-lane transposes lane 0 of
@@ -218,7 +309,7 @@ static inline void qa_pack_group(int qtype, ptrdiff_t b0, ptrdiff_t b1, const ui
                         _mm256_loadu_si256((const __m256i *)(row[8 * s + 4 + q] + o + 2)), 1);
                 qa_t4x4(r[0], r[1], r[2], r[3], t[s]);
             }
-            __m512i x80 = _mm512_set1_epi8((char)0x80);
+            __m512i x80 = _mm512_set1_epi8(sgn ? 0 : (char)0x80);
             for (int q = 0; q < 4; q++) {
                 z[q] = _mm512_xor_si512(_mm512_shuffle_i32x4(t[0][q], t[1][q], 0x88), x80);
                 z[4 + q] = _mm512_xor_si512(_mm512_shuffle_i32x4(t[0][q], t[1][q], 0xDD), x80);
@@ -257,6 +348,98 @@ static inline __attribute__((always_inline)) void qa_tile(int MR, ptrdiff_t K, p
         _mm512_storeu_ps(out + m * ldo, acc[m]);
 }
 
+#if QA_AMX_BUILD
+#define QA_AMX 1
+#define QA_AMX_MR 16        /* activation rows per tile product; qx holds whole tiles of rows (zero padded) */
+#define QA_AMX_MIN_ROWS 17  /* fewer rows (a decode step of up to 16 sequences): the VNNI tile, the same bits; there
+                             * the weights stream from memory and the tiles' fixed cost per block lost (0.6-1.0x
+                             * at 2-16 rows) */
+#define QA_AMX_TILE_BYTES (QA_AMX_MR * LP_QK)
+#ifndef QA_AMX_AHEAD
+#define QA_AMX_AHEAD 2      /* blocks (even) */
+#endif
+#define QA_AMX_RING (QA_AMX_AHEAD + 2)
+
+/* One block's epilogue: acc[m] = fma((float)i[m], s_w * dx[m], acc[m]) from the stored int32 tile. */
+#define QA_AMX_EPI(j) do {                                                                           \
+        const int32_t *i_ = ring + 256 * ((j) % QA_AMX_RING);                                                  \
+        __m512 sv_ = _mm512_load_ps((const float *)(pk + (j) * QA_BLK_BYTES + QA_ZV * 64));          \
+        for (int m = 0; m < MR; m++)                                                                 \
+            acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512((const void *)(i_ + 16 * m))), \
+                                     _mm512_mul_ps(sv_, _mm512_set1_ps(dx[m * nb + b0 + (j)])), acc[m]); \
+    } while (0)
+/* Block j's integers into ring slot j % QA_AMX_RING, through tiles A, B, C (a set alternates with the next block's, so
+ * one block's loads overlap the other's product). */
+#define QA_AMX_BLOCK(A, B, C, j) do {                                                                \
+        QA_AMX_LOAD(A, qt + (b0 + (j)) * QA_AMX_TILE_BYTES, LP_QK);                                  \
+        QA_AMX_LOAD(B, pk + (j) * QA_BLK_BYTES, 64);                                                 \
+        QA_AMX_ZERO(C);                                                                              \
+        QA_AMX_DPBSSD(C, A, B);                                                                      \
+        QA_AMX_STORE(C, ring + 256 * ((j) % QA_AMX_RING), 64);                                                 \
+    } while (0)
+
+/* qa_tile's products through AMX: the same integers (TDPBSSD on qx and the signed packed weights, exact),
+ * the same chains, so the same bits.  A tile store reaches the vector loads only once it has retired, so
+ * the products run QA_AMX_AHEAD blocks ahead of the epilogues that read them. */
+static inline __attribute__((always_inline)) void qa_amx_tile(int MR, ptrdiff_t K, ptrdiff_t b0, ptrdiff_t b1,
+                                                              const int8_t *qt, const float *dx,
+                                                              const uint8_t *pk, float *out, ptrdiff_t ldo)
+{
+    ptrdiff_t nb = K / LP_QK, n = b1 - b0;
+    int32_t ring[QA_AMX_RING * 256] __attribute__((aligned(64)));
+    __m512 acc[QA_AMX_MR];
+    for (int m = 0; m < MR; m++)
+        acc[m] = b0 ? _mm512_loadu_ps(out + m * ldo) : _mm512_setzero_ps();
+    for (ptrdiff_t j = 0; j < QA_AMX_AHEAD && j < n; j += 2) {
+        QA_AMX_BLOCK(0, 2, 4, j);
+        if (j + 1 < n)
+            QA_AMX_BLOCK(1, 3, 5, j + 1);
+    }
+    for (ptrdiff_t j = 0; j < n; j += 2) {
+        if (j + QA_AMX_AHEAD < n)
+            QA_AMX_BLOCK(0, 2, 4, j + QA_AMX_AHEAD);
+        QA_AMX_EPI(j);
+        if (j + 1 < n) {
+            if (j + 1 + QA_AMX_AHEAD < n)
+                QA_AMX_BLOCK(1, 3, 5, j + 1 + QA_AMX_AHEAD);
+            QA_AMX_EPI(j + 1);
+        }
+    }
+    for (int m = 0; m < MR; m++)
+        _mm512_storeu_ps(out + m * ldo, acc[m]);
+}
+#undef QA_AMX_BLOCK
+#undef QA_AMX_EPI
+
+/* The activations as AMX reads them: qx [M, K] (M a multiple of QA_AMX_MR, the rows past the real ones
+ * zero) -> qt, each tile of QA_AMX_MR rows and each block its 16 x 32 bytes in a row (block b of tile r at
+ * qt + (r * K / 32 + b) * QA_AMX_TILE_BYTES): a tile load then reads 8 whole cache lines instead of half of
+ * 16 lines K bytes apart (the strided loads were the kernel's largest stall). */
+static inline void qa_amx_layout(const int8_t *qx, ptrdiff_t M, ptrdiff_t K, int8_t *qt)
+{
+    ptrdiff_t nb = K / LP_QK;
+    for (ptrdiff_t r = 0; r < M / QA_AMX_MR; r++)
+        for (ptrdiff_t b = 0; b < nb; b++)
+            for (int i = 0; i < QA_AMX_MR; i++)
+                memcpy(qt + (r * nb + b) * QA_AMX_TILE_BYTES + i * LP_QK, qx + (r * QA_AMX_MR + i) * K + b * LP_QK,
+                       LP_QK);
+}
+
+/* qa_tile_rows through AMX: mr <= QA_AMX_MR rows of one tile of qt (qa_amx_layout; qt points at the tile).
+ * The caller has loaded the tile configuration on this thread (QA_AMX_BEGIN) and packed with sgn = 1. */
+static inline void qa_amx_tile_rows(ptrdiff_t K, ptrdiff_t b0, ptrdiff_t b1, ptrdiff_t mr, const int8_t *qt,
+                                    const float *dx, const uint8_t *pk, float *out, ptrdiff_t ldo)
+{
+#define QA_CASE(M) case M: qa_amx_tile(M, K, b0, b1, qt, dx, pk, out, ldo); break;
+    switch ((int)mr) {
+    QA_CASE(1) QA_CASE(2) QA_CASE(3) QA_CASE(4) QA_CASE(5) QA_CASE(6) QA_CASE(7) QA_CASE(8)
+    QA_CASE(9) QA_CASE(10) QA_CASE(11) QA_CASE(12) QA_CASE(13) QA_CASE(14) QA_CASE(15) QA_CASE(16)
+    default: break;
+    }
+#undef QA_CASE
+}
+#endif /* QA_AMX_BUILD */
+
 #elif LP_AVX2
 /* ---------------------------------------------------------------------------------------------- 256-bit */
 
@@ -271,8 +454,9 @@ static inline void qa_t4x4(__m256i a, __m256i b, __m256i c, __m256i d, __m256i *
 }
 
 static inline void qa_pack_group(int qtype, ptrdiff_t b0, ptrdiff_t b1, const uint8_t *w, ptrdiff_t ldw,
-                                 int nvalid, uint8_t *dst)
+                                 int nvalid, int sgn, uint8_t *dst)
 {
+    (void)sgn;                /* AMX runs only in the 512-bit build */
     const uint8_t *row[8];
     for (int n = 0; n < 8; n++)
         row[n] = w + (n < nvalid ? n : 0) * ldw;
@@ -366,11 +550,34 @@ static inline __attribute__((always_inline)) void qa_tile(int qtype, int MR, ptr
 }
 #else
 static inline void qa_pack_group(int qtype, ptrdiff_t b0, ptrdiff_t b1, const uint8_t *w, ptrdiff_t ldw,
-                                 int nvalid, uint8_t *dst)
+                                 int nvalid, int sgn, uint8_t *dst)
 {
-    (void)qtype; (void)b0; (void)b1; (void)w; (void)ldw; (void)nvalid; (void)dst;
+    (void)qtype; (void)b0; (void)b1; (void)w; (void)ldw; (void)nvalid; (void)sgn; (void)dst;
 }
 #endif
+
+#ifndef QA_AMX
+#define QA_AMX 0
+#define QA_AMX_MR 1
+#define QA_AMX_MIN_ROWS 1
+#define QA_AMX_TILE_BYTES LP_QK
+static inline void qa_amx_layout(const int8_t *qx, ptrdiff_t M, ptrdiff_t K, int8_t *qt)
+{
+    (void)qx; (void)M; (void)K; (void)qt;
+}
+static inline void qa_amx_tile_rows(ptrdiff_t K, ptrdiff_t b0, ptrdiff_t b1, ptrdiff_t mr, const int8_t *qt,
+                                    const float *dx, const uint8_t *pk, float *out, ptrdiff_t ldo)
+{
+    (void)K; (void)b0; (void)b1; (void)mr; (void)qt; (void)dx; (void)pk; (void)out; (void)ldo;
+}
+#endif
+
+/* Whether this call's rows go through AMX: the build has the 512-bit tile, the tiles are on, and there are
+ * rows enough to pay for a tile product (it costs the same for 1 row as for 16). */
+static inline int qa_amx_use(ptrdiff_t rows)
+{
+    return QA_AMX && qa_amx_on && rows >= QA_AMX_MIN_ROWS;
+}
 
 /* Blocks b0..b1-1 of out[m * ldo + n] for m < mr (at most QA_MR), n < QA_W: the products of activation rows
  * qx + m * K (dx + m * K / 32, cs + m * K / 32) with the weight rows w + n * ldw, packed in pk by

@@ -7,6 +7,9 @@ gpt2cy.engine.<module> built for any x86-64 ("generic"), and gpt2cy.engine._isa_
 installed under the plain names (sys.modules), so every `from gpt2cy.engine._matmul import ...` gets them.
 GPT2CY_ISA=<variant> forces one (a lower one, to test or compare it); a variant this build lacks or this CPU
 cannot run is an ISAError (an ImportError) naming what there is.
+
+Within the avx512 and native variants, the q8_0 / q4_0 products of prefills run on AMX-INT8 tiles where
+the CPU has them and Linux grants the permission (the same bits as without); GPT2CY_AMX=0 turns that off.
 """
 from __future__ import annotations
 
@@ -19,6 +22,8 @@ from typing import Dict, List, Optional
 from ..errors import ISAError
 
 ENV = "GPT2CY_ISA"
+AMX_ENV = "GPT2CY_AMX"
+_AMX_VALUES = {"": True, "1": True, "on": True, "auto": True, "0": False, "off": False}
 MODULES = ("_bandwidth", "_dtypes", "_forward", "_kernels", "_matmul", "_omp", "_qblocks", "_quantize")
 ORDER = ("native", "avx512", "avx2", "generic")       # best first
 
@@ -97,13 +102,17 @@ def install() -> str:
     if _chosen is not None:
         return _chosen
     want = os.environ.get(ENV, "").strip().lower()
+    amx = os.environ.get(AMX_ENV, "").strip().lower()
+    if amx not in _AMX_VALUES:
+        raise ISAError(f"{AMX_ENV}={amx!r} is not 0, 1, on, off or auto")
     variant = choose(want, built(), supported())
     _forced = bool(want)
+    pkg = sys.modules[__name__.rpartition(".")[0]]
     if variant != "generic":
-        pkg = sys.modules[__name__.rpartition(".")[0]]
         for m in MODULES:
             mod = importlib.import_module(f"{pkg.__name__}._isa_{variant}.{m}")
             sys.modules[f"{pkg.__name__}.{m}"] = mod
             setattr(pkg, m, mod)
+    importlib.import_module(f"{pkg.__name__}._qblocks").set_amx(_AMX_VALUES[amx])
     _chosen = variant
     return variant
