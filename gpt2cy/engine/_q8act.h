@@ -320,6 +320,16 @@ static inline void qa_pack_group(int qtype, ptrdiff_t b0, ptrdiff_t b1, const ui
     }
 }
 
+/* i += z (unsigned bytes) . the dword at p (signed bytes) broadcast to every lane.  GCC does not fold
+ * _mm512_set1_epi32 of a load into vpdpbusd's {1to16} operand (it emits a vpbroadcastd per product), so
+ * with GCC's assembler the broadcast is written out; the integer is the same either way. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define QA_DPBUSD_BCAST(i, z, p) \
+    __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(i) : "v"(z), "m"(*(const int32_t *)(const void *)(p)))
+#else
+#define QA_DPBUSD_BCAST(i, z, p) ((i) = _mm512_dpbusd_epi32((i), (z), _mm512_set1_epi32(qa_load4(p))))
+#endif
+
 /* out[m * ldo + n], m < MR, n < QA_W: activation rows qx + m * K (dx, cs + m * nb) against a packed group.
  * Inlined with a constant MR (qa_tile_rows' switch), so the accumulators stay in registers. */
 static inline __attribute__((always_inline)) void qa_tile(int MR, ptrdiff_t K, ptrdiff_t b0, ptrdiff_t b1,
@@ -339,7 +349,7 @@ static inline __attribute__((always_inline)) void qa_tile(int MR, ptrdiff_t K, p
             const int8_t *xb = qx + m * K + b * LP_QK;
             __m512i i = _mm512_set1_epi32(cs[m * nb + b]);
             for (int j = 0; j < 8; j++)
-                i = _mm512_dpbusd_epi32(i, z[j], _mm512_set1_epi32(qa_load4(xb + 4 * j)));
+                QA_DPBUSD_BCAST(i, z[j], xb + 4 * j);
             acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i), _mm512_mul_ps(sv, _mm512_set1_ps(dx[m * nb + b])),
                                      acc[m]);
         }
