@@ -256,6 +256,12 @@ static inline __m256 lp_bf16x8(const uint16_t *p)
 {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
 }
+#if defined(__AVX512F__)
+static inline __m512 lp_bf16x16(const uint16_t *p)
+{
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+}
+#endif
 #endif
 
 /* as gemm_mv_block: blk[m*ldb + j] = sum_{k<kc} x[m*ldx + k] * w[k*ldw + j], one chain per element in
@@ -266,6 +272,36 @@ static inline void lp_mv_block_bf16(ptrdiff_t mr, ptrdiff_t kc, const float *x, 
     for (ptrdiff_t m = 0; m < mr; m++)
         memset(blk + m * ldb, 0, (size_t)nc * sizeof(float));
     ptrdiff_t k = 0;
+#if LP_AVX2 && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+    if (mr == 1) {   /* decode: as gemm_mv_block's one-row path, 8 rows of w per pass over blk at 512 bits
+                      * (the 256-bit loop below was compute-bound: a decode step stayed near half the
+                      * bandwidth bound); each element keeps its one chain in k order, so the same bits */
+        ptrdiff_t nv = nc & ~(ptrdiff_t)15;
+        __mmask16 tail = (__mmask16)((1u << (nc - nv)) - 1u);
+        for (; k + 8 <= kc; k += 8) {
+            const uint16_t *w0 = w + k * ldw;
+            __m512 xs[8];
+            for (int r = 0; r < 8; r++)
+                xs[r] = _mm512_set1_ps(x[k + r]);
+            ptrdiff_t j = 0;
+            for (; j < nv; j += 16) {
+                __m512 v = _mm512_loadu_ps(blk + j);
+#pragma GCC unroll 8
+                for (int r = 0; r < 8; r++)
+                    v = _mm512_fmadd_ps(xs[r], lp_bf16x16(w0 + r * ldw + j), v);
+                _mm512_storeu_ps(blk + j, v);
+            }
+            if (tail) {
+                __m512 v = _mm512_maskz_loadu_ps(tail, blk + j);
+#pragma GCC unroll 8
+                for (int r = 0; r < 8; r++)
+                    v = _mm512_fmadd_ps(xs[r], _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(
+                                            _mm256_maskz_loadu_epi16(tail, w0 + r * ldw + j)), 16)), v);
+                _mm512_mask_storeu_ps(blk + j, tail, v);
+            }
+        }
+    }
+#endif
     for (; k + 4 <= kc; k += 4) {
         const uint16_t *w0 = w + k * ldw, *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw;
         for (ptrdiff_t m = 0; m < mr; m++) {
@@ -307,10 +343,42 @@ static inline void lp_mv_block_bf16(ptrdiff_t mr, ptrdiff_t kc, const float *x, 
 
 /* out[j] = x . wt[j] for j < n (bf16 rows of K, row stride ldwt elements): _gemm.h's portable 32-lane order
  * (lane = k mod 32, then s[l] += s[l + 16], 8, 4, 2, 1) */
+#if LP_AVX2 && defined(__AVX512F__)
+/* The 32 lanes a (k mod 32 < 16) and b (the rest) summed in lp_dot_rows_bf16's order: s[l] + s[l + 16], then
+ * halves of 8, 4, 2, 1, each an addition of the same two values, so the same bits. */
+static inline float lp_tree32(__m512 a, __m512 b)
+{
+    __m512 t = _mm512_add_ps(a, b);
+    __m256 u = _mm256_add_ps(_mm512_castps512_ps256(t), _mm512_extractf32x8_ps(t, 1));
+    __m128 v = _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1));
+    v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+    return _mm_cvtss_f32(_mm_add_ss(v, _mm_movehdup_ps(v)));
+}
+#endif
+
 static inline void lp_dot_rows_bf16(ptrdiff_t K, const float *x, const uint16_t *wt, ptrdiff_t ldwt, ptrdiff_t n,
                              float *out)
 {
-    for (ptrdiff_t j = 0; j < n; j++) {
+    ptrdiff_t j0 = 0;
+#if LP_AVX2 && defined(__AVX512F__) && defined(__AVX512DQ__)
+    if (K % 32 == 0) {   /* two rows at a time at 512 bits (one row's chains waited on FMA latency) */
+        for (; j0 + 2 <= n; j0 += 2) {
+            const uint16_t *r0 = wt + j0 * ldwt, *r1 = r0 + ldwt;
+            __m512 a0 = _mm512_setzero_ps(), b0 = _mm512_setzero_ps();
+            __m512 a1 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps();
+            for (ptrdiff_t k = 0; k < K; k += 32) {
+                __m512 xa = _mm512_loadu_ps(x + k), xb = _mm512_loadu_ps(x + k + 16);
+                a0 = _mm512_fmadd_ps(xa, lp_bf16x16(r0 + k), a0);
+                b0 = _mm512_fmadd_ps(xb, lp_bf16x16(r0 + k + 16), b0);
+                a1 = _mm512_fmadd_ps(xa, lp_bf16x16(r1 + k), a1);
+                b1 = _mm512_fmadd_ps(xb, lp_bf16x16(r1 + k + 16), b1);
+            }
+            out[j0] = lp_tree32(a0, b0);
+            out[j0 + 1] = lp_tree32(a1, b1);
+        }
+    }
+#endif
+    for (ptrdiff_t j = j0; j < n; j++) {
         const uint16_t *r0 = wt + j * ldwt;
         float s[32];
         ptrdiff_t k = 0;
