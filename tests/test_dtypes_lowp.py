@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 from gpt2cy.config import Config
-from gpt2cy.engine import _dtypes, _quantize
+from gpt2cy.engine import _dtypes, _qblocks, _quantize
 from gpt2cy.engine.weights import DTYPES, convert, to_float32
 from gpt2cy.errors import CheckpointError
 from gpt2cy.model import Model
@@ -259,6 +259,30 @@ def test_block_products_are_the_stated_arithmetic_bit_for_bit(rng, dtype, m, k, 
     got = _dtypes.linear_py(wt, x, n_threads=2)
     want = block_products_by_the_rule(wt, x)
     assert np.array_equal(got, want), np.abs(got - want).max()
+
+
+@pytest.mark.parametrize("dtype", QACT)
+def test_prefills_run_on_amx_tiles_where_they_are_on(rng, dtype):
+    # the tiles give the VNNI tiles' bits by design, so the bit tests cannot tell whether they ran: count them
+    w = (rng.standard_normal((256, 48)) * 0.05).astype(np.float32)
+    wt = convert("h0.mlp.c_fc.w", w, dtype, matmul=True)
+    x = rng.standard_normal((40, 256)).astype(np.float32)
+    for rows, tiles in ((40, _qblocks.amx()), (16, False)):       # a decode step's 16 rows: VNNI
+        before = _qblocks.amx_calls()
+        _dtypes.linear_py(wt, x[:rows], n_threads=2)
+        assert (_qblocks.amx_calls() > before) == tiles
+    if _qblocks.amx_available():                                   # switched at run time: the same bits
+        was = _qblocks.amx()
+        try:
+            assert _qblocks.set_amx(True) is True
+            on = _dtypes.linear_py(wt, x, n_threads=2)
+            assert _qblocks.set_amx(False) is False and not _qblocks.amx()
+            before = _qblocks.amx_calls()
+            off = _dtypes.linear_py(wt, x, n_threads=2)
+            assert _qblocks.amx_calls() == before
+        finally:
+            _qblocks.set_amx(was)
+        assert np.array_equal(on, off)
 
 
 @pytest.mark.parametrize("dtype", QACT)

@@ -33,6 +33,7 @@
 
 static int qa_amx_ok = 0;          /* the probe found tiles usable */
 static int qa_amx_on = 0;          /* the kernels use them (qa_amx_set) */
+static long qa_amx_calls = 0;      /* kernel calls that ran on tiles (tests check the tiles do run) */
 
 #if QA_AMX_BUILD
 static unsigned char qa_amx_cfg[64] __attribute__((aligned(64)));
@@ -72,7 +73,10 @@ static inline int qa_amx_probe(void)
     return 1;
 }
 
-#define QA_AMX_BEGIN() __asm__ volatile("ldtilecfg %0" :: "m"(*(const unsigned char (*)[64])qa_amx_cfg))
+#define QA_AMX_BEGIN() do {                                                                      \
+        __atomic_fetch_add(&qa_amx_calls, 1, __ATOMIC_RELAXED);                                      \
+        __asm__ volatile("ldtilecfg %0" :: "m"(*(const unsigned char (*)[64])qa_amx_cfg));          \
+    } while (0)
 #define QA_AMX_END() __asm__ volatile("tilerelease" ::: "memory")
 /* tile T <- rows of `stride` bytes from p */
 #define QA_AMX_LOAD(T, p, stride) \

@@ -72,6 +72,7 @@ cdef extern from "_q8act.h" nogil:
     void qa_amx_tile_rows(Py_ssize_t K, Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t mr, const int8_t* qt,
                           const float* dx, const uint8_t* pk, float* out, Py_ssize_t ldo)
     int qa_amx_on
+    long qa_amx_calls
 
 cdef enum:
     CHUNK = 64               # output rows per epilogue piece (a multiple of every GEMM_NR: 8, 16, 32)
@@ -254,6 +255,11 @@ def set_amx(bint want):
 def amx():
     """Whether the q8_0 / q4_0 products of prefills (17 rows or more) run on AMX-INT8 tiles."""
     return QA_AMX_MR > 1 and bool(qa_amx_on)
+
+
+def amx_calls():
+    """How many kernel calls (one per thread's task) have run on AMX tiles in this process."""
+    return qa_amx_calls
 
 
 def kernel_isa():
