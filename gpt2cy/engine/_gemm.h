@@ -545,17 +545,6 @@ static void gemm_mv_combine(const float *blk, const float *bias, float *out, ptr
  * Row dots (the tied lm_head in decode): out[j] = x . wt[j]  for j < n, K-long rows of wt (row stride ldwt).
  * Fixed reduction order: 32 lane sums (lane = k mod 32), then a fixed tree; no thread count involved.
  */
-#if defined(__AVX512F__)
-static inline float gemm_hsum16(__m512 v)
-{
-    __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
-    __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-    q = _mm_add_ps(q, _mm_movehl_ps(q, q));
-    q = _mm_add_ss(q, _mm_movehdup_ps(q));
-    return _mm_cvtss_f32(q);
-}
-#endif
-
 static void gemm_dot_rows(ptrdiff_t K, const float *x, const float *wt, ptrdiff_t ldwt, ptrdiff_t n,
                           float *out)
 {
@@ -591,10 +580,10 @@ static void gemm_dot_rows(ptrdiff_t K, const float *x, const float *wt, ptrdiff_
             s30 = _mm512_fmadd_ps(x0, _mm512_maskz_loadu_ps(m0, r3 + kv), s30);
             s31 = _mm512_fmadd_ps(x1, _mm512_maskz_loadu_ps(m1, r3 + kv + 16), s31);
         }
-        out[j] = gemm_hsum16(_mm512_add_ps(s00, s01));
-        out[j + 1] = gemm_hsum16(_mm512_add_ps(s10, s11));
-        out[j + 2] = gemm_hsum16(_mm512_add_ps(s20, s21));
-        out[j + 3] = gemm_hsum16(_mm512_add_ps(s30, s31));
+        out[j] = gpt2cy_hsum16(_mm512_add_ps(s00, s01));
+        out[j + 1] = gpt2cy_hsum16(_mm512_add_ps(s10, s11));
+        out[j + 2] = gpt2cy_hsum16(_mm512_add_ps(s20, s21));
+        out[j + 3] = gpt2cy_hsum16(_mm512_add_ps(s30, s31));
     }
     for (; j < n; j++) {
         const float *r0 = wt + j * ldwt;
@@ -607,7 +596,7 @@ static void gemm_dot_rows(ptrdiff_t K, const float *x, const float *wt, ptrdiff_
             s00 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m0, x + kv), _mm512_maskz_loadu_ps(m0, r0 + kv), s00);
             s01 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m1, x + kv + 16), _mm512_maskz_loadu_ps(m1, r0 + kv + 16), s01);
         }
-        out[j] = gemm_hsum16(_mm512_add_ps(s00, s01));
+        out[j] = gpt2cy_hsum16(_mm512_add_ps(s00, s01));
     }
 #else
     for (ptrdiff_t j = 0; j < n; j++) {
@@ -665,8 +654,8 @@ static void gemm_dot_rows2(ptrdiff_t K, const float *x0, const float *x1, const 
             }
         }
         for (int q = 0; q < 4; q++) {
-            out0[j + q] = gemm_hsum16(_mm512_add_ps(a0[q], a1[q]));
-            out1[j + q] = gemm_hsum16(_mm512_add_ps(b0[q], b1[q]));
+            out0[j + q] = gpt2cy_hsum16(_mm512_add_ps(a0[q], a1[q]));
+            out1[j + q] = gpt2cy_hsum16(_mm512_add_ps(b0[q], b1[q]));
         }
     }
     if (j < n) {
@@ -723,8 +712,8 @@ static void gemm_dot_rows4(ptrdiff_t K, const float *const x[4], const float *wt
             }
         }
         for (int q = 0; q < 4; q++) {
-            out[q][j] = gemm_hsum16(_mm512_add_ps(s0[q], s1[q]));
-            out[q][j + 1] = gemm_hsum16(_mm512_add_ps(t0[q], t1[q]));
+            out[q][j] = gpt2cy_hsum16(_mm512_add_ps(s0[q], s1[q]));
+            out[q][j + 1] = gpt2cy_hsum16(_mm512_add_ps(t0[q], t1[q]));
         }
     }
     if (j < n)

@@ -343,19 +343,6 @@ static inline void lp_mv_block_bf16(ptrdiff_t mr, ptrdiff_t kc, const float *x, 
 
 /* out[j] = x . wt[j] for j < n (bf16 rows of K, row stride ldwt elements): _gemm.h's portable 32-lane order
  * (lane = k mod 32, then s[l] += s[l + 16], 8, 4, 2, 1) */
-#if LP_AVX2 && defined(__AVX512F__)
-/* The 32 lanes a (k mod 32 < 16) and b (the rest) summed in lp_dot_rows_bf16's order: s[l] + s[l + 16], then
- * halves of 8, 4, 2, 1, each an addition of the same two values, so the same bits. */
-static inline float lp_tree32(__m512 a, __m512 b)
-{
-    __m512 t = _mm512_add_ps(a, b);
-    __m256 u = _mm256_add_ps(_mm512_castps512_ps256(t), _mm512_extractf32x8_ps(t, 1));
-    __m128 v = _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1));
-    v = _mm_add_ps(v, _mm_movehl_ps(v, v));
-    return _mm_cvtss_f32(_mm_add_ss(v, _mm_movehdup_ps(v)));
-}
-#endif
-
 static inline void lp_dot_rows_bf16(ptrdiff_t K, const float *x, const uint16_t *wt, ptrdiff_t ldwt, ptrdiff_t n,
                              float *out)
 {
@@ -373,8 +360,8 @@ static inline void lp_dot_rows_bf16(ptrdiff_t K, const float *x, const uint16_t 
                 a1 = _mm512_fmadd_ps(xa, lp_bf16x16(r1 + k), a1);
                 b1 = _mm512_fmadd_ps(xb, lp_bf16x16(r1 + k + 16), b1);
             }
-            out[j0] = lp_tree32(a0, b0);
-            out[j0 + 1] = lp_tree32(a1, b1);
+            out[j0] = gpt2cy_hsum16(_mm512_add_ps(a0, b0));      /* s[l] + s[l + 16], then the tree */
+            out[j0 + 1] = gpt2cy_hsum16(_mm512_add_ps(a1, b1));
         }
     }
 #endif

@@ -17,6 +17,20 @@
 #define GPT2CY_FUSED 0
 #endif
 
+/* The 16 lanes of v summed in one fixed order (halves of 8, 4, 2, 1): the end of the row dots' 32-lane
+ * reductions (_gemm.h's f32 rows, _lowp.h's bf16 rows), which must agree on it. */
+#if defined(__AVX512F__)
+#include <immintrin.h>
+static inline float gpt2cy_hsum16(__m512 v)
+{
+    __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    q = _mm_add_ss(q, _mm_movehdup_ps(q));
+    return _mm_cvtss_f32(q);
+}
+#endif
+
 /* A compile-time check that works in C89..C23 and C++ (a negative array size is an error). */
 #define GPT2CY_STATIC_ASSERT(cond, name) typedef char gpt2cy_static_assert_##name[(cond) ? 1 : -1]
 
