@@ -1,8 +1,11 @@
 # The non-matmul kernels of the forward pass (float32, row-major, raw pointers; callers validate shapes).
 #
 # KV cache layout, per slot and layer (allocated once and written in place):
-#   k_cache: [H, D, cap]  keys stored transposed, so q . k over all cached positions is an axpy over
-#                         contiguous positions (vectorises without -ffast-math)
+#   k_cache: [H, cap / KVB, D, KVB]  keys in blocks of KVB positions, each block transposed: q . k over
+#                         KVB positions is an axpy over one vector of positions (vectorises without
+#                         -ffast-math), and a block's D x KVB floats are one contiguous 4 KB run that the
+#                         hardware prefetcher follows (a [H, D, cap] layout put every d of a decode step's
+#                         scores in another page, 64 cold misses per head)
 #   v_cache: [H, cap, D]  values by position, so sum_j p[j] v[j] is an axpy over contiguous D
 # Slot s of a layer starts slot_stride floats after slot 0 (the engine's layout is [slots, layers, ...]).
 # cap = kv_capacity(n_ctx): n_ctx rounded up to KV_ALIGN, so score blocks may read (never use) the padding;
@@ -14,10 +17,13 @@ cdef extern from *:
     #ifndef GPT2CY_KV_ALIGN
     #define GPT2CY_KV_ALIGN 64  /* cache rows are padded to a multiple of this (>= every score block) */
     #endif
+    #define GPT2CY_KV_BLOCK 16  /* positions per key block (one AVX-512 vector of scores) */
     """
     enum: GPT2CY_KV_ALIGN
+    enum: GPT2CY_KV_BLOCK
 
 cdef enum:
+    KVB = GPT2CY_KV_BLOCK
     QB = 4              # query rows per attention block (the scratch holds QB score rows per thread)
 
 cdef inline Py_ssize_t kv_capacity(Py_ssize_t n_ctx) noexcept nogil:
@@ -53,7 +59,7 @@ cdef void kv_store(const float* qkv, Py_ssize_t ldq, float* k_cache, float* v_ca
 # Causal multi-head attention of each segment's rows over its slot's cache (which already holds them):
 # row row0 + t (position pos0 + t) attends to positions 0 .. pos0 + t of its own slot.
 #   qkv:     [rows, 3C] stride ldq (only the q columns are read)
-#   k_cache: [H, D, cap] per slot;  v_cache: [H, cap, D] per slot, slots slot_stride floats apart
+#   k_cache: [H, cap / KVB, D, KVB] per slot;  v_cache: [H, cap, D] per slot, slots slot_stride floats apart
 #   out:     [rows, C] stride ldo, head h written to columns h*D .. h*D+D-1
 #   scratch: [n_threads, QB * cap] (QB score rows per thread)
 #   task0:   SCRATCH [n_seg + 1]

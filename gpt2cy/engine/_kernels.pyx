@@ -3,7 +3,8 @@
 """Layer norm, position embeddings and causal attention over the KV cache, for segments of a batch.
 
 Reductions accumulate into a small array of lanes (acc[k] += x[i + k]) so the compiler vectorises them
-without -ffast-math; the attention keeps keys transposed in the cache for the same reason (see _kernels.pxd).
+without -ffast-math; the attention keeps keys transposed (in blocks of positions) in the cache for the same
+reason (see _kernels.pxd).
 The attention's multiply-add chains use GPT2CY_MADD (_madd.h): fused where the CPU has FMA, spelled out so
 that a decode row and a prefill row run the same rounding steps whatever the compiler contracts.
 
@@ -22,27 +23,26 @@ cdef extern from "_madd.h" nogil:
 cdef extern from *:
     """
     /* Attention block widths: QB rows x width floats of accumulators must fit the vector registers
-       (AVX-512: 32 x 16 floats; AVX2 and others: 16 x 8).  WIDTH1: the one-row (decode) kernels. */
+       (AVX-512: 32 x 16 floats; AVX2 and others: 16 x 8).  The one-row (decode) kernels take four key
+       blocks of the cache (_kernels.pxd) at a time. */
     #if defined(__AVX512F__)
     #define GPT2CY_ATT_WIDTH 64
     #else
     #define GPT2CY_ATT_WIDTH 16
     #endif
-    #define GPT2CY_ATT_WIDTH1 64
-    /* The score kernels compute whole blocks of keys, so the last block of a row reads (and never uses) up
-       to width - 1 keys past n: the cache rows are padded to a multiple of KV_ALIGN, which must therefore
-       be a multiple of both score block widths. (The value kernels block over head_dim, never past n.) */
+    /* _scores4 computes whole blocks of keys, so the last block of a row reads (and never uses) up to
+       width - 1 keys past n: the cache rows are padded to a multiple of KV_ALIGN, which must therefore be a
+       multiple of the score block width, itself whole key blocks.  (_scores1 reads only the key blocks
+       that hold its keys; the value kernels block over head_dim, never past n.) */
     GPT2CY_STATIC_ASSERT(GPT2CY_KV_ALIGN % GPT2CY_ATT_WIDTH == 0, kv_align_covers_score_block);
-    GPT2CY_STATIC_ASSERT(GPT2CY_KV_ALIGN % GPT2CY_ATT_WIDTH1 == 0, kv_align_covers_decode_score_block);
+    GPT2CY_STATIC_ASSERT(GPT2CY_ATT_WIDTH % GPT2CY_KV_BLOCK == 0, score_block_holds_key_blocks);
     """
     enum: GPT2CY_ATT_WIDTH
-    enum: GPT2CY_ATT_WIDTH1
 
 cdef enum:
     LANES = 16          # partial sums per reduction: one AVX-512 register, two AVX2 ones
     JB = GPT2CY_ATT_WIDTH    # keys per score block of _scores4 (QB rows of accumulators)
     DB = GPT2CY_ATT_WIDTH    # value columns per block of _pv4
-    JB1 = GPT2CY_ATT_WIDTH1  # keys per score block of _scores1 (one row: 4 AVX-512 / 8 AVX2 registers)
     DB1 = 64            # value columns per block of _pv1
     MIN_PAR_ATTN = 1 << 15   # multiply-adds below which attention stays on one thread (tiny models)
     MIN_PAR_KV = 1 << 11     # cached floats below which the KV stores stay on one thread
@@ -197,12 +197,14 @@ cdef void _kv_store_head(const float* qkv, Py_ssize_t ldq, float* k_cache, float
     cdef Py_ssize_t t, i, C = H * D
     cdef const float* src
     cdef float* dst
-    # keys: row i = h * D + d of [H, D, cap] gets positions n_past.. (contiguous writes, strided reads)
-    for i in range(h * D, (h + 1) * D):
-        src = qkv + C + i
-        dst = k_cache + i * cap + n_past
-        for t in range(T):
-            dst[t] = src[t * ldq]
+    cdef Py_ssize_t p
+    # keys: position p of head h goes to lane p % KVB of key block p // KVB ([H, cap / KVB, D, KVB])
+    for t in range(T):
+        p = n_past + t
+        src = qkv + t * ldq + C + h * D
+        dst = k_cache + h * D * cap + (p // KVB) * (D * KVB) + p % KVB
+        for i in range(D):
+            dst[i * KVB] = src[i]
     # values: [H, cap, D], one contiguous run of D per head and position
     for t in range(T):
         src = qkv + t * ldq + 2 * C + h * D
@@ -217,7 +219,7 @@ cdef void _kv_store_head(const float* qkv, Py_ssize_t ldq, float* k_cache, float
 
 cdef inline void _scores4(const float* q,    # IN  [4, D] row stride ldq: 4 queries of one head
                           Py_ssize_t ldq,
-                          const float* kt,   # IN  [D, cap] this head's keys, transposed
+                          const float* kt,   # IN  [cap / KVB, D, KVB] this head's key blocks
                           Py_ssize_t cap, Py_ssize_t D,
                           Py_ssize_t n,      # keys 0..n-1 (n <= cap)
                           float* s,          # OUT [4, cap] s[r, j] = (q_r . k_j) * scale for j < n
@@ -230,7 +232,7 @@ cdef inline void _scores4(const float* q,    # IN  [4, D] row stride ldq: 4 quer
     cdef float a3[JB]
     cdef float q0, q1, q2, q3, kv
     cdef const float* kr
-    cdef Py_ssize_t jb, j0, d, k
+    cdef Py_ssize_t jb, j0, d, k, kb, bs = D * KVB
     for jb in range((n + JB - 1) // JB):
         j0 = jb * JB
         for k in range(JB):
@@ -243,13 +245,14 @@ cdef inline void _scores4(const float* q,    # IN  [4, D] row stride ldq: 4 quer
             q1 = q[ldq + d]
             q2 = q[2 * ldq + d]
             q3 = q[3 * ldq + d]
-            kr = kt + d * cap + j0
-            for k in range(JB):
-                kv = kr[k]
-                a0[k] = madd(q0, kv, a0[k])
-                a1[k] = madd(q1, kv, a1[k])
-                a2[k] = madd(q2, kv, a2[k])
-                a3[k] = madd(q3, kv, a3[k])
+            kr = kt + j0 * D + d * KVB          # key block j0 / KVB, row d
+            for kb in range(JB // KVB):
+                for k in range(KVB):
+                    kv = kr[kb * bs + k]
+                    a0[kb * KVB + k] = madd(q0, kv, a0[kb * KVB + k])
+                    a1[kb * KVB + k] = madd(q1, kv, a1[kb * KVB + k])
+                    a2[kb * KVB + k] = madd(q2, kv, a2[kb * KVB + k])
+                    a3[kb * KVB + k] = madd(q3, kv, a3[kb * KVB + k])
         for k in range(JB):
             s[j0 + k] = a0[k] * scale
             s[cap + j0 + k] = a1[k] * scale
@@ -258,27 +261,54 @@ cdef inline void _scores4(const float* q,    # IN  [4, D] row stride ldq: 4 quer
 
 
 cdef inline void _scores1(const float* q,    # IN  [D] one query of one head
-                          const float* kt,   # IN  [D, cap] this head's keys, transposed
+                          const float* kt,   # IN  [cap / KVB, D, KVB] this head's key blocks
                           Py_ssize_t cap, Py_ssize_t D,
                           Py_ssize_t n,      # keys 0..n-1 (n <= cap)
                           float* s,          # OUT [cap] s[j] = (q . k_j) * scale for j < n
                           float scale) noexcept nogil:
-    # as _scores4, for one row (decode)
-    cdef float a[JB1]
+    # as _scores4, for one row (decode): four key blocks at a time (four independent chains), then the
+    # last one to three blocks one by one, so a step reads only the key blocks that hold its n keys
+    cdef float a0[KVB]
+    cdef float a1[KVB]
+    cdef float a2[KVB]
+    cdef float a3[KVB]
     cdef float qd
     cdef const float* kr
-    cdef Py_ssize_t jb, j0, d, k
-    for jb in range((n + JB1 - 1) // JB1):
-        j0 = jb * JB1
-        for k in range(JB1):
-            a[k] = 0.0
+    cdef Py_ssize_t jb, j0, d, k, bs = D * KVB, nkb = (n + KVB - 1) // KVB
+    jb = 0
+    while jb + 4 <= nkb:
+        for k in range(KVB):
+            a0[k] = 0.0
+            a1[k] = 0.0
+            a2[k] = 0.0
+            a3[k] = 0.0
         for d in range(D):
             qd = q[d]
-            kr = kt + d * cap + j0
-            for k in range(JB1):
-                a[k] = madd(qd, kr[k], a[k])
-        for k in range(JB1):
-            s[j0 + k] = a[k] * scale
+            kr = kt + jb * bs + d * KVB
+            for k in range(KVB):
+                a0[k] = madd(qd, kr[k], a0[k])
+                a1[k] = madd(qd, kr[bs + k], a1[k])
+                a2[k] = madd(qd, kr[2 * bs + k], a2[k])
+                a3[k] = madd(qd, kr[3 * bs + k], a3[k])
+        j0 = jb * KVB
+        for k in range(KVB):
+            s[j0 + k] = a0[k] * scale
+            s[j0 + KVB + k] = a1[k] * scale
+            s[j0 + 2 * KVB + k] = a2[k] * scale
+            s[j0 + 3 * KVB + k] = a3[k] * scale
+        jb = jb + 4
+    while jb < nkb:
+        for k in range(KVB):
+            a0[k] = 0.0
+        for d in range(D):
+            qd = q[d]
+            kr = kt + jb * bs + d * KVB
+            for k in range(KVB):
+                a0[k] = madd(qd, kr[k], a0[k])
+        j0 = jb * KVB
+        for k in range(KVB):
+            s[j0 + k] = a0[k] * scale
+        jb = jb + 1
 
 
 cdef inline float _softmax_numerator(float* s, Py_ssize_t n) noexcept nogil:
@@ -368,7 +398,7 @@ cdef inline void _pv1(const float* p,    # IN  [n] unnormalised weights
 
 cdef inline void _attend_block(const float* q,   # IN  [R, D] row stride ldq: queries t0..t0+R-1
                                Py_ssize_t ldq,
-                               const float* kt,  # IN  [D, cap]
+                               const float* kt,  # IN  [cap / KVB, D, KVB]
                                const float* v,   # IN  [cap, D]
                                float* o,         # OUT [R, D] row stride ldo
                                Py_ssize_t ldo,
@@ -497,19 +527,20 @@ def attention_py(const float[:, ::1] qkv not None, int n_head, Py_ssize_t n_past
     if not (0 <= n_past < N <= n_ctx) or n_threads < 1 or D == 0:
         raise ValueError("need 0 <= n_past < N <= n_ctx, n_threads >= 1 and C > 0")
     cdef Py_ssize_t cap = kv_capacity(n_ctx)
-    kc = np.full((n_head, D, cap), np.nan, dtype=np.float32)   # NaN: a read past the causal limit shows
+    kc = np.full((n_head, cap // KVB, D, KVB), np.nan, dtype=np.float32)   # NaN: a read past the causal limit shows
     vc = np.full((n_head, cap, D), np.nan, dtype=np.float32)
     scr = np.empty((n_threads, QB * cap), dtype=np.float32)
     out = np.empty((T, C), dtype=np.float32)
-    cdef float[:, :, ::1] k = kc, v = vc
+    cdef float[:, :, :, ::1] k = kc
+    cdef float[:, :, ::1] v = vc
     cdef float[:, ::1] s = scr, o = out
     cdef Segment seg
     cdef Py_ssize_t task0[2]
     with nogil:
         if n_past:
-            _kv_store1(&qkv[0, 0], 3 * C, &k[0, 0, 0], &v[0, 0, 0], n_past, 0, n_head, D, cap)
+            _kv_store1(&qkv[0, 0], 3 * C, &k[0, 0, 0, 0], &v[0, 0, 0], n_past, 0, n_head, D, cap)
         seg.slot, seg.row0, seg.count, seg.pos0 = 0, 0, T, n_past
-        kv_store(&qkv[n_past, 0], 3 * C, &k[0, 0, 0], &v[0, 0, 0], 0, &seg, 1, n_head, D, cap, 1)
-        attention(&qkv[n_past, 0], 3 * C, &k[0, 0, 0], &v[0, 0, 0], 0, &o[0, 0], C, &s[0, 0],
+        kv_store(&qkv[n_past, 0], 3 * C, &k[0, 0, 0, 0], &v[0, 0, 0], 0, &seg, 1, n_head, D, cap, 1)
+        attention(&qkv[n_past, 0], 3 * C, &k[0, 0, 0, 0], &v[0, 0, 0], 0, &o[0, 0], C, &s[0, 0],
                   &seg, 1, task0, n_head, D, cap, n_threads)
     return out
