@@ -343,7 +343,7 @@ _KERNELS = {
     "f32": "register tiles (prefill), row-streaming matrix-vector (decode), row dots (lm_head)",
     "bf16": "the f32 kernels, weights widened exactly in registers and while packing",
     "q8_0": "activations quantized to 8-bit blocks, integer block dots ({q}), one output per lane "
-            "(decode: streamed rows; prefill: tasks of 32 rows x 64 outputs)",
+            "(decode: streamed rows{one}; prefill: tasks of 32 rows x 64 outputs)",
     "q4_0": "as q8_0, 4-bit weights unpacked in registers ({q})",
 }
 ISA_ENV = "GPT2CY_ISA"
@@ -406,7 +406,8 @@ def cmd_info() -> int:
           f"built for {name} (f32 tile {mr}x{nr})")
     q = kernel_isa() + ("; prefill through AMX-INT8 tiles, GPT2CY_AMX=0 turns them off" if amx() else "")
     for dt in DTYPES:
-        print(f"  {dt:5s} {_KERNELS.get(dt, '').format(q=q)}")
+        one = ", one row read where it lies" if q == "avx2" else ""   # _q8act.h's qa_direct_rows
+        print(f"  {dt:5s} {_KERNELS.get(dt, '').format(q=q, one=one)}")
     flags = _cpu_flags()
     if flags is not None:
         print(f"cpu: {_cpu_model()}; flags: {' '.join(f for f in _ISA_FLAGS if f in flags) or 'none of note'}")

@@ -301,6 +301,31 @@ static inline void lp_mv_block_bf16(ptrdiff_t mr, ptrdiff_t kc, const float *x, 
             }
         }
     }
+#elif LP_AVX2
+    if (mr == 1) {   /* decode at 256 bits: the same 8 rows of w per pass (the 4-row loop below held a Zen 3
+                      * decode step under half the bandwidth bound) */
+        ptrdiff_t nv = nc & ~(ptrdiff_t)7;
+        for (; k + 8 <= kc; k += 8) {
+            const uint16_t *w0 = w + k * ldw;
+            __m256 xs[8];
+            for (int r = 0; r < 8; r++)
+                xs[r] = _mm256_set1_ps(x[k + r]);
+            ptrdiff_t j = 0;
+            for (; j < nv; j += 8) {
+                __m256 v = _mm256_loadu_ps(blk + j);
+#pragma GCC unroll 8
+                for (int r = 0; r < 8; r++)
+                    v = _mm256_fmadd_ps(xs[r], lp_bf16x8(w0 + r * ldw + j), v);
+                _mm256_storeu_ps(blk + j, v);
+            }
+            for (; j < nc; j++) {
+                float v = blk[j];
+                for (int r = 0; r < 8; r++)
+                    v = GPT2CY_MADD(x[k + r], lp_bf16_to_f32(w0[r * ldw + j]), v);
+                blk[j] = v;
+            }
+        }
+    }
 #endif
     for (; k + 4 <= kc; k += 4) {
         const uint16_t *w0 = w + k * ldw, *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw;
