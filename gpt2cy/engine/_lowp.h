@@ -327,6 +327,52 @@ static inline void lp_mv_block_bf16(ptrdiff_t mr, ptrdiff_t kc, const float *x, 
         }
     }
 #endif
+#if LP_AVX2 && !defined(__AVX512F__)
+    /* a few rows at 256 bits: _gemm.h's several-rows tile, the weights widened as they are loaded */
+    for (; mr > 1 && k + 8 <= kc; k += 8) {
+        ptrdiff_t nv = nc & ~(ptrdiff_t)7, j = 0;
+        for (; j < nv; j += 8) {
+            __m256 ws[8];
+            const uint16_t *wp = w + k * ldw + j;
+#pragma GCC unroll 8
+            for (int r = 0; r < 8; r++, wp += ldw)
+                ws[r] = lp_bf16x8(wp);
+            ptrdiff_t m = 0;
+            for (; m + 4 <= mr; m += 4) {
+                const float *x0 = x + m * ldx + k;
+                float *b0 = blk + m * ldb + j;
+                __m256 a0 = _mm256_loadu_ps(b0), a1 = _mm256_loadu_ps(b0 + ldb);
+                __m256 a2 = _mm256_loadu_ps(b0 + 2 * ldb), a3 = _mm256_loadu_ps(b0 + 3 * ldb);
+#pragma GCC unroll 8
+                for (int r = 0; r < 8; r++) {
+                    a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(x0 + r), ws[r], a0);
+                    a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(x0 + ldx + r), ws[r], a1);
+                    a2 = _mm256_fmadd_ps(_mm256_broadcast_ss(x0 + 2 * ldx + r), ws[r], a2);
+                    a3 = _mm256_fmadd_ps(_mm256_broadcast_ss(x0 + 3 * ldx + r), ws[r], a3);
+                }
+                _mm256_storeu_ps(b0, a0);
+                _mm256_storeu_ps(b0 + ldb, a1);
+                _mm256_storeu_ps(b0 + 2 * ldb, a2);
+                _mm256_storeu_ps(b0 + 3 * ldb, a3);
+            }
+            for (; m < mr; m++) {
+                const float *xm = x + m * ldx + k;
+                float *bm = blk + m * ldb + j;
+                __m256 v = _mm256_loadu_ps(bm);
+#pragma GCC unroll 8
+                for (int r = 0; r < 8; r++) v = _mm256_fmadd_ps(_mm256_broadcast_ss(xm + r), ws[r], v);
+                _mm256_storeu_ps(bm, v);
+            }
+        }
+        for (; j < nc; j++)
+            for (ptrdiff_t m = 0; m < mr; m++) {
+                float v = blk[m * ldb + j];
+                for (int r = 0; r < 8; r++)
+                    v = GPT2CY_MADD(x[m * ldx + k + r], lp_bf16_to_f32(w[(k + r) * ldw + j]), v);
+                blk[m * ldb + j] = v;
+            }
+    }
+#endif
     for (; k + 4 <= kc; k += 4) {
         const uint16_t *w0 = w + k * ldw, *w1 = w0 + ldw, *w2 = w1 + ldw, *w3 = w2 + ldw;
         for (ptrdiff_t m = 0; m < mr; m++) {
