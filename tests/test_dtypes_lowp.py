@@ -186,6 +186,18 @@ def test_tied_head_and_embedding_rows(rng, dtype, v, c):
     assert np.array_equal(_dtypes.embed_py(wt, ids), ed[ids])
 
 
+@pytest.mark.parametrize("dtype", ["f32", "bf16"])
+def test_tied_head_rows_with_a_k_tail(rng, dtype):
+    # n_embd not a multiple of 32 (the SIMD row dots' step): every row of a batch still has its lone bits
+    e = (rng.standard_normal((201, 40)) * 0.1).astype(np.float32)
+    wt = convert("wte", e, dtype, matmul=False)
+    x = rng.standard_normal((6, 40)).astype(np.float32)
+    rows = _dtypes.logits_py(wt, x, dense=False, n_threads=2)
+    np.testing.assert_allclose(rows, x @ to_float32(wt).T.astype(np.float64), **TOL)
+    for m in range(len(x)):
+        assert np.array_equal(_dtypes.logits_py(wt, x[m:m + 1], dense=False, n_threads=2)[0], rows[m])
+
+
 def activation_rows(rng):
     """Rows of 32-value blocks that reach every branch of the activation quantizer."""
     a = (rng.standard_normal((9, 64)) * 2).astype(np.float32)

@@ -156,7 +156,7 @@ def test_debug_hooks_are_debug_only():
             set_debug_late(0, 10)
 
 
-@pytest.mark.parametrize("k,n", [(768, 2304), (3072, 768)], ids=str)   # column split; K split (tall w)
+@pytest.mark.parametrize("k,n", [(768, 2304), (3072, 768), (517, 203)], ids=str)   # column split; K split (tall w); tails
 def test_decode_rows_have_the_same_bits_as_prefill_rows(rng, k, n):
     # the streaming path (decode, and prompts of a few rows) and the tile path perform the same operations
     # per element, so a row's result does not depend on how many rows came with it
