@@ -611,19 +611,6 @@ static void gemm_mv_combine(const float *blk, const float *bias, float *out, ptr
     }
 }
 
-#if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
-/* The 32 lane sums s[8q + i] = v[q] lane i reduced in the row dots' fixed order: s[l] += s[l + 16], then
- * halves of 8, 4, 2, 1 (the portable loop's tree, so the same bits) */
-static inline float gemm_hsum32_avx2(const __m256 *v)
-{
-    __m256 h = _mm256_add_ps(_mm256_add_ps(v[0], v[2]), _mm256_add_ps(v[1], v[3]));
-    __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-    q = _mm_add_ps(q, _mm_movehl_ps(q, q));
-    q = _mm_add_ss(q, _mm_movehdup_ps(q));
-    return _mm_cvtss_f32(q);
-}
-#endif
-
 /* ------------------------------------------------------------------------------------------------------
  * Row dots (the tied lm_head in decode): out[j] = x . wt[j]  for j < n, K-long rows of wt (row stride ldwt).
  * Fixed reduction order: 32 lane sums (lane = k mod 32), then a fixed tree; no thread count involved.
@@ -697,8 +684,8 @@ static void gemm_dot_rows(ptrdiff_t K, const float *x, const float *wt, ptrdiff_
                     b[q] = _mm256_fmadd_ps(xv, _mm256_loadu_ps(r1 + k + 8 * q), b[q]);
                 }
             }
-            out[j] = gemm_hsum32_avx2(a);
-            out[j + 1] = gemm_hsum32_avx2(b);
+            out[j] = gpt2cy_hsum32x8(a);
+            out[j + 1] = gpt2cy_hsum32x8(b);
         }
 #endif
     for (; j < n; j++) {
@@ -780,8 +767,8 @@ static void gemm_dot_rows2(ptrdiff_t K, const float *x0, const float *x1, const 
                     b[q] = _mm256_fmadd_ps(_mm256_loadu_ps(x1 + k + 8 * q), wv, b[q]);
                 }
             }
-            out0[j] = gemm_hsum32_avx2(a);
-            out1[j] = gemm_hsum32_avx2(b);
+            out0[j] = gpt2cy_hsum32x8(a);
+            out1[j] = gpt2cy_hsum32x8(b);
         }
 #endif
     if (j < n) {

@@ -466,4 +466,34 @@ static inline void lp_dot_rows_bf16(ptrdiff_t K, const float *x, const uint16_t 
     }
 }
 
+/* out0[j] = x0 . wt[j] and out1[j] = x1 . wt[j] (the last rows of a batch of sequences), each with exactly
+ * lp_dot_rows_bf16's arithmetic; at 256 bits each row of wt is widened once for both rows of x. */
+static inline void lp_dot_rows2_bf16(ptrdiff_t K, const float *x0, const float *x1, const uint16_t *wt,
+                                     ptrdiff_t ldwt, ptrdiff_t n, float *out0, float *out1)
+{
+    ptrdiff_t j = 0;
+#if LP_AVX2 && !defined(__AVX512F__)
+    if (K % 32 == 0)
+        for (; j < n; j++) {
+            const uint16_t *r0 = wt + j * ldwt;
+            __m256 a[4], b[4];
+            for (int q = 0; q < 4; q++) a[q] = b[q] = _mm256_setzero_ps();
+            for (ptrdiff_t k = 0; k < K; k += 32) {
+#pragma GCC unroll 4
+                for (int q = 0; q < 4; q++) {
+                    __m256 wv = lp_bf16x8(r0 + k + 8 * q);
+                    a[q] = _mm256_fmadd_ps(_mm256_loadu_ps(x0 + k + 8 * q), wv, a[q]);
+                    b[q] = _mm256_fmadd_ps(_mm256_loadu_ps(x1 + k + 8 * q), wv, b[q]);
+                }
+            }
+            out0[j] = gpt2cy_hsum32x8(a);
+            out1[j] = gpt2cy_hsum32x8(b);
+        }
+#endif
+    if (j < n) {
+        lp_dot_rows_bf16(K, x0, wt + j * ldwt, ldwt, n - j, out0 + j);
+        lp_dot_rows_bf16(K, x1, wt + j * ldwt, ldwt, n - j, out1 + j);
+    }
+}
+
 #endif /* GPT2CY_LOWP_H */

@@ -31,6 +31,21 @@ static inline float gpt2cy_hsum16(__m512 v)
 }
 #endif
 
+/* The 32 lane sums s[8q + i] = v[q] lane i (four 256-bit vectors) reduced in the row dots' fixed order,
+ * s[l] += s[l + 16], then halves of 8, 4, 2, 1: the portable loops' tree, so their bits (_gemm.h's f32 and
+ * _lowp.h's bf16 rows at 256 bits). */
+#if defined(__AVX2__)
+#include <immintrin.h>
+static inline float gpt2cy_hsum32x8(const __m256 *v)
+{
+    __m256 h = _mm256_add_ps(_mm256_add_ps(v[0], v[2]), _mm256_add_ps(v[1], v[3]));
+    __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    q = _mm_add_ss(q, _mm_movehdup_ps(q));
+    return _mm_cvtss_f32(q);
+}
+#endif
+
 /* A compile-time check that works in C89..C23 and C++ (a negative array size is an error). */
 #define GPT2CY_STATIC_ASSERT(cond, name) typedef char gpt2cy_static_assert_##name[(cond) ? 1 : -1]
 

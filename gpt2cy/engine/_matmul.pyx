@@ -70,6 +70,8 @@ cdef extern from "_lowp.h" nogil:
                           Py_ssize_t ldw, Py_ssize_t nc, float* blk, Py_ssize_t ldb)
     void lp_dot_rows_bf16(Py_ssize_t K, const float* x, const uint16_t* wt, Py_ssize_t ldwt, Py_ssize_t n,
                           float* out)
+    void lp_dot_rows2_bf16(Py_ssize_t K, const float* x0, const float* x1, const uint16_t* wt, Py_ssize_t ldwt,
+                           Py_ssize_t n, float* out0, float* out1)
 
 cdef enum:
     MIN_PAR_FLOPS = 1 << 18    # below this many multiply-adds a second thread costs more than it saves
@@ -373,6 +375,10 @@ cdef void _dot_rows_chunk(const float* x, Py_ssize_t ldx, Py_ssize_t M, int wtyp
             gemm_dot_rows2(K, x + m * ldx, x + (m + 1) * ldx, <const float*>wt + n0 * K, K, n1 - n0,
                            out + m * ldo + n0, out + (m + 1) * ldo + n0)
             m += 2
+    while wtype == W_BF16 and m + 2 <= M:
+        lp_dot_rows2_bf16(K, x + m * ldx, x + (m + 1) * ldx, <const uint16_t*>wt + n0 * K, K, n1 - n0,
+                          out + m * ldo + n0, out + (m + 1) * ldo + n0)
+        m += 2
     while m < M:
         if wtype == W_BF16:
             lp_dot_rows_bf16(K, x + m * ldx, <const uint16_t*>wt + n0 * K, K, n1 - n0, out + m * ldo + n0)
