@@ -83,8 +83,10 @@ def _fetch_converter(request, tmp_path_factory) -> str:
         return root
     dl = os.path.join(cache, "dl")
     try:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", SDIST,
-                        "-d", dl, "-q"], check=True, capture_output=True, timeout=600)
+        # --no-binary for this package only: with :all:, pip also builds the sdist's build requirements
+        # (cmake among them) from source to read its metadata, minutes on 2 cores
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", SDIST.split("==")[0],
+                        SDIST, "-d", dl, "-q"], check=True, capture_output=True, timeout=600)
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as e:
         pytest.skip(f"cannot fetch the llama-cpp-python sdist with pip (for llama.cpp's converter): "
                     f"{getattr(e, 'stderr', b'') or e}"[:300])
