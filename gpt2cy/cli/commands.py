@@ -344,7 +344,7 @@ _KERNELS = {
     "bf16": "the f32 kernels, weights widened exactly in registers and while packing",
     "q8_0": "activations quantized to 8-bit blocks, integer block dots ({q}), one output per lane "
             "(decode: streamed rows{one}; prefill: tasks of 32 rows x 64 outputs)",
-    "q4_0": "as q8_0, 4-bit weights unpacked in registers ({q})",
+    "q4_0": "as q8_0, 4-bit weights unpacked in registers ({q}{one})",
 }
 ISA_ENV = "GPT2CY_ISA"
 _ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
@@ -406,7 +406,7 @@ def cmd_info() -> int:
           f"built for {name} (f32 tile {mr}x{nr})")
     q = kernel_isa() + ("; prefill through AMX-INT8 tiles, GPT2CY_AMX=0 turns them off" if amx() else "")
     for dt in DTYPES:
-        one = ", one row read where it lies" if q == "avx2" else ""   # _q8act.h's qa_direct_rows
+        one = ", one row read where it lies" if q == "avx2" else ""   # _q8act.h's qa_direct_rows*
         print(f"  {dt:5s} {_KERNELS.get(dt, '').format(q=q, one=one)}")
     flags = _cpu_flags()
     if flags is not None:

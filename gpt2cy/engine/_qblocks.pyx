@@ -9,8 +9,9 @@ third of the memory bound).  The numpy reference with the same activation quanti
 rounding (tests/test_dtypes_lowp.py); the quantization itself is the price, as in llama.cpp.
 - Decode (M <= 16): each thread takes a contiguous range of output rows (multiples of CHUNK) and streams
   their blocks once: each group of QA_W weight rows is repacked (one dword transpose per block) into an
-  L1/L2-sized buffer, and every row of x runs against it.  One row of x on AVX2 without VNNI (a q8_0 decode
-  step): the blocks are read where they lie instead (_q8act.h's qa_direct_rows), the same integers.
+  L1/L2-sized buffer, and every row of x runs against it.  One row of x on AVX2 without VNNI (a decode
+  step): the blocks are read where they lie instead (_q8act.h's qa_direct_rows, qa_direct_rows_q4), the
+  same integers.
 - Prefill: one task = PANEL output rows x MC rows of x (scheduled dynamically), the same groups and tiles.
 - Determinism: every output element is _q8act.h's one computation (an exact integer dot per block, one
   fused multiply-add chain over the blocks), then `+ bias`, then `out +` when
@@ -65,6 +66,8 @@ cdef extern from "_q8act.h" nogil:
     void qa_direct_rows(Py_ssize_t K, Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t mr, const int8_t* qx,
                         const float* dx, const int32_t* cs, const uint8_t* w, Py_ssize_t ldw, int nvalid,
                         float* out, Py_ssize_t ldo)
+    void qa_direct_rows_q4(Py_ssize_t K, Py_ssize_t b0, Py_ssize_t b1, const int8_t* qx, const float* dx,
+                           const int32_t* cs, const uint8_t* w, Py_ssize_t ldw, int nvalid, float* out)
     enum:
         QA_AMX_MR
     int qa_amx_available()
@@ -136,9 +139,9 @@ cdef void _rows_range(int qtype, const int8_t* qx, const int8_t* qt, const float
     cdef float dots[MAX_ROWS * CHUNK]
     cdef Py_ssize_t c0, cw, g, m, mr, i, j, b0, b1, nb = K // LP_QK
     cdef bint amx = qt != NULL and qa_amx_use(m1 - m0)
-    # a one-row q8_0 product without VNNI reads the blocks where they lie (measured on Zen 3: 1.3x the repacked
-    # tile for one row; 0.9x at 2-3 rows, 0.5x from 4; and 0.86x for q4_0, whose repack unpacks nibbles once)
-    cdef bint direct = QA_DIRECT and m1 - m0 == 1 and qtype == LP_Q8
+    # a one-row product without VNNI reads the blocks where they lie (measured on Zen 3 against the repacked
+    # tile: q8_0 1.3x, q4_0 1.15x for one row; q8_0 0.9x at 2-3 rows and 0.5x from 4)
+    cdef bint direct = QA_DIRECT and m1 - m0 == 1
     cdef Py_ssize_t kb = (QA_KB_AMX if amx else QA_KB) if QA_KB > 0 else nb
     cdef int nv
     cdef Py_ssize_t tile_m = QA_AMX_MR if amx else QA_MR
@@ -160,7 +163,12 @@ cdef void _rows_range(int qtype, const int8_t* qx, const int8_t* qt, const float
             b0 = 0
             while b0 < nb:
                 b1 = _min(b0 + kb, nb)
-                if direct:                           # one row, no repack: the same integers
+                if direct and qtype == LP_Q4:        # one row, no repack: the same integers
+                    qa_direct_rows_q4(K, b0, b1, qx + m0 * K, dx + m0 * nb, cs + m0 * nb, w + (c0 + g) * ldw,
+                                      ldw, nv, dots + g)
+                    b0 = b1
+                    continue
+                if direct:
                     qa_direct_rows(K, b0, b1, m1 - m0, qx + m0 * K, dx + m0 * nb, cs + m0 * nb,
                                    w + (c0 + g) * ldw, ldw, nv, dots + g, CHUNK)
                     b0 = b1
