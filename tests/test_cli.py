@@ -396,7 +396,10 @@ def _interrupted(env, tiny_model_dir, fmt, wait_for):
     p = subprocess.Popen([sys.executable, "-m", "gpt2cy", "generate", "-m", tiny_model_dir, "-t", "1", "-p", "Hello",
                           "-n", "-1", "--ignore-eos", "--context-overflow", "shift", "-s", "1", "-v", fmt],
                          env=env, cwd=os.path.join(env["HOME"], "cwd"), stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE)
+                         stderr=subprocess.PIPE, bufsize=0)
+    # bufsize=0: wait_for's readline()s take bytes from the pipe one by one. A buffered reader could pull in
+    # lines past the ones it returns, and communicate() (which reads the pipes themselves) would never see
+    # them: on a loaded machine that looked like events missing from the output.
     try:
         head = wait_for(p)
         p.send_signal(signal.SIGINT)
