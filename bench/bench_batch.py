@@ -7,8 +7,8 @@ the same prompts generated one after another (generation.loop.generate) for 1, 4
 Groups "batch-124M-<n>seq" hold "batched" and "sequential"; extra_info["tokens/s"] is n * N_NEW / the
 median (aggregate completion tokens per second, prefill of the 32-token prompts included). Group
 "batch-step-124M" times the decode step alone: one Model.forward_batch of n sequences, one token each, at
-positions 32..32+STEPS (extra_info["tokens/s"] = n / the median step), f32; "batch-step-124M-q8_0" the
-same with q8_0 weights. Target (issue 10): 8 sequences per step at least 5x the tokens/s of one. Both implementations must produce the
+positions 32..32+STEPS (extra_info["tokens/s"] = n / the median step), f32; "batch-step-124M-bf16",
+"-q8_0" and "-q4_0" the same with those weights. Target (issue 10): 8 sequences per step at least 5x the tokens/s of one. Both implementations must produce the
 same tokens (greedy) before a figure counts. GPT2CY_BENCH_SMALL=1 runs the same code on a small model
 with a few tokens, as a smoke test.
 """
@@ -114,7 +114,7 @@ def many_of(batch_model_dir, models):
     return get
 
 
-@pytest.mark.parametrize("dtype", ["f32", "q8_0"])
+@pytest.mark.parametrize("dtype", ["f32", "bf16", "q8_0", "q4_0"])
 @pytest.mark.parametrize("n", SIZES)
 def test_batch_step(benchmark, n, dtype, many_of, prompts):
     many = many_of(dtype)

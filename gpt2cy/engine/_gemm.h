@@ -365,12 +365,13 @@ static void gemm_mv_block(ptrdiff_t mr, ptrdiff_t kc, const float *x, ptrdiff_t 
         const float *w0 = w + k * ldw;
         for (ptrdiff_t j = 0; j < nv2; j += 32) {
             __m512 wa[8], wb[8];
+            const float *wp = w0 + j, *pf = w0 + 8 * ldw + j;
 #pragma GCC unroll 8
-            for (int r = 0; r < 8; r++) {
-                wa[r] = _mm512_loadu_ps(w0 + r * ldw + j);
-                wb[r] = _mm512_loadu_ps(w0 + r * ldw + j + 16);
-                _mm_prefetch((const char *)(w0 + (8 + r) * ldw + j), _MM_HINT_T0);
-                _mm_prefetch((const char *)(w0 + (8 + r) * ldw + j + 16), _MM_HINT_T0);
+            for (int r = 0; r < 8; r++, wp += ldw, pf += ldw) {
+                wa[r] = _mm512_loadu_ps(wp);
+                wb[r] = _mm512_loadu_ps(wp + 16);
+                _mm_prefetch((const char *)pf, _MM_HINT_T0);
+                _mm_prefetch((const char *)(pf + 16), _MM_HINT_T0);
             }
             ptrdiff_t m = 0;
             /* four rows of x at once: eight independent chains in program order keep both FMA ports busy

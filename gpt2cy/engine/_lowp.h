@@ -327,7 +327,79 @@ static inline void lp_mv_block_bf16(ptrdiff_t mr, ptrdiff_t kc, const float *x, 
         }
     }
 #endif
-#if LP_AVX2 && !defined(__AVX512F__)
+#if LP_AVX2 && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+    /* a few rows at 512 bits: _gemm.h's several-rows tile (8 rows x 32 columns of w in registers, widened
+     * once for all mr rows of x; one blk chain per element in k order, so the one-row path's bits) */
+    for (; mr > 1 && k + 8 <= kc; k += 8) {
+        ptrdiff_t nv = nc & ~(ptrdiff_t)15, nv2 = nc & ~(ptrdiff_t)31, j = 0;
+        for (; j < nv2; j += 32) {
+            __m512 wa[8], wb[8];
+            const uint16_t *wp = w + k * ldw + j;
+#pragma GCC unroll 8
+            for (int r = 0; r < 8; r++, wp += ldw) {
+                wa[r] = lp_bf16x16(wp);
+                wb[r] = lp_bf16x16(wp + 16);
+            }
+            ptrdiff_t m = 0;
+            for (; m + 4 <= mr; m += 4) {   /* eight independent chains keep both FMA ports busy */
+                const float *x0 = x + m * ldx + k;
+                float *b0 = blk + m * ldb + j;
+                __m512 a0 = _mm512_loadu_ps(b0), c0 = _mm512_loadu_ps(b0 + 16);
+                __m512 a1 = _mm512_loadu_ps(b0 + ldb), c1 = _mm512_loadu_ps(b0 + ldb + 16);
+                __m512 a2 = _mm512_loadu_ps(b0 + 2 * ldb), c2 = _mm512_loadu_ps(b0 + 2 * ldb + 16);
+                __m512 a3 = _mm512_loadu_ps(b0 + 3 * ldb), c3 = _mm512_loadu_ps(b0 + 3 * ldb + 16);
+#pragma GCC unroll 8
+                for (int r = 0; r < 8; r++) {
+                    __m512 y0 = _mm512_set1_ps(x0[r]), y1 = _mm512_set1_ps(x0[ldx + r]);
+                    __m512 y2 = _mm512_set1_ps(x0[2 * ldx + r]), y3 = _mm512_set1_ps(x0[3 * ldx + r]);
+                    a0 = _mm512_fmadd_ps(y0, wa[r], a0);
+                    c0 = _mm512_fmadd_ps(y0, wb[r], c0);
+                    a1 = _mm512_fmadd_ps(y1, wa[r], a1);
+                    c1 = _mm512_fmadd_ps(y1, wb[r], c1);
+                    a2 = _mm512_fmadd_ps(y2, wa[r], a2);
+                    c2 = _mm512_fmadd_ps(y2, wb[r], c2);
+                    a3 = _mm512_fmadd_ps(y3, wa[r], a3);
+                    c3 = _mm512_fmadd_ps(y3, wb[r], c3);
+                }
+                _mm512_storeu_ps(b0, a0); _mm512_storeu_ps(b0 + 16, c0);
+                _mm512_storeu_ps(b0 + ldb, a1); _mm512_storeu_ps(b0 + ldb + 16, c1);
+                _mm512_storeu_ps(b0 + 2 * ldb, a2); _mm512_storeu_ps(b0 + 2 * ldb + 16, c2);
+                _mm512_storeu_ps(b0 + 3 * ldb, a3); _mm512_storeu_ps(b0 + 3 * ldb + 16, c3);
+            }
+            for (; m < mr; m++) {
+                const float *xm = x + m * ldx + k;
+                float *bm = blk + m * ldb + j;
+                __m512 va = _mm512_loadu_ps(bm), vb = _mm512_loadu_ps(bm + 16);
+#pragma GCC unroll 8
+                for (int r = 0; r < 8; r++) {
+                    __m512 xr = _mm512_set1_ps(xm[r]);
+                    va = _mm512_fmadd_ps(xr, wa[r], va);
+                    vb = _mm512_fmadd_ps(xr, wb[r], vb);
+                }
+                _mm512_storeu_ps(bm, va);
+                _mm512_storeu_ps(bm + 16, vb);
+            }
+        }
+        for (; j < nc; j += 16) {   /* the last 1-31 columns, 16 at a time, the final ones masked */
+            __mmask16 mask = j < nv ? (__mmask16)0xFFFF : (__mmask16)((1u << (nc - nv)) - 1u);
+            __m512 ws[8];
+            const uint16_t *wp = w + k * ldw + j;
+#pragma GCC unroll 8
+            for (int r = 0; r < 8; r++, wp += ldw)
+                ws[r] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(
+                            _mm256_maskz_loadu_epi16(mask, wp)), 16));
+            for (ptrdiff_t m = 0; m < mr; m++) {
+                const float *xm = x + m * ldx + k;
+                float *bm = blk + m * ldb + j;
+                __m512 v = _mm512_maskz_loadu_ps(mask, bm);
+#pragma GCC unroll 8
+                for (int r = 0; r < 8; r++)
+                    v = _mm512_fmadd_ps(_mm512_set1_ps(xm[r]), ws[r], v);
+                _mm512_mask_storeu_ps(bm, mask, v);
+            }
+        }
+    }
+#elif LP_AVX2
     /* a few rows at 256 bits: _gemm.h's several-rows tile, the weights widened as they are loaded */
     for (; mr > 1 && k + 8 <= kc; k += 8) {
         ptrdiff_t nv = nc & ~(ptrdiff_t)7, j = 0;
