@@ -22,6 +22,15 @@ def rng():
 
 
 @pytest.fixture(scope="session")
+def slow_model_dir(tmp_path_factory, vocab_dir):
+    """A random GPT-2 for tests that need a generation still running after a while (a signal, a client
+    gone, a full queue): n_embd 256, so 1000 tokens take seconds on one thread (51 MB of output projection
+    per token); with n_embd 32 a fast CPU made them in 0.4 s, before the test's event came."""
+    from serve_support import write_model
+    return write_model(tmp_path_factory, vocab_dir, n_embd=256, name="gpt2-slow")
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, vocab_dir):
     """A tiny random-weight GPT-2 in OpenAI's layout, written once: the real 50257-token vocabulary,
     n_ctx 256 (room for the ~100-token chat preamble and a few turns)."""

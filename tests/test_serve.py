@@ -435,7 +435,15 @@ def test_concurrent_streams_match_alone(client, server, model_id):
     wait_idle(server)
 
 
-def test_killed_client_frees_its_slot(server, model_id):
+@pytest.fixture(scope="module")
+def slow_server(slow_model_dir):
+    with running(slow_model_dir, n_slots=2) as s:
+        yield s
+
+
+def test_killed_client_frees_its_slot(slow_server):
+    server = slow_server
+    model_id = httpx.get(server.url + "/v1/models").json()["data"][0]["id"]
     before = metric(httpx.get(server.url + "/metrics").text, "requests_cancelled_total")
     body = {"model": model_id, "prompt": "Go on forever", "max_tokens": 1000, "ignore_eos": True, "stream": True}
     with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=30) as resp:
@@ -449,7 +457,9 @@ def test_killed_client_frees_its_slot(server, model_id):
     assert after == before + 1
 
 
-def test_killed_client_frees_its_slot_not_streamed(server, model_id):
+def test_killed_client_frees_its_slot_not_streamed(slow_server):
+    server = slow_server
+    model_id = httpx.get(server.url + "/v1/models").json()["data"][0]["id"]
     before = metric(httpx.get(server.url + "/metrics").text, "requests_cancelled_total")
     body = {"model": model_id, "prompt": "Wait for it", "max_tokens": 1000, "ignore_eos": True}
     with pytest.raises(httpx.ReadTimeout):

@@ -168,9 +168,9 @@ def test_still_healthy_after_all_that(server):
     assert 'status="500"' not in httpx.get(server.url + "/metrics").text
 
 
-def test_full_queue_is_429_with_retry_after(model_dir):
+def test_full_queue_is_429_with_retry_after(slow_model_dir):
     """One slot, one place in the queue: a third request while one runs and one waits gets 429."""
-    with running(model_dir, n_slots=1, max_queue=1) as s:
+    with running(slow_model_dir, n_slots=1, max_queue=1) as s:
         mid = httpx.get(s.url + "/v1/models").json()["data"][0]["id"]
         long = {"model": mid, "prompt": "Long", "max_tokens": 1000, "ignore_eos": True, "stream": True}
         with httpx.stream("POST", s.url + "/v1/completions", json=long, timeout=TIMEOUT) as running_one:
@@ -234,9 +234,9 @@ def _start(model_dir, *flags, key=""):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_stops_the_server_exit_0(model_dir, sig):
+def test_signal_stops_the_server_exit_0(slow_model_dir, sig):
     """A stream in flight when the signal comes is cancelled within the shutdown timeout; exit status 0."""
-    proc, url = _start(model_dir, "--parallel", "2", "--shutdown-timeout", "0.5")
+    proc, url = _start(slow_model_dir, "--parallel", "2", "--shutdown-timeout", "0.5")
     try:
         mid = httpx.get(url + "/v1/models", timeout=TIMEOUT).json()["data"][0]["id"]
         body = {"model": mid, "prompt": "On and on", "max_tokens": 1000, "ignore_eos": True, "stream": True}
