@@ -32,11 +32,7 @@
 #define GEMM_KC 192          /* K block: 8 rows of x (6 KiB) stay in L1 while a packed w block streams from L2 */
 #define GEMM_NC_MAX 512      /* widest packed w block per thread: KC x 512 floats = 384 KiB, in Zen 5's 1 MiB L2 */
 #define GEMM_TPT 4            /* column tasks per thread: dynamic scheduling evens out a busy core */
-#if defined(__AVX512F__)
-#define GEMM_MV_CHUNK 2048   /* matrix-vector: partial sums held at once in an L1 buffer (8 KiB) */
-#else
-#define GEMM_MV_CHUNK 4096   /* 16 KiB at 256 bits: longer runs of each row of w (Zen 3 one-row decode 1.1x f32, 1.17x bf16) */
-#endif
+#define GEMM_MV_CHUNK 4096   /* matrix-vector: partial sums held at once (16 KiB): long runs of each row of w */
 #define GEMM_MV_ROWCOLS 8192 /* matrix-vector, column path: columns per chunk at most (whole rows of w) */
 #define GEMM_MV_R 8          /* matrix-vector: rows of w per pass (fewer measured 10-50% slower from DRAM) */
 
