@@ -9,8 +9,9 @@ tokens (ignore_eos, greedy, a distinct prompt each) at the same moment. Groups "
 extra_info holds "tokens/s" (n * N_NEW / the round's median time), "ttft_p50_ms" and "ttft_p99_ms" over every
 request of every round. Every reply must carry N_NEW tokens before a figure counts. Target (issue 10): 4
 clients at least 3x the tokens/s of one, and ahead of llama-server -np 4 on the same model, type and thread
-count (not installed here: record it by hand, measured the same way). GPT2CY_BENCH_SMALL=1 runs the same
-code on a small model with a few tokens, as a smoke test.
+count: that peer runs in the same groups when GPT2CY_LLAMA_SERVER names a llama-server binary (the same
+weights as an f32 GGUF, the same threads and slots). GPT2CY_BENCH_SMALL=1 runs the same code on a small model
+with a few tokens, as a smoke test.
 """
 import json
 import os
@@ -43,28 +44,66 @@ def serve_model_dir(tmp_path_factory, request):
     return write_random_model(str(path), Config(n_vocab=50257, n_ctx=128, n_embd=64, n_head=2, n_layer=2), seed=0)
 
 
-@pytest.fixture(scope="module")
-def server_url(serve_model_dir):
-    proc = subprocess.Popen([sys.executable, "-m", "gpt2cy", "serve", "-m", serve_model_dir, "--port", "0",
+def _start_gpt2cy(model_dir, tmp_path_factory):
+    proc = subprocess.Popen([sys.executable, "-m", "gpt2cy", "serve", "-m", model_dir, "--port", "0",
                              "-t", str(bench_threads()), "--parallel", str(max(CLIENTS))],
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     line = proc.stderr.readline()
     if " on http://" not in line:
         proc.kill()
         pytest.fail(f"gpt2cy serve did not start: {line}{proc.stderr.read()}")
-    url = line.split(" on ")[1].split()[0]
+    return proc, line.split(" on ")[1].split()[0]
+
+
+def _start_llama_server(model_dir, tmp_path_factory):
+    """llama.cpp's server on the same weights written as an f32 GGUF by `gpt2cy convert` (the path to a
+    llama-server binary in GPT2CY_LLAMA_SERVER; it builds from llama-cpp-python's sdist, vendor/llama.cpp),
+    the same threads and slots, 1024 positions of context per slot."""
+    import socket
+    from gpt2cy.loading import export_gguf
+    exe = os.environ.get("GPT2CY_LLAMA_SERVER")
+    if not exe:
+        pytest.skip("set GPT2CY_LLAMA_SERVER to a llama-server binary to run the peer")
+    gguf = str(tmp_path_factory.mktemp("serve-gguf") / "model-f32.gguf")
+    export_gguf(model_dir, gguf, dtype="f32", threads=bench_threads())
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([exe, "-m", gguf, "--host", "127.0.0.1", "--port", str(port), "-t", str(bench_threads()),
+                             "-np", str(max(CLIENTS)), "-c", str(1024 * max(CLIENTS))],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("llama-server did not become ready")
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module", params=["gpt2cy", "llama-server"])
+def server_url(request, serve_model_dir, tmp_path_factory):
+    """One server at a time (module scope, grouped by impl): never two engines timed at once."""
+    start = _start_gpt2cy if request.param == "gpt2cy" else _start_llama_server
+    proc, url = start(serve_model_dir, tmp_path_factory)
     # one round over every slot first: a slot's first use faults in its KV cache (a one-time cost per slot
     # that a running server has long paid), and the scheduler takes the least recently used slot, so the
     # 1-client rounds would otherwise each pay it
-    with httpx.Client(timeout=120) as client:
-        round_of(client, url, [[(t + 7919 * k) % 50256 for t in range(N_PROMPT)] for k in range(max(CLIENTS))],
-                 [])
     try:
+        with httpx.Client(timeout=120) as client:
+            round_of(client, url, [[(t + 7919 * k) % 50256 for t in range(N_PROMPT)] for k in range(max(CLIENTS))],
+                     [])
         yield url
     finally:
         proc.terminate()
         proc.wait(30)
-        proc.stderr.close()
+        if proc.stderr is not None:
+            proc.stderr.close()
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +143,7 @@ def round_of(client, url, prompts, ttfts):
 
 
 @pytest.mark.parametrize("n", CLIENTS)
-def test_serve_http(benchmark, n, server_url, prompts):
+def test_serve_http(benchmark, request, n, server_url, prompts):
     benchmark.group = f"serve-124M-{n}clients" if not SMALL else f"serve-small-{n}clients"
     ttfts = []
     # the slots' prefix caches would skip the prompts of the round before: every round, new prompts
@@ -125,3 +164,6 @@ def test_serve_http(benchmark, n, server_url, prompts):
         benchmark.extra_info["ttft_p50_ms"] = round(float(np.percentile(ttfts, 50)) * 1e3, 1)
         benchmark.extra_info["ttft_p99_ms"] = round(float(np.percentile(ttfts, 99)) * 1e3, 1)
     benchmark.extra_info["clients"] = n
+    benchmark.extra_info["impl"] = impl = request.node.callspec.params["server_url"]
+    print(f"\n{impl} {n} clients: {benchmark.extra_info.get('tokens/s')} tok/s, time to first token p50 "
+          f"{benchmark.extra_info.get('ttft_p50_ms')} ms, p99 {benchmark.extra_info.get('ttft_p99_ms')} ms")

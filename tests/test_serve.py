@@ -525,3 +525,33 @@ def test_api_key(model_dir):
             assert r.status_code == 401 and set(r.json()["error"]) == {"message", "type", "param", "code"}
         assert httpx.get(s.url + "/health").status_code == 200        # readiness probes need no key
         assert httpx.get(s.url + "/").status_code == 200              # nor does the chat page
+
+
+def test_accepted_connections_have_tcp_nodelay():
+    """Every response is several small writes (an SSE chunk each token): Nagle would hold each for the
+    client's delayed ACK (40 ms a response, measured). asyncio sets TCP_NODELAY on what it accepts only when
+    the listening socket says it is TCP, so the socket Server binds must."""
+    import asyncio
+    import socket
+    from gpt2cy.serve.server import Server
+    sock = Server._bind("127.0.0.1", 0)
+    sock.listen(1)
+    sock.setblocking(False)
+    got = {}
+
+    async def main():
+        done = asyncio.Event()
+
+        class P(asyncio.Protocol):
+            def connection_made(self, transport):
+                s = transport.get_extra_info("socket")
+                got["nodelay"] = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+                done.set()
+
+        server = await asyncio.get_running_loop().create_server(P, sock=sock)
+        _, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
+        await asyncio.wait_for(done.wait(), 10)
+        writer.close()
+        server.close()
+    asyncio.run(main())
+    assert got["nodelay"] != 0

@@ -72,7 +72,10 @@ class Server:
     def _bind(host: str, port: int) -> socket.socket:
         """Bind now, so a taken port is an OSError before the model has been wasted on it."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and
+        # without it Nagle held every small write (an SSE chunk, a response's body after its headers)
+        # for the client's delayed ACK: 40 ms a response
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
