@@ -72,6 +72,8 @@ cdef extern from "_lowp.h" nogil:
                           float* out)
     void lp_dot_rows2_bf16(Py_ssize_t K, const float* x0, const float* x1, const uint16_t* wt, Py_ssize_t ldwt,
                            Py_ssize_t n, float* out0, float* out1)
+    void lp_dot_rows4_bf16(Py_ssize_t K, const float* const* x, const uint16_t* wt, Py_ssize_t ldwt, Py_ssize_t n,
+                           float* const* out)
 
 cdef enum:
     MIN_PAR_FLOPS = 1 << 18    # below this many multiply-adds a second thread costs more than it saves
@@ -375,6 +377,12 @@ cdef void _dot_rows_chunk(const float* x, Py_ssize_t ldx, Py_ssize_t M, int wtyp
             gemm_dot_rows2(K, x + m * ldx, x + (m + 1) * ldx, <const float*>wt + n0 * K, K, n1 - n0,
                            out + m * ldo + n0, out + (m + 1) * ldo + n0)
             m += 2
+    while wtype == W_BF16 and m + 4 <= M:
+        for q in range(4):
+            xs[q] = x + (m + q) * ldx
+            outs[q] = out + (m + q) * ldo + n0
+        lp_dot_rows4_bf16(K, xs, <const uint16_t*>wt + n0 * K, K, n1 - n0, outs)
+        m += 4
     while wtype == W_BF16 and m + 2 <= M:
         lp_dot_rows2_bf16(K, x + m * ldx, x + (m + 1) * ldx, <const uint16_t*>wt + n0 * K, K, n1 - n0,
                           out + m * ldo + n0, out + (m + 1) * ldo + n0)
