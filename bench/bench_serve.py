@@ -64,6 +64,8 @@ def _start_llama_server(model_dir, tmp_path_factory):
     exe = os.environ.get("GPT2CY_LLAMA_SERVER")
     if not exe:
         pytest.skip("set GPT2CY_LLAMA_SERVER to a llama-server binary to run the peer")
+    if not (os.path.isfile(exe) and os.access(exe, os.X_OK)):
+        pytest.fail(f"GPT2CY_LLAMA_SERVER={exe!r} is not an executable file", pytrace=False)
     gguf = str(tmp_path_factory.mktemp("serve-gguf") / "model-f32.gguf")
     export_gguf(model_dir, gguf, dtype="f32", threads=bench_threads())
     with socket.socket() as sock:
