@@ -349,8 +349,11 @@ static inline void lp_mv_block_bf16(ptrdiff_t mr, ptrdiff_t kc, const float *x, 
         for (; j < nv2; j += 32) {
             __m512 wa[8], wb[8];
             const uint16_t *wp = w + k * ldw + j;
+            /* the next 8 rows' same 64-byte lines, fetched while these are used (as the one-row path) */
+            const ptrdiff_t nx = (k + 16 <= kc ? 8 : 0) * ldw;
 #pragma GCC unroll 8
             for (int r = 0; r < 8; r++, wp += ldw) {
+                _mm_prefetch((const char *)(wp + nx), _MM_HINT_T0);
                 wa[r] = lp_bf16x16(wp);
                 wb[r] = lp_bf16x16(wp + 16);
             }
@@ -420,6 +423,10 @@ static inline void lp_mv_block_bf16(ptrdiff_t mr, ptrdiff_t kc, const float *x, 
         for (; j < nv; j += 8) {
             __m256 ws[8];
             const uint16_t *wp = w + k * ldw + j;
+            /* the next 8 rows' same 64-byte lines, one fetch a line (as the 512-bit path) */
+            const ptrdiff_t nx = (k + 16 <= kc ? 8 : 0) * ldw;
+            if ((j & 31) == 0)
+                for (int r = 0; r < 8; r++) _mm_prefetch((const char *)(wp + r * ldw + nx), _MM_HINT_T0);
 #pragma GCC unroll 8
             for (int r = 0; r < 8; r++, wp += ldw)
                 ws[r] = lp_bf16x8(wp);
