@@ -58,15 +58,26 @@ def q8_activations(a):
     return (q.reshape(*shape[:-1], -1, 32).astype(np.float64) * d[..., None]).reshape(shape)
 
 
-def forward(tensors, config, ids, dtype=np.float64, act=None):
+def bf16_activations(a):
+    """The values gpt2cy's bf16 kernels multiply bf16 weights by (engine/_bf16dot.h): each float32 rounded to
+    the nearest bf16, ties to even; a result below float32's smallest normal becomes a signed zero."""
+    u = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    h = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint32)
+    h = np.where((h & 0x7F80) == 0, h & 0x8000, h)
+    return (h << 16).astype(np.uint32).view(np.float32).astype(np.float64)
+
+
+def forward(tensors, config, ids, dtype=np.float64, act=None, head_act=None):
     """Logits [len(ids), n_vocab] for token ids at positions 0..len(ids)-1, computed in `dtype`.
-    act: applied to every matmul's input (q8_activations: what gpt2cy's 8-bit-activation kernels see)."""
+    act: applied to every block matmul's input (q8_activations: what gpt2cy's 8-bit-activation kernels see;
+    bf16_activations: what its bf16 kernels see); head_act: to the tied lm_head's input (default: act)."""
     ids = np.asarray(ids)
     T = len(ids)
     assert 0 < T <= config.n_ctx and ids.min() >= 0 and ids.max() < config.n_vocab
     w = lambda name: np.asarray(tensors[name], dtype=dtype)
     C = config.n_embd
     act = act if act is not None else (lambda v: v)
+    head_act = head_act if head_act is not None else act
     wte = w("wte")
     x = wte[ids] + w("wpe")[:T]                                            # [T, C]
     for i in range(config.n_layer):
@@ -79,7 +90,7 @@ def forward(tensors, config, ids, dtype=np.float64, act=None):
         m = gelu(act(m) @ w(p + "mlp.c_fc.w") + w(p + "mlp.c_fc.b"))       # [T, 4C]
         x = x + (act(m) @ w(p + "mlp.c_proj.w") + w(p + "mlp.c_proj.b"))
     x = layer_norm(x, w("ln_f.g"), w("ln_f.b"))
-    return act(x) @ wte.T                                                  # [T, n_vocab]
+    return head_act(x) @ wte.T                                             # [T, n_vocab]
 
 
 def canonical_names(n_layer):

@@ -252,6 +252,8 @@ def test_version_help_info(env):
     assert f"kernels: the {variants.chosen()} variant (" in r.out and f"built for {isa()[0]}" in r.out
     r2 = gpt2cy(dict(env, GPT2CY_ISA="generic"), "--info")
     assert "kernels: the generic variant (GPT2CY_ISA forces it" in r2.out and "integer block dots (scalar)" in r2.out
+    from gpt2cy.engine._matmul import bf16_dot
+    assert f"pair products ({bf16_dot()})" in r.out and "pair products (portable)" in r2.out
     for dtype in ("f32", "bf16", "q8_0", "q4_0"):
         assert f"  {dtype} " in r.out
     from gpt2cy.engine._qblocks import amx

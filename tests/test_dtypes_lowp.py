@@ -2,16 +2,18 @@
 determinism contract per dtype (threads, decode = prefill, batched = alone), and whole models against the
 numpy reference given the same dequantized weights.
 
-Activations: fp32 for f32 and bf16; q8_0 and q4_0 quantize each matmul's input rows to 8-bit blocks of 32
-(engine/_q8act.h, as llama.cpp does) and multiply in integers. reference.quantize_activations is that rule in
-numpy, and must give the same bytes as the engine's.
+Activations: fp32 for f32. bf16 rounds each block matmul's input rows to bf16 and multiplies in pairs
+(engine/_bf16dot.h: VDPBF16PS or its exact emulation; the tied lm_head keeps fp32 inputs); q8_0 and q4_0
+quantize each matmul's input rows to 8-bit blocks of 32 (engine/_q8act.h, as llama.cpp does) and multiply in
+integers. reference.bf16_activations and reference.quantize_activations are those rules in numpy, and must give
+the engine's bits.
 
 Tolerances (max abs):
   kernels vs float64 over the dequantized weights (and, for q8_0/q4_0, the dequantized 8-bit activations
   the kernel itself made): 1e-5 (as tests/test_matmul.py)
   engine vs reference (dequantized weights; q8_0/q4_0: reference.q8_activations at every matmul input):
-    f32, bf16: 1e-4 logits.  q8_0, q4_0: the same 1e-4 on most positions (measured ~1e-6), but the reference
-    runs in float64, so an activation within float32 rounding of a rounding boundary of the quantizer can
+    f32: 1e-4 logits.  bf16, q8_0, q4_0: the same 1e-4 on most positions (measured ~1e-6), but the reference
+    runs in float64, so an activation within float32 rounding of a rounding boundary of the rounding can
     land on the other side there: one such value moves that position's and later positions' logits by about
     dx * |w| (measured: up to 0.055 in 1 run of 6). So: every logit within 0.1, and the median position
     within 1e-4 (a wrong kernel misses that everywhere).
@@ -37,16 +39,25 @@ from test_engine_batch import CFG, LENGTHS, run_schedule
 
 LOWP = ["bf16", "q8_0", "q4_0"]
 QACT = ("q8_0", "q4_0")          # quantized activations
+ROUNDED = ("bf16",) + QACT       # activations rounded before the block matmuls
 
 
 def act_of(dtype):
-    """What a dtype's kernels multiply the weights by: x itself, or its 8-bit blocks dequantized."""
+    """What a dtype's block matmuls multiply the weights by: x itself, x rounded to bf16, or its 8-bit blocks
+    dequantized."""
+    if dtype == "bf16":
+        return ref.bf16_activations
     return ref.q8_activations if dtype in QACT else (lambda v: np.asarray(v, np.float64))
+
+
+def head_act_of(dtype):
+    """What a dtype's tied lm_head multiplies wte by: bf16 keeps fp32 inputs there."""
+    return act_of(dtype) if dtype in QACT else (lambda v: np.asarray(v, np.float64))
 
 
 def close_to_reference(got, want, dtype):
     diff = np.abs(got - want)
-    if dtype not in QACT:
+    if dtype not in ROUNDED:
         return diff.max() < 1e-4
     return diff.max() < 0.1 and np.median(diff.max(axis=1)) < 1e-4
 BLOCKS = {"q8_0": ("Q8_0", _quantize.to_q8_0, _quantize.to_q8_0_t, _quantize.q8_0_to_f32),
@@ -171,7 +182,7 @@ def test_tied_head_and_embedding_rows(rng, dtype, v, c):
     assert wt.layout == "out_in" and not wt.transposed and wt.shape == (v, c)
     ed = to_float32(wt)
     x = rng.standard_normal((7, c)).astype(np.float32)
-    want = act_of(dtype)(x) @ ed.T.astype(np.float64)
+    want = head_act_of(dtype)(x) @ ed.T.astype(np.float64)
     rows = _dtypes.logits_py(wt, x, dense=False, n_threads=2)
     np.testing.assert_allclose(rows, want, **TOL)
     np.testing.assert_allclose(_dtypes.logits_py(wt, x, dense=True, n_threads=2), want, **TOL)
@@ -273,6 +284,68 @@ def test_block_products_are_the_stated_arithmetic_bit_for_bit(rng, dtype, m, k, 
     assert np.array_equal(got, want), np.abs(got - want).max()
 
 
+def bf16_products_by_the_rule(wt, x, bias=None):
+    """_bf16dot.h's arithmetic in numpy, bit for bit: x rounded to bf16 (reference.bf16_activations); per K block
+    of 192 one float32 chain per output, a step per pair: acc = (acc + x[2p+1] w[2p+1]) + x[2p] w[2p], each
+    product exact in float32; the blocks added in order, the bias with the first."""
+    xr = ref.bf16_activations(x).astype(np.float32)
+    w = to_float32(wt)
+    K = x.shape[1]
+    out = None
+    for pc in range(0, K, 192):
+        acc = np.zeros((len(x), w.shape[1]), np.float32)
+        for k in range(pc, min(pc + 192, K), 2):
+            if k + 1 < min(pc + 192, K):
+                acc = acc + xr[:, k + 1, None] * w[None, k + 1]
+            acc = acc + xr[:, k, None] * w[None, k]
+        if out is None:
+            out = acc if bias is None else acc + bias
+        else:
+            out = out + acc
+    return out
+
+
+@pytest.fixture(params=["vdpbf16ps", "emulated"])
+def bf16_dot(request):
+    """The bf16 products on the instruction (where the CPU has it) or on its emulation."""
+    from gpt2cy.engine import _matmul
+    was = _matmul.bf16_dot() == "vdpbf16ps"
+    if _matmul.set_bf16_dot(request.param == "vdpbf16ps") != (request.param == "vdpbf16ps"):
+        _matmul.set_bf16_dot(was)
+        pytest.skip("this CPU (or build) has no AVX512-BF16")
+    yield request.param
+    _matmul.set_bf16_dot(was)
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 768, 64), (1, 517, 203), (2, 33, 40), (3, 96, 17), (16, 384, 96),
+                                   (17, 400, 70), (40, 769, 100), (9, 3072, 40)], ids=str)
+def test_bf16_products_are_the_stated_arithmetic_bit_for_bit(rng, bf16_dot, m, k, n):
+    # decode (one row, a batch's few rows) and prefill tiles, odd K (a lone last input), column tails, K past
+    # one block; both runs (instruction and emulation) and every ISA variant (test_isa) give these bits
+    w = (rng.standard_normal((k, n)) * 0.05).astype(np.float32)
+    wt = convert("h0.mlp.c_fc.w", w, "bf16", matmul=True)
+    x = rng.standard_normal((m, k)).astype(np.float32) * 3
+    b = rng.standard_normal(n).astype(np.float32)
+    want = bf16_products_by_the_rule(wt, x, b)
+    for threads in (1, 2):
+        got = _dtypes.linear_py(wt, x, b, n_threads=threads)
+        assert np.array_equal(got, want), np.abs(got - want).max()
+
+
+def test_bf16_activation_rounding_is_the_numpy_rule(rng):
+    from gpt2cy.engine import _matmul
+    a = activation_rows(rng)[:, :63]                              # odd K: one zero after each row
+    a[7, :8] = np.float32(1.0) + np.float32(2 ** -8) * np.array([1, 3, 5, 7, -1, -3, 0.5, 1.5], np.float32)  # ties
+    a[8, :4] = [1.1e-38, -1.1e-38, 1.1754942e-38, 3.0e-45]     # results below FLT_MIN: signed zeros
+    got = _matmul.bf16_round_rows(a)
+    assert got.shape == (9, 64) and not got[:, 63].any()
+    want = (ref.bf16_activations(a).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+    finite = np.isfinite(a)
+    assert np.array_equal(got[:, :63][finite], want[finite])
+    assert np.isnan(_quantize.bf16_to_f32(got[:, :63][np.isnan(a)][None])).all()
+    assert list(got[8, :4]) == [0, 0x8000, 0x0080, 0] and got[5, 40] == 0x7F80
+
+
 @pytest.mark.parametrize("dtype", QACT)
 def test_prefills_run_on_amx_tiles_where_they_are_on(rng, dtype):
     # the tiles give the VNNI tiles' bits by design, so the bit tests cannot tell whether they ran: count them
@@ -340,7 +413,7 @@ def test_engine_matches_reference_over_dequantized_weights(lowp, tensors, seqs):
     for name in tensors:
         assert deq[name].shape == tensors[name].shape and deq[name].dtype == np.float32
     ids = seqs["A"][:48]
-    want = ref.forward(deq, CFG, ids, act=act_of(dtype) if dtype in QACT else None)
+    want = ref.forward(deq, CFG, ids, act=act_of(dtype), head_act=head_act_of(dtype))
     assert close_to_reference(model.logits(ids), want, dtype)
     model.reset()
     stepped = np.stack([model.step(int(t)) for t in ids])
@@ -394,7 +467,7 @@ def test_load_takes_dtype_and_keeps_no_float32_pages(tmp_path, vocab_dir):
                 base = getattr(base, "base", None)
             assert base is None, name
         got = model.logits(ids)
-        want = ref.forward(model.dequantized(), cfg, ids, act=act_of(dtype) if dtype in QACT else None)
+        want = ref.forward(model.dequantized(), cfg, ids, act=act_of(dtype), head_act=head_act_of(dtype))
         assert close_to_reference(got, want, dtype)
         assert np.abs(got - f32).max() < (3.0 if dtype == "q4_0" else 0.3)
     for bad in ("q4_1", "F32", 8, ""):

@@ -341,7 +341,7 @@ def cmd_list(args) -> int:
 
 _KERNELS = {
     "f32": "register tiles (prefill), row-streaming matrix-vector (decode), row dots (lm_head)",
-    "bf16": "the f32 kernels, weights widened exactly in registers and while packing",
+    "bf16": "block matmuls: inputs rounded to bf16, pair products ({bd}); lm_head: fp32 inputs, wte widened",
     "q8_0": "activations quantized to 8-bit blocks, integer block dots ({q}), one output per lane "
             "(decode: streamed rows{one}; prefill: tasks of 32 rows x 64 outputs)",
     "q4_0": "as q8_0, 4-bit weights unpacked in registers ({q}{one})",
@@ -380,7 +380,7 @@ def cmd_info() -> int:
     import platform
     import numpy
     from ..engine._omp import openmp_enabled
-    from ..engine._matmul import isa
+    from ..engine._matmul import bf16_dot, isa
     from ..engine.weights import DTYPES
     from ..threads import cpu_count, thread_setting
     threads, source, problem = thread_setting()
@@ -407,7 +407,7 @@ def cmd_info() -> int:
     q = kernel_isa() + ("; prefill through AMX-INT8 tiles, GPT2CY_AMX=0 turns them off" if amx() else "")
     for dt in DTYPES:
         one = ", one row read where it lies" if q == "avx2" else ""   # _q8act.h's qa_direct_rows*
-        print(f"  {dt:5s} {_KERNELS.get(dt, '').format(q=q, one=one)}")
+        print(f"  {dt:5s} {_KERNELS.get(dt, '').format(q=q, one=one, bd=bf16_dot())}")
     flags = _cpu_flags()
     if flags is not None:
         print(f"cpu: {_cpu_model()}; flags: {' '.join(f for f in _ISA_FLAGS if f in flags) or 'none of note'}")

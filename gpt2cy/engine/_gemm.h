@@ -164,6 +164,27 @@ static void gemm_pack_bt(const float *wt, ptrdiff_t ldwt, ptrdiff_t kc, ptrdiff_
  */
 #if defined(__AVX512F__)
 
+/* the tile's epilogue (shared with _bf16dot.h's tile): acc[2i], acc[2i+1] = row i's 32 sums */
+static inline void gemm_tile_store(const __m512 *acc, float *c, ptrdiff_t ldc, const float *bias, int first,
+                                   int accumulate)
+{
+    __m512 bb0 = _mm512_setzero_ps(), bb1 = _mm512_setzero_ps();
+    int use_bias = first && bias != NULL;
+    if (use_bias) { bb0 = _mm512_loadu_ps(bias); bb1 = _mm512_loadu_ps(bias + 16); }
+    for (int i = 0; i < 8; i++) {
+        float *ci = c + i * ldc;
+        __m512 v0 = acc[2 * i], v1 = acc[2 * i + 1];
+        if (use_bias) { v0 = _mm512_add_ps(v0, bb0); v1 = _mm512_add_ps(v1, bb1); }
+        if (!first || accumulate) {
+            v0 = _mm512_add_ps(_mm512_loadu_ps(ci), v0);
+            v1 = _mm512_add_ps(_mm512_loadu_ps(ci + 16), v1);
+        }
+        _mm512_storeu_ps(ci, v0);
+        _mm512_storeu_ps(ci + 16, v1);
+    }
+}
+
+
 static inline void gemm_tile(ptrdiff_t kc, const float *a, ptrdiff_t lda, const float *b,
                              float *c, ptrdiff_t ldc, const float *bias, int first, int accumulate)
 {
@@ -187,38 +208,15 @@ static inline void gemm_tile(ptrdiff_t kc, const float *a, ptrdiff_t lda, const 
         av = _mm512_set1_ps(a7[k]); c70 = _mm512_fmadd_ps(av, b0, c70); c71 = _mm512_fmadd_ps(av, b1, c71);
     }
     __m512 acc[16] = {c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51, c60, c61, c70, c71};
-    __m512 bb0 = _mm512_setzero_ps(), bb1 = _mm512_setzero_ps();
-    int use_bias = first && bias != NULL;
-    if (use_bias) { bb0 = _mm512_loadu_ps(bias); bb1 = _mm512_loadu_ps(bias + 16); }
-    for (int i = 0; i < 8; i++) {
-        float *ci = c + i * ldc;
-        __m512 v0 = acc[2 * i], v1 = acc[2 * i + 1];
-        if (use_bias) { v0 = _mm512_add_ps(v0, bb0); v1 = _mm512_add_ps(v1, bb1); }
-        if (!first || accumulate) {
-            v0 = _mm512_add_ps(_mm512_loadu_ps(ci), v0);
-            v1 = _mm512_add_ps(_mm512_loadu_ps(ci + 16), v1);
-        }
-        _mm512_storeu_ps(ci, v0);
-        _mm512_storeu_ps(ci + 16, v1);
-    }
+    gemm_tile_store(acc, c, ldc, bias, first, accumulate);
 }
 
 #elif defined(__AVX2__) && defined(__FMA__)
 
-static inline void gemm_tile(ptrdiff_t kc, const float *a, ptrdiff_t lda, const float *b,
-                             float *c, ptrdiff_t ldc, const float *bias, int first, int accumulate)
+/* the tile's epilogue (shared with _bf16dot.h's tile): acc[2i], acc[2i+1] = row i's 16 sums */
+static inline void gemm_tile_store(const __m256 *acc, float *c, ptrdiff_t ldc, const float *bias, int first,
+                                   int accumulate)
 {
-    __m256 acc[12];
-    for (int t = 0; t < 12; t++) acc[t] = _mm256_setzero_ps();
-    for (ptrdiff_t k = 0; k < kc; k++) {
-        __m256 b0 = _mm256_load_ps(b + k * 16), b1 = _mm256_load_ps(b + k * 16 + 8);
-#pragma GCC unroll 6
-        for (int i = 0; i < 6; i++) {
-            __m256 av = _mm256_broadcast_ss(a + i * lda + k);
-            acc[2 * i] = _mm256_fmadd_ps(av, b0, acc[2 * i]);
-            acc[2 * i + 1] = _mm256_fmadd_ps(av, b1, acc[2 * i + 1]);
-        }
-    }
     __m256 bb0 = _mm256_setzero_ps(), bb1 = _mm256_setzero_ps();
     int use_bias = first && bias != NULL;
     if (use_bias) { bb0 = _mm256_loadu_ps(bias); bb1 = _mm256_loadu_ps(bias + 8); }
@@ -235,6 +233,44 @@ static inline void gemm_tile(ptrdiff_t kc, const float *a, ptrdiff_t lda, const 
     }
 }
 
+static inline void gemm_tile(ptrdiff_t kc, const float *a, ptrdiff_t lda, const float *b,
+                             float *c, ptrdiff_t ldc, const float *bias, int first, int accumulate)
+{
+    __m256 acc[12];
+    for (int t = 0; t < 12; t++) acc[t] = _mm256_setzero_ps();
+    for (ptrdiff_t k = 0; k < kc; k++) {
+        __m256 b0 = _mm256_load_ps(b + k * 16), b1 = _mm256_load_ps(b + k * 16 + 8);
+#pragma GCC unroll 6
+        for (int i = 0; i < 6; i++) {
+            __m256 av = _mm256_broadcast_ss(a + i * lda + k);
+            acc[2 * i] = _mm256_fmadd_ps(av, b0, acc[2 * i]);
+            acc[2 * i + 1] = _mm256_fmadd_ps(av, b1, acc[2 * i + 1]);
+        }
+    }
+    gemm_tile_store(acc, c, ldc, bias, first, accumulate);
+}
+
+#endif
+
+#if !defined(__AVX512F__) && !(defined(__AVX2__) && defined(__FMA__))
+/* the tile's epilogue (shared with _bf16dot.h's tile): tile[i][j] = the sum of row i, column j */
+static inline void gemm_tile_store(float tile[GEMM_MR][GEMM_NR], float *c, ptrdiff_t ldc, const float *bias,
+                                   int first, int accumulate)
+{
+    int use_bias = first && bias != NULL;
+    for (int i = 0; i < GEMM_MR; i++) {
+        float *ci = c + i * ldc;
+        for (int j = 0; j < GEMM_NR; j++) {
+            float v = tile[i][j];
+            if (use_bias) v = v + bias[j];
+            if (!first || accumulate) v = ci[j] + v;
+            ci[j] = v;
+        }
+    }
+}
+#endif
+
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 #elif defined(__GNUC__)
 
 /* GCC/Clang vector extensions: 4-wide on any target (SSE2, NEON, ...); 8 accumulators fit 16 registers.
@@ -267,18 +303,9 @@ static inline void gemm_tile(ptrdiff_t kc, const float *a, ptrdiff_t lda, const 
         av = (gemm_v4){a3[k], a3[k], a3[k], a3[k]}; c30 = GEMM_VMADD(av, b0, c30); c31 = GEMM_VMADD(av, b1, c31);
     }
     gemm_v4 acc[8] = {c00, c01, c10, c11, c20, c21, c30, c31};
-    float tile[4][8];
+    float tile[GEMM_MR][GEMM_NR];
     memcpy(tile, acc, sizeof(tile));
-    int use_bias = first && bias != NULL;
-    for (int i = 0; i < 4; i++) {
-        float *ci = c + i * ldc;
-        for (int j = 0; j < 8; j++) {
-            float v = tile[i][j];
-            if (use_bias) v = v + bias[j];
-            if (!first || accumulate) v = ci[j] + v;
-            ci[j] = v;
-        }
-    }
+    gemm_tile_store(tile, c, ldc, bias, first, accumulate);
 }
 
 #else
@@ -296,16 +323,7 @@ static inline void gemm_tile(ptrdiff_t kc, const float *a, ptrdiff_t lda, const 
                 acc[i][j] = GEMM_MADD(av, bk[j], acc[i][j]);
         }
     }
-    int use_bias = first && bias != NULL;
-    for (int i = 0; i < GEMM_MR; i++) {
-        float *ci = c + i * ldc;
-        for (int j = 0; j < GEMM_NR; j++) {
-            float v = acc[i][j];
-            if (use_bias) v = v + bias[j];
-            if (!first || accumulate) v = ci[j] + v;
-            ci[j] = v;
-        }
-    }
+    gemm_tile_store(acc, c, ldc, bias, first, accumulate);
 }
 
 #endif

@@ -15,15 +15,17 @@ Notes on speed (AMD Zen 5 figures in bench/bench_matmul.py; kernels in _gemm.h):
   in-register 8x8 transposes into the same panels as above.  matmul_nt_rows (the last rows of a batch of
   sequences) gives every row the M = 1 row dots' bits, reading wte once for all rows: L2-sized chunks of wte,
   each dotted with every row of x before the next is read.
-- bf16 weights (W_BF16) run the same drivers and tiles: _lowp.h widens them (a 16-bit shift, exact) while
-  packing, inside the matrix-vector block and in the row dots, so their bits are those of f32 over the
-  widened weights, and the contract below holds for them unchanged.
+- bf16 weights (W_BF16) run the same drivers. Their linear products round the input rows to bf16 first and
+  multiply in pairs (_bf16dot.h: VDPBF16PS where the CPU has AVX512-BF16, else its exact emulation; the same
+  bits); the lm_head (matmul_nt*) keeps fp32 activations and widens wte exactly (_lowp.h).
 - Determinism: every output element is one multiply-add chain per K block (blocks of KC from k = 0),
   blocks combined in order, bias added with the first; tiles and column ranges sit at multiples of MR/NR.
   So neither the thread count nor M changes a bit (a decode row equals the same row of a prefill).
 """
 from cython.parallel cimport prange, parallel, threadid
 from libc.stdint cimport uint16_t
+from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy, memset
 import numpy as np
 
 cdef extern from "_gemm.h" nogil:
@@ -63,11 +65,19 @@ cdef extern from "_gemm.h" nogil:
     void gemm_debug_set_late(int thread, int us)
     void gemm_debug_maybe_late()
 
+cdef extern from "_bf16dot.h" nogil:
+    void bd_round_rows(const float* x, Py_ssize_t ldx, Py_ssize_t M, Py_ssize_t K, uint16_t* xp, Py_ssize_t ldp)
+    void bd_pack_b(const uint16_t* w, Py_ssize_t ldw, Py_ssize_t kc, Py_ssize_t nc, uint16_t* dst)
+    void bd_tile(Py_ssize_t kc, const uint16_t* a, Py_ssize_t lda, const uint16_t* b, float* c, Py_ssize_t ldc,
+                 const float* bias, int first, int accumulate)
+    void bd_mv_block(Py_ssize_t mr, Py_ssize_t kc, const uint16_t* x, Py_ssize_t ldx, const uint16_t* w,
+                     Py_ssize_t ldw, Py_ssize_t nc, float* blk, Py_ssize_t ldb)
+    int bd_set_hw(int want)
+    int bd_hw_on
+    const int BD_HAVE_HW
+
 cdef extern from "_lowp.h" nogil:
-    void lp_pack_b_bf16(const uint16_t* w, Py_ssize_t ldw, Py_ssize_t kc, Py_ssize_t nc, float* dst, int nr)
     void lp_pack_bt_bf16(const uint16_t* wt, Py_ssize_t ldwt, Py_ssize_t kc, Py_ssize_t nc, float* dst, int nr)
-    void lp_mv_block_bf16(Py_ssize_t mr, Py_ssize_t kc, const float* x, Py_ssize_t ldx, const uint16_t* w,
-                          Py_ssize_t ldw, Py_ssize_t nc, float* blk, Py_ssize_t ldb)
     void lp_dot_rows_bf16(Py_ssize_t K, const float* x, const uint16_t* wt, Py_ssize_t ldwt, Py_ssize_t n,
                           float* out)
     void lp_dot_rows2_bf16(Py_ssize_t K, const float* x0, const float* x1, const uint16_t* wt, Py_ssize_t ldwt,
@@ -76,22 +86,33 @@ cdef extern from "_lowp.h" nogil:
                            float* const* out)
 
 cdef enum:
+    W_BF16X = 2                # inside the drivers: bf16 w times x rounded to bf16 pairs (_bf16dot.h)
     MIN_PAR_FLOPS = 1 << 18    # below this many multiply-adds a second thread costs more than it saves
     ROWS_CHUNK_BYTES = 24576   # matmul_nt_rows: bytes of wt per task (L1-resident while every x row uses it)
     ROWS_GRAB = 16             # tasks a thread takes at once: consecutive chunks, so its reads stream
 
 
 # The element type of w (W_F32 or W_BF16, _matmul.pxd): the drivers below are shared; only the packing, the
-# matrix-vector block and the row dots read w, and bf16 widens there (exactly) into the f32 arithmetic.
+# tiles, the matrix-vector block and the row dots read w.  W_BF16X (bf16 w, x already rounded to bf16 by
+# matmul_typed) passes x as bf16 pairs: 4 bytes hold two inputs, so x's offsets along K halve (_xk) and its
+# row stride ldx counts 4-byte units.
+
+cdef inline const float* _xk(int wt, const float* x, Py_ssize_t k) noexcept nogil:
+    # x advanced by k inputs (k even for W_BF16X: K blocks start at multiples of GEMM_KC)
+    return x + (k >> 1 if wt == W_BF16X else k)
+
+
+cdef inline Py_ssize_t _kw(int wt, Py_ssize_t kc) noexcept nogil:
+    # 4-byte units of one packed panel row block per input: a pair holds two inputs
+    return (kc + 1) >> 1 if wt == W_BF16X else kc
 
 cdef inline void _pack(int wt, bint trans, const void* w, Py_ssize_t off, Py_ssize_t ld, Py_ssize_t kc,
                        Py_ssize_t nc, float* dst) noexcept nogil:
     # w + off (elements): a [kc, nc] block of [K, N] w, or a [nc, kc] block of [N, K] w when trans
-    if wt == W_BF16:
-        if trans:
-            lp_pack_bt_bf16(<const uint16_t*>w + off, ld, kc, nc, dst, GEMM_NR)
-        else:
-            lp_pack_b_bf16(<const uint16_t*>w + off, ld, kc, nc, dst, GEMM_NR)
+    if wt == W_BF16X:
+        bd_pack_b(<const uint16_t*>w + off, ld, kc, nc, <uint16_t*>dst)
+    elif wt == W_BF16:   # the lm_head (trans)
+        lp_pack_bt_bf16(<const uint16_t*>w + off, ld, kc, nc, dst, GEMM_NR)
     elif trans:
         gemm_pack_bt(<const float*>w + off, ld, kc, nc, dst)
     else:
@@ -101,10 +122,18 @@ cdef inline void _pack(int wt, bint trans, const void* w, Py_ssize_t off, Py_ssi
 cdef inline void _mv_block(int wt, Py_ssize_t mr, Py_ssize_t kc, const float* x, Py_ssize_t ldx,
                            const void* w, Py_ssize_t off, Py_ssize_t ldw, Py_ssize_t nc, float* blk,
                            Py_ssize_t ldb) noexcept nogil:
-    if wt == W_BF16:
-        lp_mv_block_bf16(mr, kc, x, ldx, <const uint16_t*>w + off, ldw, nc, blk, ldb)
+    if wt == W_BF16X:
+        bd_mv_block(mr, kc, <const uint16_t*>x, 2 * ldx, <const uint16_t*>w + off, ldw, nc, blk, ldb)
     else:
         gemm_mv_block(mr, kc, x, ldx, <const float*>w + off, ldw, nc, blk, ldb)
+
+
+cdef inline void _tile(int wt, Py_ssize_t kc, const float* a, Py_ssize_t lda, const float* b, float* c,
+                       Py_ssize_t ldc, const float* bias, bint first, bint accumulate) noexcept nogil:
+    if wt == W_BF16X:
+        bd_tile(kc, <const uint16_t*>a, 2 * lda, <const uint16_t*>b, c, ldc, bias, first, accumulate)
+    else:
+        gemm_tile(kc, a, lda, b, c, ldc, bias, first, accumulate)
 
 
 cdef inline Py_ssize_t _cdiv(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
@@ -150,7 +179,7 @@ cdef void _gemm_task(const float* x,      # IN  [M, K] row stride ldx
     cdef float apad[GEMM_MR * GEMM_KC]           # the last, short row block, zero-padded
     cdef float ctile[GEMM_MR * GEMM_NR]          # a tile that sticks out past M or N
     cdef float bpad[GEMM_NR]
-    cdef Py_ssize_t s0, s1, kb, n_kb, pc, kc, ir, mr, jr, nr, i, j, lda, s0_i, ir_i, jr_i
+    cdef Py_ssize_t s0, s1, kb, n_kb, pc, kc, ir, mr, jr, nr, i, j, lda, s0_i, ir_i, jr_i, kw
     cdef const float* a
     cdef const float* bp
     cdef const float* biasp
@@ -172,26 +201,29 @@ cdef void _gemm_task(const float* x,      # IN  [M, K] row stride ldx
                 _pack(wt, True, w, s0 * K + pc, K, kc, s1 - s0, buf)
             else:
                 _pack(wt, False, w, pc * N + s0, N, kc, s1 - s0, buf)
+            kw = _kw(wt, kc)
             for ir_i in range(_cdiv(m1 - m0, GEMM_MR)):
                 ir = m0 + ir_i * GEMM_MR
                 mr = _min(GEMM_MR, m1 - ir)
                 if mr == GEMM_MR:
-                    a = x + ir * ldx + pc
+                    a = _xk(wt, x + ir * ldx, pc)
                     lda = ldx
-                else:
+                else:   # bit copies (bf16 pairs are not floats)
                     for i in range(GEMM_MR):
-                        for j in range(kc):
-                            apad[i * kc + j] = x[(ir + i) * ldx + pc + j] if i < mr else 0.0
+                        if i < mr:
+                            memcpy(&apad[i * kw], _xk(wt, x + (ir + i) * ldx, pc), kw * sizeof(float))
+                        else:
+                            memset(&apad[i * kw], 0, kw * sizeof(float))
                     a = apad
-                    lda = kc
+                    lda = kw
                 for jr_i in range(_cdiv(s1 - s0, GEMM_NR)):
                     jr = s0 + jr_i * GEMM_NR
                     nr = _min(GEMM_NR, s1 - jr)
-                    bp = buf + ((jr - s0) // GEMM_NR) * kc * GEMM_NR
+                    bp = buf + ((jr - s0) // GEMM_NR) * kw * GEMM_NR
                     cp = out + ir * ldo + jr
                     biasp = bias + jr if bias != NULL else NULL
                     if mr == GEMM_MR and nr == GEMM_NR:
-                        gemm_tile(kc, a, lda, bp, cp, ldo, biasp, first, accumulate)
+                        _tile(wt, kc, a, lda, bp, cp, ldo, biasp, first, accumulate)
                     else:
                         if biasp != NULL:
                             for j in range(GEMM_NR):
@@ -201,7 +233,7 @@ cdef void _gemm_task(const float* x,      # IN  [M, K] row stride ldx
                             for i in range(mr):
                                 for j in range(nr):
                                     ctile[i * GEMM_NR + j] = cp[i * ldo + j]
-                        gemm_tile(kc, a, lda, bp, ctile, GEMM_NR, biasp, first, accumulate)
+                        _tile(wt, kc, a, lda, bp, ctile, GEMM_NR, biasp, first, accumulate)
                         for i in range(mr):
                             for j in range(nr):
                                 cp[i * ldo + j] = ctile[i * GEMM_NR + j]
@@ -266,7 +298,7 @@ cdef void _matvec_task(const float* x,     # IN  [M, K] row stride ldx, M <= GEM
         for kb in range(n_kb):
             pc = kb * GEMM_KC
             kc = _min(GEMM_KC, K - pc)
-            _mv_block(wt, M, kc, x + pc, ldx, w, pc * N + c0, N, cw, blk, cw)
+            _mv_block(wt, M, kc, _xk(wt, x, pc), ldx, w, pc * N + c0, N, cw, blk, cw)
             for m in range(M):
                 gemm_mv_combine(blk + m * cw, bias + c0 if bias != NULL else NULL, out + m * ldo + c0,
                                 cw, kb == 0, accumulate)
@@ -327,7 +359,7 @@ cdef void _ksplit_block(const float* x, Py_ssize_t ldx, int wt, const void* w, P
     gemm_debug_maybe_late()   # debug builds: one thread may be made late here (tests of the barrier)
     for c0_i in range(_cdiv(N, chunk)):
         c0 = c0_i * chunk
-        _mv_block(wt, M, kc, x + pc, ldx, w, pc * N + c0, N, _min(chunk, N - c0), part + c0, N)
+        _mv_block(wt, M, kc, _xk(wt, x, pc), ldx, w, pc * N + c0, N, _min(chunk, N - c0), part + c0, N)
 
 
 cdef void _ksplit_combine(const float* part, const float* bias, float* out, Py_ssize_t ldo, Py_ssize_t M,
@@ -423,10 +455,54 @@ cdef void matmul_typed(int wtype, const float* x, Py_ssize_t ldx, const void* w,
     # (accumulate with act != ACT_NONE is outside the contract, see _matmul.pxd; matmul_py rejects it)
     if M <= 0 or N <= 0:
         return
+    if wtype == W_BF16:
+        _bf16_linear(x, ldx, w, bias, out, ldo, M, K, N, act, accumulate, n_threads)
+        return
     if M <= GEMM_MV_MAXM:
         _matvec(x, ldx, wtype, w, bias, out, ldo, M, K, N, act, accumulate, n_threads)
     else:
         _gemm(x, ldx, wtype, w, False, bias, out, ldo, M, K, N, act, accumulate, n_threads)
+
+
+cdef void _bf16_linear(const float* x, Py_ssize_t ldx, const void* w, const float* bias, float* out,
+                       Py_ssize_t ldo, Py_ssize_t M, Py_ssize_t K, Py_ssize_t N, int act, bint accumulate,
+                       int n_threads) noexcept nogil:
+    # x rounded to bf16 pairs once, then the shared drivers with W_BF16X.  Decode-sized calls use a thread-
+    # local buffer; a prefill allocates one, and if that fails goes GEMM_MV_MAXM rows at a time (a row's bits
+    # do not depend on M, so the result is the same).
+    cdef Py_ssize_t ldp = K + (K & 1), m0, rows
+    cdef uint16_t* xp = NULL
+    if M > GEMM_MV_MAXM:
+        xp = <uint16_t*>malloc(M * ldp * sizeof(uint16_t))
+        if xp != NULL:
+            bd_round_rows(x, ldx, M, K, xp, ldp)
+            _gemm(<const float*>xp, ldp // 2, W_BF16X, w, False, bias, out, ldo, M, K, N, act, accumulate,
+                  n_threads)
+            free(xp)
+            return
+    xp = _bf16_rows_buffer(GEMM_MV_MAXM * ldp)
+    m0 = 0
+    while m0 < M:
+        rows = _min(GEMM_MV_MAXM, M - m0)
+        if xp == NULL:   # K beyond any GPT-2 and no memory: nothing sensible to compute
+            return
+        bd_round_rows(x + m0 * ldx, ldx, rows, K, xp, ldp)
+        _matvec(<const float*>xp, ldp // 2, W_BF16X, w, bias, out + m0 * ldo, ldo, rows, K, N, act, accumulate,
+                n_threads)
+        m0 += rows
+
+
+cdef extern from *:
+    """
+    /* the rounded input rows of a decode-sized bf16 product: 16 rows of up to 8192 inputs (256 KiB), per thread */
+    #define GPT2CY_BF16_ROWS_U16 (16 * 8192)
+    static uint16_t *gpt2cy_bf16_rows_buffer(size_t n)
+    {
+        static GEMM_THREAD_LOCAL uint16_t buf[GPT2CY_BF16_ROWS_U16];
+        return n <= GPT2CY_BF16_ROWS_U16 ? buf : NULL;
+    }
+    """
+    uint16_t* _bf16_rows_buffer "gpt2cy_bf16_rows_buffer"(size_t n) nogil
 
 
 cdef void matmul_nt_typed(int wtype, const float* x, Py_ssize_t ldx, const void* wt,
@@ -468,6 +544,37 @@ def set_debug_late(int thread, int microseconds):
     if microseconds < 0:
         raise ValueError("microseconds must be >= 0")
     gemm_debug_set_late(thread, microseconds)
+
+
+def set_bf16_dot(bint want):
+    """Run the bf16 type's products on VDPBF16PS (AVX512-BF16) where the CPU has it, or on its emulation (the
+    same bits). Returns whether the instruction is used.  On at import."""
+    return bool(bd_set_hw(want))
+
+
+def bf16_dot():
+    """How the bf16 type's products run: "vdpbf16ps", "emulated-512", "emulated-256" or "portable"."""
+    if bd_hw_on:
+        return "vdpbf16ps"
+    return {"avx512f": "emulated-512", "avx2+fma": "emulated-256"}.get(GEMM_ISA.decode(), "portable")
+
+
+bd_set_hw(1)
+
+
+def bf16_round_rows(x):
+    """float32 [M, K] -> uint16 [M, K + K % 2]: the bf16 inputs (bit patterns) the bf16 type's products read,
+    a zero after an odd K (tests compare it with the numpy rule)."""
+    a = np.ascontiguousarray(x, dtype=np.float32)
+    if a.ndim != 2:
+        raise ValueError("x must be 2-D")
+    cdef Py_ssize_t M = a.shape[0], K = a.shape[1], ldp = K + (K & 1)
+    out = np.zeros((M, ldp), np.uint16)
+    cdef const float[:, ::1] av = a
+    cdef uint16_t[:, ::1] ov = out
+    if M and K:
+        bd_round_rows(&av[0, 0], K, M, K, &ov[0, 0], ldp)
+    return out
 
 
 def isa():

@@ -1,0 +1,451 @@
+/* gpt2cy/engine/_bf16dot.h: the bf16 type's matmul products: bf16 weights times bf16-rounded activations, the
+ * arithmetic of AVX512-BF16's VDPBF16PS, for gpt2cy/engine/_matmul.pyx's drivers (our own code).
+ *
+ * One definition on every build:
+ *   - a matmul's input row is rounded to bf16 (bd_round_rows: round to nearest even, _lowp.h's rule; a result
+ *     below FLT_MIN in magnitude becomes a signed zero, as the instruction reads it) and read in pairs:
+ *     pair p = (x[2p], x[2p+1]), x[K] = 0 when K is odd;
+ *   - every output is one chain per K block of GEMM_KC (as _gemm.h; blocks combined in order, bias with the
+ *     first), one step per pair:   acc = (acc + x[2p+1] * w[2p+1]) + x[2p] * w[2p]   (each + rounded);
+ *     that is VDPBF16PS (the odd element first: checked bit for bit against the instruction on Zen 4).
+ * A product of two bf16 values is exact in float32, so the instruction, an FMA and a plain multiply-add all
+ * give the same bits: the VDPBF16PS path, its 512- and 256-bit emulations and portable C agree, and a decode
+ * row equals the same row of a prefill.  (bf16 weights below FLT_MIN, none in GPT-2, and sums below it are
+ * where the instruction, which flushes them, and the emulations could differ.)
+ *
+ * Weights stay bf16 [in, out] (the checkpoint's layout, _lowp.h).  Rows 2p and 2p+1 are interleaved into
+ * dword pairs while packing (prefill panels: [kp, NR] pairs) or in registers (decode: vpunpck{l,h}wd leaves
+ * a 32-column chunk's sums in the order 0-3 8-11 16-19 24-27 | 4-7 12-15 20-23 28-31; they stay in that order
+ * for the whole K block and are put back once at its end).
+ *
+ * Why bf16 activations: VDPBF16PS does 32 multiply-adds per instruction against the FMA's 16, so prefills
+ * of bf16 weights run faster than f32 instead of at f32's speed (llama.cpp's bf16 rounds its activations
+ * the same way); decode reads half of f32's bytes either way.
+ */
+#ifndef GPT2CY_BF16DOT_H
+#define GPT2CY_BF16DOT_H
+
+#include "_gemm.h"
+#include "_lowp.h"
+
+/* pair p of a bf16 row (x[2p] in the low half) */
+static inline uint32_t bd_pair(const uint16_t *x, ptrdiff_t p)
+{
+    uint32_t v;
+    memcpy(&v, x + 2 * p, sizeof(v));
+    return v;
+}
+
+static inline float bd_hi(uint32_t pair)   /* the odd element as a float */
+{
+    uint32_t u = pair & 0xFFFF0000u;
+    float f;
+    memcpy(&f, &u, sizeof(f));
+    return f;
+}
+
+static inline float bd_lo(uint32_t pair)   /* the even element as a float */
+{
+    uint32_t u = pair << 16;
+    float f;
+    memcpy(&f, &u, sizeof(f));
+    return f;
+}
+
+static inline uint16_t bd_round1(float f)
+{
+    uint16_t h = lp_f32_to_bf16(f);
+    return (h & 0x7F80u) ? h : (uint16_t)(h & 0x8000u);
+}
+
+/* xp[m * ldp + k] = bf16(x[m * ldx + k]) for k < K, and xp[m * ldp + K] = 0 when K is odd.
+ *   x: [M, K] row stride ldx;  xp: [M, ldp] bf16, ldp even and >= K + (K & 1) */
+static void bd_round_rows(const float *x, ptrdiff_t ldx, ptrdiff_t M, ptrdiff_t K, uint16_t *xp, ptrdiff_t ldp)
+{
+    for (ptrdiff_t m = 0; m < M; m++) {
+        const float *r = x + m * ldx;
+        uint16_t *o = xp + m * ldp;
+        ptrdiff_t k = 0;
+#if defined(__AVX512F__)
+        const __m512i bias = _mm512_set1_epi32(0x7FFF), one = _mm512_set1_epi32(1);
+        const __m512i absm = _mm512_set1_epi32(0x7FFFFFFF), inf = _mm512_set1_epi32(0x7F800000);
+        for (; k + 16 <= K; k += 16) {
+            __m512i u = _mm512_castps_si512(_mm512_loadu_ps(r + k));
+            __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), one);
+            __m512i h = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(bias, lsb)), 16);
+            __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, absm), inf);
+            h = _mm512_mask_or_epi32(h, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+            __mmask16 tiny = _mm512_testn_epi32_mask(h, _mm512_set1_epi32(0x7F80));
+            h = _mm512_mask_and_epi32(h, tiny, h, _mm512_set1_epi32(0x8000));
+            _mm256_storeu_si256((__m256i *)(o + k), _mm512_cvtepi32_epi16(h));
+        }
+#elif LP_AVX2
+        const __m256i bias = _mm256_set1_epi32(0x7FFF), one = _mm256_set1_epi32(1);
+        const __m256i absm = _mm256_set1_epi32(0x7FFFFFFF), inf = _mm256_set1_epi32(0x7F800000);
+        for (; k + 8 <= K; k += 8) {
+            __m256i u = _mm256_castps_si256(_mm256_loadu_ps(r + k));
+            __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), one);
+            __m256i h = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(bias, lsb)), 16);
+            __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, absm), inf);   /* both sides < 2^31 */
+            h = _mm256_blendv_epi8(h, _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40)), nan);
+            __m256i tiny = _mm256_cmpeq_epi32(_mm256_and_si256(h, _mm256_set1_epi32(0x7F80)), _mm256_setzero_si256());
+            h = _mm256_blendv_epi8(h, _mm256_and_si256(h, _mm256_set1_epi32(0x8000)), tiny);
+            __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(h, h), 0x08);
+            _mm_storeu_si128((__m128i *)(o + k), _mm256_castsi256_si128(packed));
+        }
+#endif
+        for (; k < K; k++) o[k] = bd_round1(r[k]);
+        if (K & 1) o[K] = 0;
+    }
+}
+
+/* ------------------------------------------------------------------------------------------------------
+ * Prefill panels: a [kc, nc] block of bf16 w (row stride ldw) -> ceil(nc / NR) panels of [kp, NR] pairs
+ * (kp = ceil(kc / 2); dst[(panel * kp + p) * 2NR + 2j + h] = w[2p + h][panel * NR + j], zero outside w).
+ * dst: 64-byte aligned, ceil(nc / NR) * kp * NR * 2 uint16 */
+static void bd_pack_b(const uint16_t *w, ptrdiff_t ldw, ptrdiff_t kc, ptrdiff_t nc, uint16_t *dst)
+{
+    ptrdiff_t kp = (kc + 1) >> 1, n_panels = (nc + GEMM_NR - 1) / GEMM_NR;
+    for (ptrdiff_t pan = 0; pan < n_panels; pan++) {
+        ptrdiff_t j0 = pan * GEMM_NR, nv = nc - j0 < GEMM_NR ? nc - j0 : GEMM_NR;
+        uint16_t *d = dst + pan * kp * 2 * GEMM_NR;
+        for (ptrdiff_t p = 0; p < kp; p++, d += 2 * GEMM_NR) {
+            const uint16_t *r0 = w + 2 * p * ldw + j0, *r1 = r0 + ldw;
+            int has1 = 2 * p + 1 < kc;
+#if defined(__AVX512F__)
+            if (nv == 32 && has1) {
+                __m512i v0 = _mm512_loadu_si512(r0), v1 = _mm512_loadu_si512(r1);
+                __m512i lo = _mm512_unpacklo_epi16(v0, v1), hi = _mm512_unpackhi_epi16(v0, v1);
+                const __m512i i0 = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+                const __m512i i1 = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+                _mm512_storeu_si512(d, _mm512_permutex2var_epi32(lo, i0, hi));
+                _mm512_storeu_si512(d + 32, _mm512_permutex2var_epi32(lo, i1, hi));
+                continue;
+            }
+#elif LP_AVX2
+            if (nv == 16 && has1) {
+                __m256i v0 = _mm256_loadu_si256((const __m256i *)r0), v1 = _mm256_loadu_si256((const __m256i *)r1);
+                __m256i lo = _mm256_unpacklo_epi16(v0, v1), hi = _mm256_unpackhi_epi16(v0, v1);
+                _mm256_storeu_si256((__m256i *)d, _mm256_permute2x128_si256(lo, hi, 0x20));
+                _mm256_storeu_si256((__m256i *)(d + 16), _mm256_permute2x128_si256(lo, hi, 0x31));
+                continue;
+            }
+#endif
+            for (ptrdiff_t j = 0; j < GEMM_NR; j++) {
+                d[2 * j] = j < nv ? r0[j] : 0;
+                d[2 * j + 1] = j < nv && has1 ? r1[j] : 0;
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------------------------------------
+ * The run-time choice on AVX-512 builds: VDPBF16PS where the CPU has AVX512-BF16 (through inline assembly,
+ * so builds for CPUs without it still hold it), else its emulation; the same bits either way. */
+#if defined(__AVX512F__) && defined(__GNUC__)
+#include <cpuid.h>
+#define BD_HAVE_HW 1
+static int bd_hw_on = 0;
+static int bd_cpu_bf16(void)
+{
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 1, &a, &b, &c, &d)) return 0;
+    return (a >> 5) & 1u;   /* CPUID.(EAX=7, ECX=1):EAX[5] AVX512_BF16 */
+}
+static int bd_set_hw(int want)
+{
+    bd_hw_on = want && bd_cpu_bf16();
+    return bd_hw_on;
+}
+#else
+#define BD_HAVE_HW 0
+static const int bd_hw_on = 0;
+static int bd_set_hw(int want) { (void)want; return 0; }
+#endif
+
+#if defined(__AVX512F__)
+/* acc + pairs(x) . pairs(w) lane by lane: 16 outputs, one pair each */
+static inline __attribute__((always_inline)) __m512 bd_dp512(__m512 acc, __m512i x, __m512i w, const int hw)
+{
+#if BD_HAVE_HW
+    if (hw) {
+        __asm__("vdpbf16ps %2, %1, %0" : "+v"(acc) : "v"(x), "v"(w));
+        return acc;
+    }
+#endif
+    const __m512i hi = _mm512_set1_epi32((int)0xFFFF0000u);
+    acc = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(x, hi)), _mm512_castsi512_ps(_mm512_and_si512(w, hi)), acc);
+    return _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(x, 16)), _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)), acc);
+}
+#endif
+
+/* ------------------------------------------------------------------------------------------------------
+ * Tile: acc[i][j] = the chain over the kp pairs of a's row i and b's column j, then gemm_tile_store.
+ *   a: [MR, 2 kp] bf16 row stride lda (even);  b: one packed panel [kp, NR] pairs */
+#if defined(__AVX512F__)
+
+static inline __attribute__((always_inline)) void bd_tile_impl(ptrdiff_t kc, const uint16_t *a, ptrdiff_t lda,
+    const uint16_t *b, float *c, ptrdiff_t ldc, const float *bias, int first, int accumulate, const int hw)
+{
+    ptrdiff_t kp = (kc + 1) >> 1;
+    __m512 acc[16];
+    for (int t = 0; t < 16; t++) acc[t] = _mm512_setzero_ps();
+    for (ptrdiff_t p = 0; p < kp; p++) {
+        __m512i b0 = _mm512_loadu_si512(b + p * 64), b1 = _mm512_loadu_si512(b + p * 64 + 32);
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; i++) {
+            __m512i av = _mm512_set1_epi32((int)bd_pair(a + i * lda, p));
+            acc[2 * i] = bd_dp512(acc[2 * i], av, b0, hw);
+            acc[2 * i + 1] = bd_dp512(acc[2 * i + 1], av, b1, hw);
+        }
+    }
+    gemm_tile_store(acc, c, ldc, bias, first, accumulate);
+}
+static void bd_tile_hw(ptrdiff_t kc, const uint16_t *a, ptrdiff_t lda, const uint16_t *b, float *c, ptrdiff_t ldc,
+                       const float *bias, int first, int accumulate)
+{
+    bd_tile_impl(kc, a, lda, b, c, ldc, bias, first, accumulate, 1);
+}
+static void bd_tile_emu(ptrdiff_t kc, const uint16_t *a, ptrdiff_t lda, const uint16_t *b, float *c, ptrdiff_t ldc,
+                        const float *bias, int first, int accumulate)
+{
+    bd_tile_impl(kc, a, lda, b, c, ldc, bias, first, accumulate, 0);
+}
+static inline void bd_tile(ptrdiff_t kc, const uint16_t *a, ptrdiff_t lda, const uint16_t *b, float *c,
+                           ptrdiff_t ldc, const float *bias, int first, int accumulate)
+{
+    if (bd_hw_on) bd_tile_hw(kc, a, lda, b, c, ldc, bias, first, accumulate);
+    else bd_tile_emu(kc, a, lda, b, c, ldc, bias, first, accumulate);
+}
+
+#elif LP_AVX2
+
+static inline void bd_tile(ptrdiff_t kc, const uint16_t *a, ptrdiff_t lda, const uint16_t *b, float *c,
+                           ptrdiff_t ldc, const float *bias, int first, int accumulate)
+{
+    /* each pair's odd elements for all six rows, then its even ones: 12 accumulators, 2 w and 1 x register */
+    ptrdiff_t kp = (kc + 1) >> 1;
+    const __m256i hi = _mm256_set1_epi32((int)0xFFFF0000u);
+    __m256 acc[12];
+    for (int t = 0; t < 12; t++) acc[t] = _mm256_setzero_ps();
+    for (ptrdiff_t p = 0; p < kp; p++) {
+        __m256i b0 = _mm256_loadu_si256((const __m256i *)(b + p * 32));
+        __m256i b1 = _mm256_loadu_si256((const __m256i *)(b + p * 32 + 16));
+        __m256 w0 = _mm256_castsi256_ps(_mm256_and_si256(b0, hi)), w1 = _mm256_castsi256_ps(_mm256_and_si256(b1, hi));
+#pragma GCC unroll 6
+        for (int i = 0; i < 6; i++) {
+            __m256 av = _mm256_set1_ps(bd_hi(bd_pair(a + i * lda, p)));
+            acc[2 * i] = _mm256_fmadd_ps(av, w0, acc[2 * i]);
+            acc[2 * i + 1] = _mm256_fmadd_ps(av, w1, acc[2 * i + 1]);
+        }
+        w0 = _mm256_castsi256_ps(_mm256_slli_epi32(b0, 16));
+        w1 = _mm256_castsi256_ps(_mm256_slli_epi32(b1, 16));
+#pragma GCC unroll 6
+        for (int i = 0; i < 6; i++) {
+            __m256 av = _mm256_set1_ps(bd_lo(bd_pair(a + i * lda, p)));
+            acc[2 * i] = _mm256_fmadd_ps(av, w0, acc[2 * i]);
+            acc[2 * i + 1] = _mm256_fmadd_ps(av, w1, acc[2 * i + 1]);
+        }
+    }
+    gemm_tile_store(acc, c, ldc, bias, first, accumulate);
+}
+
+#else
+
+static inline void bd_tile(ptrdiff_t kc, const uint16_t *a, ptrdiff_t lda, const uint16_t *b, float *c,
+                           ptrdiff_t ldc, const float *bias, int first, int accumulate)
+{
+    ptrdiff_t kp = (kc + 1) >> 1;
+    float acc[GEMM_MR][GEMM_NR];
+    memset(acc, 0, sizeof(acc));
+    for (ptrdiff_t p = 0; p < kp; p++) {
+        const uint16_t *bp = b + p * 2 * GEMM_NR;
+        for (int i = 0; i < GEMM_MR; i++) {
+            uint32_t xa = bd_pair(a + i * lda, p);
+            float xh = bd_hi(xa), xl = bd_lo(xa);
+            for (int j = 0; j < GEMM_NR; j++) {
+                uint32_t wp = bd_pair(bp, j);
+                acc[i][j] = GPT2CY_MADD(xh, bd_hi(wp), acc[i][j]);
+                acc[i][j] = GPT2CY_MADD(xl, bd_lo(wp), acc[i][j]);
+            }
+        }
+    }
+    gemm_tile_store(acc, c, ldc, bias, first, accumulate);
+}
+
+#endif
+
+/* ------------------------------------------------------------------------------------------------------
+ * Matrix-vector block (decode, and the few rows of a batch's step): for each of mr <= GEMM_MV_MAXM rows,
+ * blk[m * ldb + j] = the chain over the pairs of x's row m (kc inputs) and column j of w, j < nc.
+ *   x: [mr, kc (+1 when odd)] bf16 row stride ldx (even);  w: [kc, nc] bf16 row stride ldw;
+ *   blk: [mr, nc] row stride ldb (overwritten)
+ */
+
+/* one column j of every row of x, in natural order (the tails of the vector paths, and portable builds) */
+static inline void bd_mv_column(ptrdiff_t mr, ptrdiff_t kc, const uint16_t *x, ptrdiff_t ldx, const uint16_t *w,
+                                ptrdiff_t ldw, ptrdiff_t j, float *blk, ptrdiff_t ldb)
+{
+    ptrdiff_t kp = (kc + 1) >> 1;
+    for (ptrdiff_t m = 0; m < mr; m++) {
+        const uint16_t *xm = x + m * ldx;
+        float v = 0.0f;
+        for (ptrdiff_t p = 0; p < kp; p++) {
+            uint32_t xa = bd_pair(xm, p);
+            float wh = 2 * p + 1 < kc ? lp_bf16_to_f32(w[(2 * p + 1) * ldw + j]) : 0.0f;
+            v = GPT2CY_MADD(bd_hi(xa), wh, v);
+            v = GPT2CY_MADD(bd_lo(xa), lp_bf16_to_f32(w[2 * p * ldw + j]), v);
+        }
+        blk[m * ldb + j] = v;
+    }
+}
+
+#if defined(__AVX512F__)
+
+/* G pairs (2G rows of w, from pair p; the last pair's odd row absent when `half`) against every 32-column
+ * chunk of blk (< nv) for every row of x; the next 2G rows of w prefetched while these stream */
+static inline __attribute__((always_inline)) void bd_mv_pass512(const int G, const int hw, ptrdiff_t mr, ptrdiff_t p,
+    int half, const uint16_t *x, ptrdiff_t ldx, const uint16_t *w, ptrdiff_t ldw, ptrdiff_t nv, float *blk,
+    ptrdiff_t ldb)
+{
+    __m512i xs[4];
+    if (mr == 1)
+        for (int g = 0; g < G; g++) xs[g] = _mm512_set1_epi32((int)bd_pair(x, p + g));
+    for (ptrdiff_t j = 0; j < nv; j += 32) {
+        __m512i wl[4], wh[4];
+        const uint16_t *r = w + 2 * p * ldw + j;
+#pragma GCC unroll 4
+        for (int g = 0; g < G; g++, r += 2 * ldw) {
+            __m512i v0 = _mm512_loadu_si512(r);
+            __m512i v1 = half && g == G - 1 ? _mm512_setzero_si512() : _mm512_loadu_si512(r + ldw);
+            wl[g] = _mm512_unpacklo_epi16(v0, v1);
+            wh[g] = _mm512_unpackhi_epi16(v0, v1);
+            if (G == 4) {
+                _mm_prefetch((const char *)(r + 8 * ldw), _MM_HINT_T0);
+                _mm_prefetch((const char *)(r + 9 * ldw), _MM_HINT_T0);
+            }
+        }
+        for (ptrdiff_t m = 0; m < mr; m++) {
+            float *bm = blk + m * ldb + j;
+            __m512 a = _mm512_loadu_ps(bm), b = _mm512_loadu_ps(bm + 16);
+#pragma GCC unroll 4
+            for (int g = 0; g < G; g++) {
+                __m512i xv = mr == 1 ? xs[g] : _mm512_set1_epi32((int)bd_pair(x + m * ldx, p + g));
+                a = bd_dp512(a, xv, wl[g], hw);
+                b = bd_dp512(b, xv, wh[g], hw);
+            }
+            _mm512_storeu_ps(bm, a);
+            _mm512_storeu_ps(bm + 16, b);
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) void bd_mv_impl(ptrdiff_t mr, ptrdiff_t kc, const uint16_t *x,
+    ptrdiff_t ldx, const uint16_t *w, ptrdiff_t ldw, ptrdiff_t nc, float *blk, ptrdiff_t ldb, const int hw)
+{
+    ptrdiff_t nv = nc & ~(ptrdiff_t)31, kp = kc >> 1, p = 0;
+    for (ptrdiff_t m = 0; m < mr; m++)
+        memset(blk + m * ldb, 0, (size_t)nv * sizeof(float));
+    for (; p + 4 <= kp; p += 4) bd_mv_pass512(4, hw, mr, p, 0, x, ldx, w, ldw, nv, blk, ldb);
+    for (; p < kp; p++) bd_mv_pass512(1, hw, mr, p, 0, x, ldx, w, ldw, nv, blk, ldb);
+    if (kc & 1) bd_mv_pass512(1, hw, mr, p, 1, x, ldx, w, ldw, nv, blk, ldb);
+    /* the sums back in column order */
+    const __m512i i0 = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+    const __m512i i1 = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+    for (ptrdiff_t m = 0; m < mr; m++)
+        for (ptrdiff_t j = 0; j < nv; j += 32) {
+            float *bm = blk + m * ldb + j;
+            __m512 a = _mm512_loadu_ps(bm), b = _mm512_loadu_ps(bm + 16);
+            _mm512_storeu_ps(bm, _mm512_permutex2var_ps(a, i0, b));
+            _mm512_storeu_ps(bm + 16, _mm512_permutex2var_ps(a, i1, b));
+        }
+    for (ptrdiff_t j = nv; j < nc; j++) bd_mv_column(mr, kc, x, ldx, w, ldw, j, blk, ldb);
+}
+static void bd_mv_hw(ptrdiff_t mr, ptrdiff_t kc, const uint16_t *x, ptrdiff_t ldx, const uint16_t *w,
+                     ptrdiff_t ldw, ptrdiff_t nc, float *blk, ptrdiff_t ldb)
+{
+    bd_mv_impl(mr, kc, x, ldx, w, ldw, nc, blk, ldb, 1);
+}
+static void bd_mv_emu(ptrdiff_t mr, ptrdiff_t kc, const uint16_t *x, ptrdiff_t ldx, const uint16_t *w,
+                      ptrdiff_t ldw, ptrdiff_t nc, float *blk, ptrdiff_t ldb)
+{
+    bd_mv_impl(mr, kc, x, ldx, w, ldw, nc, blk, ldb, 0);
+}
+static inline void bd_mv_block(ptrdiff_t mr, ptrdiff_t kc, const uint16_t *x, ptrdiff_t ldx, const uint16_t *w,
+                               ptrdiff_t ldw, ptrdiff_t nc, float *blk, ptrdiff_t ldb)
+{
+    if (bd_hw_on) bd_mv_hw(mr, kc, x, ldx, w, ldw, nc, blk, ldb);
+    else bd_mv_emu(mr, kc, x, ldx, w, ldw, nc, blk, ldb);
+}
+
+#elif LP_AVX2
+
+/* rows widened in column order (no pairing needed when emulating): per pair, the odd row's product first */
+static void bd_mv_block(ptrdiff_t mr, ptrdiff_t kc, const uint16_t *x, ptrdiff_t ldx, const uint16_t *w,
+                        ptrdiff_t ldw, ptrdiff_t nc, float *blk, ptrdiff_t ldb)
+{
+    ptrdiff_t nv = nc & ~(ptrdiff_t)7, kp = kc >> 1, p = 0;
+    for (ptrdiff_t m = 0; m < mr; m++)
+        memset(blk + m * ldb, 0, (size_t)nv * sizeof(float));
+    for (; p + 4 <= kp; p += 4) {   /* 8 rows of w per pass, as the f32 path */
+        const uint16_t *w0 = w + 2 * p * ldw;
+        for (ptrdiff_t j = 0; j < nv; j += 8) {
+            __m256 ws[8];
+            const uint16_t *wp = w0 + j;
+#pragma GCC unroll 8
+            for (int r = 0; r < 8; r++, wp += ldw) ws[r] = lp_bf16x8(wp);
+            for (ptrdiff_t m = 0; m < mr; m++) {
+                const uint16_t *xm = x + m * ldx;
+                float *bm = blk + m * ldb + j;
+                __m256 v = _mm256_loadu_ps(bm);
+#pragma GCC unroll 4
+                for (int g = 0; g < 4; g++) {
+                    uint32_t xa = bd_pair(xm, p + g);
+                    v = _mm256_fmadd_ps(_mm256_set1_ps(bd_hi(xa)), ws[2 * g + 1], v);
+                    v = _mm256_fmadd_ps(_mm256_set1_ps(bd_lo(xa)), ws[2 * g], v);
+                }
+                _mm256_storeu_ps(bm, v);
+            }
+        }
+    }
+    for (; p < (kc + 1) >> 1; p++) {
+        const uint16_t *w0 = w + 2 * p * ldw;
+        int has1 = 2 * p + 1 < kc;
+        for (ptrdiff_t j = 0; j < nv; j += 8) {
+            __m256 wl = lp_bf16x8(w0 + j), wh = has1 ? lp_bf16x8(w0 + ldw + j) : _mm256_setzero_ps();
+            for (ptrdiff_t m = 0; m < mr; m++) {
+                uint32_t xa = bd_pair(x + m * ldx, p);
+                float *bm = blk + m * ldb + j;
+                __m256 v = _mm256_fmadd_ps(_mm256_set1_ps(bd_hi(xa)), wh, _mm256_loadu_ps(bm));
+                _mm256_storeu_ps(bm, _mm256_fmadd_ps(_mm256_set1_ps(bd_lo(xa)), wl, v));
+            }
+        }
+    }
+    for (ptrdiff_t j = nv; j < nc; j++) bd_mv_column(mr, kc, x, ldx, w, ldw, j, blk, ldb);
+}
+
+#else
+
+static void bd_mv_block(ptrdiff_t mr, ptrdiff_t kc, const uint16_t *x, ptrdiff_t ldx, const uint16_t *w,
+                        ptrdiff_t ldw, ptrdiff_t nc, float *blk, ptrdiff_t ldb)
+{
+    for (ptrdiff_t m = 0; m < mr; m++)
+        memset(blk + m * ldb, 0, (size_t)nc * sizeof(float));
+    for (ptrdiff_t p = 0; p < (kc + 1) >> 1; p++) {
+        const uint16_t *w0 = w + 2 * p * ldw, *w1 = w0 + ldw;
+        int has1 = 2 * p + 1 < kc;
+        for (ptrdiff_t m = 0; m < mr; m++) {
+            uint32_t xa = bd_pair(x + m * ldx, p);
+            float xh = bd_hi(xa), xl = bd_lo(xa);
+            float *bm = blk + m * ldb;
+            for (ptrdiff_t j = 0; j < nc; j++) {
+                float v = GPT2CY_MADD(xh, has1 ? lp_bf16_to_f32(w1[j]) : 0.0f, bm[j]);
+                bm[j] = GPT2CY_MADD(xl, lp_bf16_to_f32(w0[j]), v);
+            }
+        }
+    }
+}
+
+#endif
+
+#endif
