@@ -6,7 +6,8 @@
     _dtypes.pyx     the per-dtype kernel table the block loop calls through (f32, bf16, q8_0, q4_0)
     _forward.pyx    Engine: KV-cache slots and the batched forward over rows tagged (slot, position)
     _matmul.pyx     matrix products (tiles for prefill, streaming matrix-vector for decode), _gemm.h; f32
-                    and bf16 weights (widened exactly while packing / in registers, _lowp.h)
+                    and bf16 weights (block matmuls: bf16-rounded inputs in pairs, _bf16dot.h; the lm_head
+                    widens wte exactly, _lowp.h)
     _qblocks.pyx    q8_0 / q4_0 products on 8-bit activations (integer block dots, _q8act.h)
     _quantize.pyx   the compiled, parallel conversions: to_bf16, to_q8_0, to_q4_0 (gguf's bytes), and back
     _kernels.pyx    layer norm, position embeddings, KV-cache store and causal attention over segments

@@ -1,7 +1,7 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """The per-dtype kernel table (see _dtypes.pxd): which functions multiply by, and look rows up in, a weight
-of each storage type: f32, bf16 (uint16 bit patterns; _matmul's kernels widen them in registers and while
-packing), q8_0 and q4_0 (ggml's 34- and 18-byte blocks, matmul weights stored [out, in]; _qblocks.pyx).
+of each storage type: f32, bf16 (uint16 bit patterns; _matmul's block matmuls multiply them by bf16-rounded
+inputs in pairs, its lm_head widens them), q8_0 and q4_0 (ggml's 34- and 18-byte blocks, matmul weights stored [out, in]; _qblocks.pyx).
 Adding a type = its
 kernels + one entry here + its geometry in weights.py's DTYPES."""
 from libc.stdint cimport uint8_t, uint16_t

@@ -4,8 +4,9 @@ cdef enum:
     ACT_NONE = 0
     ACT_GELU = 1
 
-# element types of w for matmul_typed / matmul_nt_typed (bf16: uint16 bit patterns, widened exactly to f32
-# inside the kernels: the same arithmetic and determinism as f32 on the widened values)
+# element types of w for matmul_typed / matmul_nt_typed (bf16: uint16 bit patterns. matmul_typed rounds x
+# to bf16 and multiplies in pairs, VDPBF16PS's arithmetic (_bf16dot.h); matmul_nt* widen wt exactly and keep
+# f32's arithmetic. The determinism below holds for both)
 cdef enum:
     W_F32 = 0
     W_BF16 = 1
