@@ -332,6 +332,23 @@ def test_bf16_products_are_the_stated_arithmetic_bit_for_bit(rng, bf16_dot, m, k
         assert np.array_equal(got, want), np.abs(got - want).max()
 
 
+def test_bf16_model_bits_do_not_depend_on_the_instruction(tensors, seqs):
+    # a whole bf16 model, prefill (tiles) and decode (matrix-vector), on VDPBF16PS and on its emulation
+    from gpt2cy.engine import _matmul
+    if not _matmul.set_bf16_dot(True):
+        pytest.skip("this CPU (or build) has no AVX512-BF16")
+    model = Model.from_tensors(CFG, tensors, threads=2, dtype="bf16")
+    ids = seqs["A"][:40]
+    try:
+        hw = model.logits(ids), model.prefill(ids[:20]), model.step(int(ids[20]))
+        assert _matmul.set_bf16_dot(False) is False
+        model.reset()
+        emu = model.logits(ids), model.prefill(ids[:20]), model.step(int(ids[20]))
+    finally:
+        _matmul.set_bf16_dot(True)
+    assert all(np.array_equal(a, b) for a, b in zip(hw, emu))
+
+
 def test_bf16_activation_rounding_is_the_numpy_rule(rng):
     from gpt2cy.engine import _matmul
     a = activation_rows(rng)[:, :63]                              # odd K: one zero after each row

@@ -13,10 +13,13 @@
  * row equals the same row of a prefill.  (bf16 weights below FLT_MIN, none in GPT-2, and sums below it are
  * where the instruction, which flushes them, and the emulations could differ.)
  *
- * Weights stay bf16 [in, out] (the checkpoint's layout, _lowp.h).  Rows 2p and 2p+1 are interleaved into
- * dword pairs while packing (prefill panels: [kp, NR] pairs) or in registers (decode: vpunpck{l,h}wd leaves
- * a 32-column chunk's sums in the order 0-3 8-11 16-19 24-27 | 4-7 12-15 20-23 28-31; they stay in that order
- * for the whole K block and are put back once at its end).
+ * Weights stay bf16 [in, out] (the checkpoint's layout, _lowp.h).  With the instruction, rows 2p and 2p+1 are
+ * interleaved into dword pairs while packing (prefill panels: [kp, NR] pairs) or in registers (decode:
+ * vpunpck{l,h}wd leaves a 32-column chunk's sums in the order 0-3 8-11 16-19 24-27 | 4-7 12-15 20-23 28-31;
+ * they stay in that order for the whole K block and are put back once at its end).  Without it, prefills
+ * round x into floats with each pair swapped (x[1], x[0], x[3], x[2], ...) and pack w widened with its rows
+ * swapped the same way, so _gemm.h's f32 tile runs the pair chains at f32's speed; decode widens the rows
+ * in registers, the odd row first.
  *
  * Why bf16 activations: VDPBF16PS does 32 multiply-adds per instruction against the FMA's 16, so prefills
  * of bf16 weights run faster than f32 instead of at f32's speed (llama.cpp's bf16 rounds its activations
@@ -58,8 +61,41 @@ static inline uint16_t bd_round1(float f)
     return (h & 0x7F80u) ? h : (uint16_t)(h & 0x8000u);
 }
 
-/* xp[m * ldp + k] = bf16(x[m * ldx + k]) for k < K, and xp[m * ldp + K] = 0 when K is odd.
- *   x: [M, K] row stride ldx;  xp: [M, ldp] bf16, ldp even and >= K + (K & 1) */
+/* The rounding of 16 / 8 floats at once: each lane's bf16 in its top 16 bits, the low 16 bits zero (so the
+ * lane is the rounded value as a float32) */
+#if defined(__AVX512F__)
+static inline __m512i bd_round16(__m512i u)
+{
+    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i h = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), lsb)), 16);
+    __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7FFFFFFF)),
+                                            _mm512_set1_epi32(0x7F800000));
+    h = _mm512_mask_or_epi32(h, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+    __mmask16 tiny = _mm512_testn_epi32_mask(h, _mm512_set1_epi32(0x7F80));
+    h = _mm512_mask_and_epi32(h, tiny, h, _mm512_set1_epi32(0x8000));
+    return _mm512_slli_epi32(h, 16);
+}
+#elif LP_AVX2
+static inline __m256i bd_round8(__m256i u)
+{
+    __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    __m256i h = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7FFF), lsb)), 16);
+    __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7FFFFFFF)),
+                                     _mm256_set1_epi32(0x7F800000));          /* both sides < 2^31 */
+    h = _mm256_blendv_epi8(h, _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40)), nan);
+    __m256i tiny = _mm256_cmpeq_epi32(_mm256_and_si256(h, _mm256_set1_epi32(0x7F80)), _mm256_setzero_si256());
+    h = _mm256_blendv_epi8(h, _mm256_and_si256(h, _mm256_set1_epi32(0x8000)), tiny);
+    return _mm256_slli_epi32(h, 16);
+}
+#endif
+
+static inline float bd_round1f(float f)
+{
+    return lp_bf16_to_f32(bd_round1(f));
+}
+
+/* Pairs (the VDPBF16PS path): xp[m * ldp + k] = bf16(x[m * ldx + k]) for k < K, xp[m * ldp + K] = 0 when K is
+ * odd.   x: [M, K] row stride ldx;  xp: [M, ldp] bf16, ldp even and >= K + (K & 1) */
 static void bd_round_rows(const float *x, ptrdiff_t ldx, ptrdiff_t M, ptrdiff_t K, uint16_t *xp, ptrdiff_t ldp)
 {
     for (ptrdiff_t m = 0; m < M; m++) {
@@ -67,31 +103,9 @@ static void bd_round_rows(const float *x, ptrdiff_t ldx, ptrdiff_t M, ptrdiff_t 
         uint16_t *o = xp + m * ldp;
         ptrdiff_t k = 0;
 #if defined(__AVX512F__)
-        const __m512i bias = _mm512_set1_epi32(0x7FFF), one = _mm512_set1_epi32(1);
-        const __m512i absm = _mm512_set1_epi32(0x7FFFFFFF), inf = _mm512_set1_epi32(0x7F800000);
         for (; k + 16 <= K; k += 16) {
-            __m512i u = _mm512_castps_si512(_mm512_loadu_ps(r + k));
-            __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), one);
-            __m512i h = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(bias, lsb)), 16);
-            __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, absm), inf);
-            h = _mm512_mask_or_epi32(h, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
-            __mmask16 tiny = _mm512_testn_epi32_mask(h, _mm512_set1_epi32(0x7F80));
-            h = _mm512_mask_and_epi32(h, tiny, h, _mm512_set1_epi32(0x8000));
+            __m512i h = _mm512_srli_epi32(bd_round16(_mm512_castps_si512(_mm512_loadu_ps(r + k))), 16);
             _mm256_storeu_si256((__m256i *)(o + k), _mm512_cvtepi32_epi16(h));
-        }
-#elif LP_AVX2
-        const __m256i bias = _mm256_set1_epi32(0x7FFF), one = _mm256_set1_epi32(1);
-        const __m256i absm = _mm256_set1_epi32(0x7FFFFFFF), inf = _mm256_set1_epi32(0x7F800000);
-        for (; k + 8 <= K; k += 8) {
-            __m256i u = _mm256_castps_si256(_mm256_loadu_ps(r + k));
-            __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), one);
-            __m256i h = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(bias, lsb)), 16);
-            __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, absm), inf);   /* both sides < 2^31 */
-            h = _mm256_blendv_epi8(h, _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40)), nan);
-            __m256i tiny = _mm256_cmpeq_epi32(_mm256_and_si256(h, _mm256_set1_epi32(0x7F80)), _mm256_setzero_si256());
-            h = _mm256_blendv_epi8(h, _mm256_and_si256(h, _mm256_set1_epi32(0x8000)), tiny);
-            __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(h, h), 0x08);
-            _mm_storeu_si128((__m128i *)(o + k), _mm256_castsi256_si128(packed));
         }
 #endif
         for (; k < K; k++) o[k] = bd_round1(r[k]);
@@ -99,8 +113,58 @@ static void bd_round_rows(const float *x, ptrdiff_t ldx, ptrdiff_t M, ptrdiff_t 
     }
 }
 
+/* Swapped floats (prefills without the instruction: _gemm.h's f32 tile then runs the same chains):
+ * xs[m * ldxs + 2p] = bf16(x[2p + 1]), xs[m * ldxs + 2p + 1] = bf16(x[2p]) as float32, x[K] = 0 when K is odd.
+ *   x: [M, K] row stride ldx;  xs: [M, ldxs] floats, ldxs >= K + (K & 1) */
+static void bd_round_rows_swapped(const float *x, ptrdiff_t ldx, ptrdiff_t M, ptrdiff_t K, float *xs,
+                                  ptrdiff_t ldxs)
+{
+    for (ptrdiff_t m = 0; m < M; m++) {
+        const float *r = x + m * ldx;
+        float *o = xs + m * ldxs;
+        ptrdiff_t k = 0;
+#if defined(__AVX512F__)
+        for (; k + 16 <= K; k += 16)
+            _mm512_storeu_ps(o + k, _mm512_permute_ps(_mm512_castsi512_ps(bd_round16(_mm512_castps_si512(_mm512_loadu_ps(r + k)))), 0xB1));
+#elif LP_AVX2
+        for (; k + 8 <= K; k += 8)
+            _mm256_storeu_ps(o + k, _mm256_permute_ps(_mm256_castsi256_ps(bd_round8(_mm256_castps_si256(_mm256_loadu_ps(r + k)))), 0xB1));
+#endif
+        for (; k + 2 <= K; k += 2) {
+            o[k] = bd_round1f(r[k + 1]);
+            o[k + 1] = bd_round1f(r[k]);
+        }
+        if (K & 1) {
+            o[K - 1] = 0.0f;
+            o[K] = bd_round1f(r[K - 1]);
+        }
+    }
+}
+
+/* As the swapped rows, for w: a [kc, nc] block of bf16 w (row stride ldw) -> _gemm.h's f32 panels
+ * [ceil(nc / NR), kc + (kc & 1), NR], rows widened (exactly) in the order 1, 0, 3, 2, ...; a missing row (odd
+ * kc) and columns past nc are zero.  dst: 64-byte aligned */
+static void bd_pack_b_swapped(const uint16_t *w, ptrdiff_t ldw, ptrdiff_t kc, ptrdiff_t nc, float *dst)
+{
+    ptrdiff_t kr = kc + (kc & 1), n_panels = (nc + GEMM_NR - 1) / GEMM_NR;
+    for (ptrdiff_t r = 0; r < kr; r++) {
+        ptrdiff_t s = r ^ 1;
+        const uint16_t *src = w + s * ldw;
+        for (ptrdiff_t pan = 0; pan < n_panels; pan++) {
+            float *d = dst + (pan * kr + r) * GEMM_NR;
+            ptrdiff_t j0 = pan * GEMM_NR, nv = s < kc ? (nc - j0 < GEMM_NR ? nc - j0 : GEMM_NR) : 0, j = 0;
+#if LP_AVX2
+            for (; j + 8 <= nv; j += 8) _mm256_storeu_ps(d + j, lp_bf16x8(src + j0 + j));
+#endif
+            for (; j < nv; j++) d[j] = lp_bf16_to_f32(src[j0 + j]);
+            for (; j < GEMM_NR; j++) d[j] = 0.0f;
+        }
+    }
+}
+
 /* ------------------------------------------------------------------------------------------------------
- * Prefill panels: a [kc, nc] block of bf16 w (row stride ldw) -> ceil(nc / NR) panels of [kp, NR] pairs
+ * Prefill panels for the instruction's tile: a [kc, nc] block of bf16 w (row stride ldw) -> ceil(nc / NR)
+ * panels of [kp, NR] pairs
  * (kp = ceil(kc / 2); dst[(panel * kp + p) * 2NR + 2j + h] = w[2p + h][panel * NR + j], zero outside w).
  * dst: 64-byte aligned, ceil(nc / NR) * kp * NR * 2 uint16 */
 static void bd_pack_b(const uint16_t *w, ptrdiff_t ldw, ptrdiff_t kc, ptrdiff_t nc, uint16_t *dst)
@@ -120,14 +184,6 @@ static void bd_pack_b(const uint16_t *w, ptrdiff_t ldw, ptrdiff_t kc, ptrdiff_t 
                 const __m512i i1 = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
                 _mm512_storeu_si512(d, _mm512_permutex2var_epi32(lo, i0, hi));
                 _mm512_storeu_si512(d + 32, _mm512_permutex2var_epi32(lo, i1, hi));
-                continue;
-            }
-#elif LP_AVX2
-            if (nv == 16 && has1) {
-                __m256i v0 = _mm256_loadu_si256((const __m256i *)r0), v1 = _mm256_loadu_si256((const __m256i *)r1);
-                __m256i lo = _mm256_unpacklo_epi16(v0, v1), hi = _mm256_unpackhi_epi16(v0, v1);
-                _mm256_storeu_si256((__m256i *)d, _mm256_permute2x128_si256(lo, hi, 0x20));
-                _mm256_storeu_si256((__m256i *)(d + 16), _mm256_permute2x128_si256(lo, hi, 0x31));
                 continue;
             }
 #endif
@@ -180,12 +236,12 @@ static inline __attribute__((always_inline)) __m512 bd_dp512(__m512 acc, __m512i
 #endif
 
 /* ------------------------------------------------------------------------------------------------------
- * Tile: acc[i][j] = the chain over the kp pairs of a's row i and b's column j, then gemm_tile_store.
+ * Tile (where the instruction runs; elsewhere prefills take the swapped floats through _gemm.h's f32 tile):
+ * acc[i][j] = the chain over the kp pairs of a's row i and b's column j, then gemm_tile_store.
  *   a: [MR, 2 kp] bf16 row stride lda (even);  b: one packed panel [kp, NR] pairs */
-#if defined(__AVX512F__)
-
-static inline __attribute__((always_inline)) void bd_tile_impl(ptrdiff_t kc, const uint16_t *a, ptrdiff_t lda,
-    const uint16_t *b, float *c, ptrdiff_t ldc, const float *bias, int first, int accumulate, const int hw)
+#if BD_HAVE_HW
+static void bd_tile(ptrdiff_t kc, const uint16_t *a, ptrdiff_t lda, const uint16_t *b, float *c, ptrdiff_t ldc,
+                    const float *bias, int first, int accumulate)
 {
     ptrdiff_t kp = (kc + 1) >> 1;
     __m512 acc[16];
@@ -195,84 +251,18 @@ static inline __attribute__((always_inline)) void bd_tile_impl(ptrdiff_t kc, con
 #pragma GCC unroll 8
         for (int i = 0; i < 8; i++) {
             __m512i av = _mm512_set1_epi32((int)bd_pair(a + i * lda, p));
-            acc[2 * i] = bd_dp512(acc[2 * i], av, b0, hw);
-            acc[2 * i + 1] = bd_dp512(acc[2 * i + 1], av, b1, hw);
+            acc[2 * i] = bd_dp512(acc[2 * i], av, b0, 1);
+            acc[2 * i + 1] = bd_dp512(acc[2 * i + 1], av, b1, 1);
         }
     }
     gemm_tile_store(acc, c, ldc, bias, first, accumulate);
 }
-static void bd_tile_hw(ptrdiff_t kc, const uint16_t *a, ptrdiff_t lda, const uint16_t *b, float *c, ptrdiff_t ldc,
-                       const float *bias, int first, int accumulate)
-{
-    bd_tile_impl(kc, a, lda, b, c, ldc, bias, first, accumulate, 1);
-}
-static void bd_tile_emu(ptrdiff_t kc, const uint16_t *a, ptrdiff_t lda, const uint16_t *b, float *c, ptrdiff_t ldc,
-                        const float *bias, int first, int accumulate)
-{
-    bd_tile_impl(kc, a, lda, b, c, ldc, bias, first, accumulate, 0);
-}
-static inline void bd_tile(ptrdiff_t kc, const uint16_t *a, ptrdiff_t lda, const uint16_t *b, float *c,
-                           ptrdiff_t ldc, const float *bias, int first, int accumulate)
-{
-    if (bd_hw_on) bd_tile_hw(kc, a, lda, b, c, ldc, bias, first, accumulate);
-    else bd_tile_emu(kc, a, lda, b, c, ldc, bias, first, accumulate);
-}
-
-#elif LP_AVX2
-
-static inline void bd_tile(ptrdiff_t kc, const uint16_t *a, ptrdiff_t lda, const uint16_t *b, float *c,
-                           ptrdiff_t ldc, const float *bias, int first, int accumulate)
-{
-    /* each pair's odd elements for all six rows, then its even ones: 12 accumulators, 2 w and 1 x register */
-    ptrdiff_t kp = (kc + 1) >> 1;
-    const __m256i hi = _mm256_set1_epi32((int)0xFFFF0000u);
-    __m256 acc[12];
-    for (int t = 0; t < 12; t++) acc[t] = _mm256_setzero_ps();
-    for (ptrdiff_t p = 0; p < kp; p++) {
-        __m256i b0 = _mm256_loadu_si256((const __m256i *)(b + p * 32));
-        __m256i b1 = _mm256_loadu_si256((const __m256i *)(b + p * 32 + 16));
-        __m256 w0 = _mm256_castsi256_ps(_mm256_and_si256(b0, hi)), w1 = _mm256_castsi256_ps(_mm256_and_si256(b1, hi));
-#pragma GCC unroll 6
-        for (int i = 0; i < 6; i++) {
-            __m256 av = _mm256_set1_ps(bd_hi(bd_pair(a + i * lda, p)));
-            acc[2 * i] = _mm256_fmadd_ps(av, w0, acc[2 * i]);
-            acc[2 * i + 1] = _mm256_fmadd_ps(av, w1, acc[2 * i + 1]);
-        }
-        w0 = _mm256_castsi256_ps(_mm256_slli_epi32(b0, 16));
-        w1 = _mm256_castsi256_ps(_mm256_slli_epi32(b1, 16));
-#pragma GCC unroll 6
-        for (int i = 0; i < 6; i++) {
-            __m256 av = _mm256_set1_ps(bd_lo(bd_pair(a + i * lda, p)));
-            acc[2 * i] = _mm256_fmadd_ps(av, w0, acc[2 * i]);
-            acc[2 * i + 1] = _mm256_fmadd_ps(av, w1, acc[2 * i + 1]);
-        }
-    }
-    gemm_tile_store(acc, c, ldc, bias, first, accumulate);
-}
-
 #else
-
-static inline void bd_tile(ptrdiff_t kc, const uint16_t *a, ptrdiff_t lda, const uint16_t *b, float *c,
-                           ptrdiff_t ldc, const float *bias, int first, int accumulate)
-{
-    ptrdiff_t kp = (kc + 1) >> 1;
-    float acc[GEMM_MR][GEMM_NR];
-    memset(acc, 0, sizeof(acc));
-    for (ptrdiff_t p = 0; p < kp; p++) {
-        const uint16_t *bp = b + p * 2 * GEMM_NR;
-        for (int i = 0; i < GEMM_MR; i++) {
-            uint32_t xa = bd_pair(a + i * lda, p);
-            float xh = bd_hi(xa), xl = bd_lo(xa);
-            for (int j = 0; j < GEMM_NR; j++) {
-                uint32_t wp = bd_pair(bp, j);
-                acc[i][j] = GPT2CY_MADD(xh, bd_hi(wp), acc[i][j]);
-                acc[i][j] = GPT2CY_MADD(xl, bd_lo(wp), acc[i][j]);
-            }
-        }
-    }
-    gemm_tile_store(acc, c, ldc, bias, first, accumulate);
+static void bd_tile(ptrdiff_t kc, const uint16_t *a, ptrdiff_t lda, const uint16_t *b, float *c, ptrdiff_t ldc,
+                    const float *bias, int first, int accumulate)
+{   /* never called: bd_hw_on is 0 in this build */
+    (void)kc; (void)a; (void)lda; (void)b; (void)c; (void)ldc; (void)bias; (void)first; (void)accumulate;
 }
-
 #endif
 
 /* ------------------------------------------------------------------------------------------------------

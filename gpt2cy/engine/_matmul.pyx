@@ -67,6 +67,9 @@ cdef extern from "_gemm.h" nogil:
 
 cdef extern from "_bf16dot.h" nogil:
     void bd_round_rows(const float* x, Py_ssize_t ldx, Py_ssize_t M, Py_ssize_t K, uint16_t* xp, Py_ssize_t ldp)
+    void bd_round_rows_swapped(const float* x, Py_ssize_t ldx, Py_ssize_t M, Py_ssize_t K, float* xs,
+                               Py_ssize_t ldxs)
+    void bd_pack_b_swapped(const uint16_t* w, Py_ssize_t ldw, Py_ssize_t kc, Py_ssize_t nc, float* dst)
     void bd_pack_b(const uint16_t* w, Py_ssize_t ldw, Py_ssize_t kc, Py_ssize_t nc, uint16_t* dst)
     void bd_tile(Py_ssize_t kc, const uint16_t* a, Py_ssize_t lda, const uint16_t* b, float* c, Py_ssize_t ldc,
                  const float* bias, int first, int accumulate)
@@ -87,6 +90,7 @@ cdef extern from "_lowp.h" nogil:
 
 cdef enum:
     W_BF16X = 2                # inside the drivers: bf16 w times x rounded to bf16 pairs (_bf16dot.h)
+    W_BF16S = 3                # ... the same products as f32 tiles over swapped pairs (no VDPBF16PS)
     MIN_PAR_FLOPS = 1 << 18    # below this many multiply-adds a second thread costs more than it saves
     ROWS_CHUNK_BYTES = 24576   # matmul_nt_rows: bytes of wt per task (L1-resident while every x row uses it)
     ROWS_GRAB = 16             # tasks a thread takes at once: consecutive chunks, so its reads stream
@@ -95,7 +99,9 @@ cdef enum:
 # The element type of w (W_F32 or W_BF16, _matmul.pxd): the drivers below are shared; only the packing, the
 # tiles, the matrix-vector block and the row dots read w.  W_BF16X (bf16 w, x already rounded to bf16 by
 # matmul_typed) passes x as bf16 pairs: 4 bytes hold two inputs, so x's offsets along K halve (_xk) and its
-# row stride ldx counts 4-byte units.
+# row stride ldx counts 4-byte units.  W_BF16S (prefills where VDPBF16PS does not run) passes x as rounded
+# floats with each pair swapped, and packs w widened with its rows swapped the same way: _gemm.h's f32 tile
+# then runs exactly the pair chains, at f32's speed; an odd last block gets one zero step (_kw).
 
 cdef inline const float* _xk(int wt, const float* x, Py_ssize_t k) noexcept nogil:
     # x advanced by k inputs (k even for W_BF16X: K blocks start at multiples of GEMM_KC)
@@ -104,13 +110,17 @@ cdef inline const float* _xk(int wt, const float* x, Py_ssize_t k) noexcept nogi
 
 cdef inline Py_ssize_t _kw(int wt, Py_ssize_t kc) noexcept nogil:
     # 4-byte units of one packed panel row block per input: a pair holds two inputs
-    return (kc + 1) >> 1 if wt == W_BF16X else kc
+    if wt == W_BF16X:
+        return (kc + 1) >> 1
+    return kc + (kc & 1) if wt == W_BF16S else kc
 
 cdef inline void _pack(int wt, bint trans, const void* w, Py_ssize_t off, Py_ssize_t ld, Py_ssize_t kc,
                        Py_ssize_t nc, float* dst) noexcept nogil:
     # w + off (elements): a [kc, nc] block of [K, N] w, or a [nc, kc] block of [N, K] w when trans
     if wt == W_BF16X:
         bd_pack_b(<const uint16_t*>w + off, ld, kc, nc, <uint16_t*>dst)
+    elif wt == W_BF16S:
+        bd_pack_b_swapped(<const uint16_t*>w + off, ld, kc, nc, dst)
     elif wt == W_BF16:   # the lm_head (trans)
         lp_pack_bt_bf16(<const uint16_t*>w + off, ld, kc, nc, dst, GEMM_NR)
     elif trans:
@@ -132,6 +142,8 @@ cdef inline void _tile(int wt, Py_ssize_t kc, const float* a, Py_ssize_t lda, co
                        Py_ssize_t ldc, const float* bias, bint first, bint accumulate) noexcept nogil:
     if wt == W_BF16X:
         bd_tile(kc, <const uint16_t*>a, 2 * lda, <const uint16_t*>b, c, ldc, bias, first, accumulate)
+    elif wt == W_BF16S:
+        gemm_tile(_kw(wt, kc), a, lda, b, c, ldc, bias, first, accumulate)
     else:
         gemm_tile(kc, a, lda, b, c, ldc, bias, first, accumulate)
 
@@ -472,13 +484,21 @@ cdef void _bf16_linear(const float* x, Py_ssize_t ldx, const void* w, const floa
     # do not depend on M, so the result is the same).
     cdef Py_ssize_t ldp = K + (K & 1), m0, rows
     cdef uint16_t* xp = NULL
-    if M > GEMM_MV_MAXM:
+    cdef float* xs = NULL
+    if M > GEMM_MV_MAXM and bd_hw_on:
         xp = <uint16_t*>malloc(M * ldp * sizeof(uint16_t))
         if xp != NULL:
             bd_round_rows(x, ldx, M, K, xp, ldp)
             _gemm(<const float*>xp, ldp // 2, W_BF16X, w, False, bias, out, ldo, M, K, N, act, accumulate,
                   n_threads)
             free(xp)
+            return
+    elif M > GEMM_MV_MAXM:
+        xs = <float*>malloc(M * ldp * sizeof(float))
+        if xs != NULL:
+            bd_round_rows_swapped(x, ldx, M, K, xs, ldp)
+            _gemm(xs, ldp, W_BF16S, w, False, bias, out, ldo, M, K, N, act, accumulate, n_threads)
+            free(xs)
             return
     xp = _bf16_rows_buffer(GEMM_MV_MAXM * ldp)
     m0 = 0
