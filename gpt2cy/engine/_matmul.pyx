@@ -26,6 +26,7 @@ from cython.parallel cimport prange, parallel, threadid
 from libc.stdint cimport uint16_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
+from libc.math cimport NAN
 import numpy as np
 
 cdef extern from "_gemm.h" nogil:
@@ -500,16 +501,25 @@ cdef void _bf16_linear(const float* x, Py_ssize_t ldx, const void* w, const floa
             _gemm(xs, ldp, W_BF16S, w, False, bias, out, ldo, M, K, N, act, accumulate, n_threads)
             free(xs)
             return
+    cdef bint own = False
     xp = _bf16_rows_buffer(GEMM_MV_MAXM * ldp)
+    if xp == NULL:   # K past the thread-local buffer (no GPT-2 has it)
+        xp = <uint16_t*>malloc(GEMM_MV_MAXM * ldp * sizeof(uint16_t))
+        own = True
+    if xp == NULL:   # out of memory: NaN, which the engine reports as one clear error, never stale values
+        for m0 in range(M):
+            for rows in range(N):
+                out[m0 * ldo + rows] = NAN
+        return
     m0 = 0
     while m0 < M:
         rows = _min(GEMM_MV_MAXM, M - m0)
-        if xp == NULL:   # K beyond any GPT-2 and no memory: nothing sensible to compute
-            return
         bd_round_rows(x + m0 * ldx, ldx, rows, K, xp, ldp)
         _matvec(<const float*>xp, ldp // 2, W_BF16X, w, bias, out + m0 * ldo, ldo, rows, K, N, act, accumulate,
                 n_threads)
         m0 += rows
+    if own:
+        free(xp)
 
 
 cdef extern from *:
