@@ -233,10 +233,15 @@ static inline void qa_dot_scalar(int qtype, ptrdiff_t K, const int8_t *qx, const
 
 /* The next group's rows follow this group's in memory: while packing block b, fetch the same share of the
  * next group's bytes, so a decode step does not wait on DRAM at every group's start (the hardware prefetcher
- * alone left a one-row decode at 40% of a thread's bandwidth).  Prefetches never fault past the end. */
-#define QA_PREFETCH_NEXT(p, bytes) do {                                              \
+ * alone left a one-row decode at 40% of a thread's bandwidth).  Prefetches never fault past the end.
+ * hint: where the lines go.  A 16-row group (512-bit) is 52 KB of q8_0 ahead for GPT-2's 768 inputs, more
+ * than an L1 holds, so those go to L2 (T1: on Zen 4 a one-row q8_0 / q4_0 product from DRAM at 2 threads went
+ * from 18.6-22.1 / 19.4-21.1 to 27.0-34.9 / 24.4-32.0 GB/s, five alternations; into L1 the lines were evicted
+ * before use); the 8-row (256-bit) groups are half that and keep T0 (what Zen 3 was measured with; T1 there
+ * is untried). */
+#define QA_PREFETCH_NEXT(p, bytes, hint) do {                                        \
         for (int pf_ = 0; pf_ < (bytes); pf_ += 64)                                 \
-            _mm_prefetch((p) + pf_, _MM_HINT_T0);                                   \
+            _mm_prefetch((p) + pf_, hint);                                          \
         (p) += (bytes);                                                             \
     } while (0)
 
@@ -275,7 +280,7 @@ static inline void qa_pack_group(int qtype, ptrdiff_t b0, ptrdiff_t b1, const ui
     for (ptrdiff_t b = b0; b < b1; b++, dst += QA_BLK_BYTES) {
         ptrdiff_t o = b * bb;
         if (!sgn)                 /* AMX runs prefills: the weights are reused, a prefetch only queues */
-            QA_PREFETCH_NEXT(next, 16 * bb);
+            QA_PREFETCH_NEXT(next, 16 * bb, _MM_HINT_T1);
         /* the 16 fp16 scales (plain loads: a vpgatherdd made the whole decode step slower) */
         uint16_t hs[16];
         for (int n = 0; n < 16; n++)
@@ -474,7 +479,7 @@ static inline void qa_pack_group(int qtype, ptrdiff_t b0, ptrdiff_t b1, const ui
     const char *next = (const char *)(w + 8 * ldw) + b0 * 8 * bb;
     for (ptrdiff_t b = b0; b < b1; b++, dst += QA_BLK_BYTES) {
         ptrdiff_t o = b * bb;
-        QA_PREFETCH_NEXT(next, 8 * bb);
+        QA_PREFETCH_NEXT(next, 8 * bb, _MM_HINT_T0);
         uint16_t hs[8];
         for (int n = 0; n < 8; n++)
             memcpy(&hs[n], row[n] + o, 2);
@@ -598,7 +603,7 @@ static inline void qa_direct_rows(ptrdiff_t K, ptrdiff_t b0, ptrdiff_t b1, ptrdi
         for (ptrdiff_t b = b0; b < b1; b++) {
             ptrdiff_t o = b * bb;
             if (m == 0)
-                QA_PREFETCH_NEXT(next, 8 * bb);
+                QA_PREFETCH_NEXT(next, 8 * bb, _MM_HINT_T0);
             __m256i xv = _mm256_loadu_si256((const __m256i *)(xm + b * LP_QK)), p[8];
             uint16_t hs[8];
             for (int n = 0; n < 8; n++) {
@@ -630,7 +635,7 @@ static inline void qa_direct_rows_q4(ptrdiff_t K, ptrdiff_t b0, ptrdiff_t b1, co
     __m256 acc = b0 ? _mm256_loadu_ps(out) : _mm256_setzero_ps();
     for (ptrdiff_t b = b0; b < b1; b++) {
         ptrdiff_t o = b * bb;
-        QA_PREFETCH_NEXT(next, 8 * bb);
+        QA_PREFETCH_NEXT(next, 8 * bb, _MM_HINT_T0);
         __m256i xv = _mm256_loadu_si256((const __m256i *)(qx + b * LP_QK)), p[8];
         uint16_t hs[8];
         for (int n = 0; n < 8; n++) {
