@@ -381,23 +381,45 @@ static void bd_mv_block(ptrdiff_t mr, ptrdiff_t kc, const uint16_t *x, ptrdiff_t
     ptrdiff_t nv = nc & ~(ptrdiff_t)7, kp = kc >> 1, p = 0;
     for (ptrdiff_t m = 0; m < mr; m++)
         memset(blk + m * ldb, 0, (size_t)nv * sizeof(float));
+    float xf[GEMM_MV_MAXM][8];   /* the pass's inputs as floats, odd element first (mr <= GEMM_MV_MAXM) */
     for (; p + 4 <= kp; p += 4) {   /* 8 rows of w per pass, as the f32 path */
         const uint16_t *w0 = w + 2 * p * ldw;
+        for (ptrdiff_t m = 0; m < mr; m++)
+            for (int g = 0; g < 4; g++) {
+                uint32_t xa = bd_pair(x + m * ldx, p + g);
+                xf[m][2 * g] = bd_hi(xa);
+                xf[m][2 * g + 1] = bd_lo(xa);
+            }
         for (ptrdiff_t j = 0; j < nv; j += 8) {
             __m256 ws[8];
             const uint16_t *wp = w0 + j;
+            if ((j & 31) == 0)   /* the next 8 rows, one prefetch a 64-byte line (M = 1: 1.07-1.09x on Zen 4) */
+                for (int r = 8; r < 16; r++) _mm_prefetch((const char *)(wp + r * ldw), _MM_HINT_T1);
 #pragma GCC unroll 8
             for (int r = 0; r < 8; r++, wp += ldw) ws[r] = lp_bf16x8(wp);
-            for (ptrdiff_t m = 0; m < mr; m++) {
-                const uint16_t *xm = x + m * ldx;
+            ptrdiff_t m = 0;
+            for (; m + 4 <= mr; m += 4) {   /* four independent chains (one would wait on FMA latency) */
+                float *b0 = blk + m * ldb + j;
+                __m256 a0 = _mm256_loadu_ps(b0), a1 = _mm256_loadu_ps(b0 + ldb);
+                __m256 a2 = _mm256_loadu_ps(b0 + 2 * ldb), a3 = _mm256_loadu_ps(b0 + 3 * ldb);
+#pragma GCC unroll 8
+                for (int r = 0; r < 8; r++) {
+                    __m256 wr = ws[r ^ 1];   /* step r: x[2g+1] w[2g+1] for even r, x[2g] w[2g] for odd */
+                    a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(&xf[m][r]), wr, a0);
+                    a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(&xf[m + 1][r]), wr, a1);
+                    a2 = _mm256_fmadd_ps(_mm256_broadcast_ss(&xf[m + 2][r]), wr, a2);
+                    a3 = _mm256_fmadd_ps(_mm256_broadcast_ss(&xf[m + 3][r]), wr, a3);
+                }
+                _mm256_storeu_ps(b0, a0);
+                _mm256_storeu_ps(b0 + ldb, a1);
+                _mm256_storeu_ps(b0 + 2 * ldb, a2);
+                _mm256_storeu_ps(b0 + 3 * ldb, a3);
+            }
+            for (; m < mr; m++) {
                 float *bm = blk + m * ldb + j;
                 __m256 v = _mm256_loadu_ps(bm);
-#pragma GCC unroll 4
-                for (int g = 0; g < 4; g++) {
-                    uint32_t xa = bd_pair(xm, p + g);
-                    v = _mm256_fmadd_ps(_mm256_set1_ps(bd_hi(xa)), ws[2 * g + 1], v);
-                    v = _mm256_fmadd_ps(_mm256_set1_ps(bd_lo(xa)), ws[2 * g], v);
-                }
+#pragma GCC unroll 8
+                for (int r = 0; r < 8; r++) v = _mm256_fmadd_ps(_mm256_broadcast_ss(&xf[m][r]), ws[r ^ 1], v);
                 _mm256_storeu_ps(bm, v);
             }
         }
