@@ -317,7 +317,7 @@ static inline void lp_dot_rows_bf16(ptrdiff_t K, const float *x, const uint16_t 
  * for all MR rows of x; per row of x the two chains and the sum of lp_dot_rows_bf16's 512-bit path */
 static inline __attribute__((always_inline)) void lp_dot_rows_mr_bf16(int MR, ptrdiff_t K, const float *const *x,
                                                                        const uint16_t *wt, ptrdiff_t ldwt,
-                                                                       ptrdiff_t n, float *const *out)
+                                                                       ptrdiff_t n, float *const *out, ptrdiff_t pf)
 {
     for (ptrdiff_t j = 0; j < n; j++) {
         const uint16_t *r0 = wt + j * ldwt;
@@ -325,6 +325,8 @@ static inline __attribute__((always_inline)) void lp_dot_rows_mr_bf16(int MR, pt
         for (int q = 0; q < MR; q++) a[q] = b[q] = _mm512_setzero_ps();
         for (ptrdiff_t k = 0; k < K; k += 32) {
             __m512 wa = lp_bf16x16(r0 + k), wb = lp_bf16x16(r0 + k + 16);
+            if (pf)   /* the next chunk of wt pf elements ahead, into L2 (as _gemm.h's gemm_dot_rows4) */
+                _mm_prefetch((const char *)(r0 + pf + k), _MM_HINT_T1);
             for (int q = 0; q < MR; q++) {
                 a[q] = _mm512_fmadd_ps(_mm512_loadu_ps(x[q] + k), wa, a[q]);
                 b[q] = _mm512_fmadd_ps(_mm512_loadu_ps(x[q] + k + 16), wb, b[q]);
@@ -346,7 +348,7 @@ static inline void lp_dot_rows2_bf16(ptrdiff_t K, const float *x0, const float *
     if (K % 32 == 0) {   /* at 8 rows the tied head had run at 12 GB/s, widening wt once per row of x */
         const float *xs[2] = {x0, x1};
         float *os[2] = {out0, out1};
-        lp_dot_rows_mr_bf16(2, K, xs, wt, ldwt, n, os);
+        lp_dot_rows_mr_bf16(2, K, xs, wt, ldwt, n, os, 0);
         return;
     }
 #endif
@@ -375,16 +377,17 @@ static inline void lp_dot_rows2_bf16(ptrdiff_t K, const float *x0, const float *
 }
 
 /* four rows of x at once (a batch): lp_dot_rows2_bf16 twice, or at 512 bits each row of wt widened once
- * for all four; the same bits either way */
+ * for all four (prefetching wt pf elements ahead when pf > 0); the same bits either way */
 static inline void lp_dot_rows4_bf16(ptrdiff_t K, const float *const x[4], const uint16_t *wt, ptrdiff_t ldwt,
-                                     ptrdiff_t n, float *const out[4])
+                                     ptrdiff_t n, float *const out[4], ptrdiff_t pf)
 {
 #if LP_AVX2 && defined(__AVX512F__) && defined(__AVX512DQ__)
     if (K % 32 == 0) {
-        lp_dot_rows_mr_bf16(4, K, x, wt, ldwt, n, out);
+        lp_dot_rows_mr_bf16(4, K, x, wt, ldwt, n, out, pf);
         return;
     }
 #endif
+    (void)pf;
     lp_dot_rows2_bf16(K, x[0], x[1], wt, ldwt, n, out[0], out[1]);
     lp_dot_rows2_bf16(K, x[2], x[3], wt, ldwt, n, out[2], out[3]);
 }

@@ -87,7 +87,7 @@ cdef extern from "_lowp.h" nogil:
     void lp_dot_rows2_bf16(Py_ssize_t K, const float* x0, const float* x1, const uint16_t* wt, Py_ssize_t ldwt,
                            Py_ssize_t n, float* out0, float* out1)
     void lp_dot_rows4_bf16(Py_ssize_t K, const float* const* x, const uint16_t* wt, Py_ssize_t ldwt, Py_ssize_t n,
-                           float* const* out)
+                           float* const* out, Py_ssize_t pf)
 
 cdef enum:
     W_BF16X = 2                # inside the drivers: bf16 w times x rounded to bf16 pairs (_bf16dot.h)
@@ -426,7 +426,7 @@ cdef void _dot_rows_chunk(const float* x, Py_ssize_t ldx, Py_ssize_t M, int wtyp
         for q in range(4):
             xs[q] = x + (m + q) * ldx
             outs[q] = out + (m + q) * ldo + n0
-        lp_dot_rows4_bf16(K, xs, <const uint16_t*>wt + n0 * K, K, n1 - n0, outs)
+        lp_dot_rows4_bf16(K, xs, <const uint16_t*>wt + n0 * K, K, n1 - n0, outs, (n1 - n0) * K if m == 0 else 0)
         m += 4
     while wtype == W_BF16 and m + 2 <= M:
         lp_dot_rows2_bf16(K, x + m * ldx, x + (m + 1) * ldx, <const uint16_t*>wt + n0 * K, K, n1 - n0,
