@@ -107,6 +107,12 @@ static void bd_round_rows(const float *x, ptrdiff_t ldx, ptrdiff_t M, ptrdiff_t 
             __m512i h = _mm512_srli_epi32(bd_round16(_mm512_castps_si512(_mm512_loadu_ps(r + k))), 16);
             _mm256_storeu_si256((__m256i *)(o + k), _mm512_cvtepi32_epi16(h));
         }
+#elif LP_AVX2   /* every decode step of an AVX2 build rounds its rows here */
+        for (; k + 8 <= K; k += 8) {
+            __m256i h = _mm256_srli_epi32(bd_round8(_mm256_castps_si256(_mm256_loadu_ps(r + k))), 16);
+            __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(h, h), 0x08);
+            _mm_storeu_si128((__m128i *)(o + k), _mm256_castsi256_si128(packed));
+        }
 #endif
         for (; k < K; k++) o[k] = bd_round1(r[k]);
         if (K & 1) o[K] = 0;
