@@ -110,6 +110,18 @@ def layers_124m_by_dtype(layers_124m):
     return get
 
 
+def kernel_inputs(dtype, x):
+    """The activations a dtype's products multiply by: x itself (f32), x rounded to bf16 (bf16), or its
+    8-bit blocks dequantized (q8_0): the reference the timed results are checked against."""
+    from gpt2cy.engine import _matmul, _qblocks, _quantize
+    if dtype == "bf16":
+        return _quantize.bf16_to_f32(_matmul.bf16_round_rows(x))[:, :x.shape[1]]
+    if dtype == "q8_0":
+        q, d = _qblocks.quantize_activations(x)
+        return (q.reshape(len(x), -1, 32) * d[..., None]).reshape(x.shape).astype(np.float32)
+    return x
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_decode_matvec_dtype(benchmark, layers_124m_by_dtype, dtype):
     # the same 48 matrices in each dtype through the engine's kernel table: bytes streamed per token shrink
@@ -118,7 +130,7 @@ def test_decode_matvec_dtype(benchmark, layers_124m_by_dtype, dtype):
     layers = layers_124m_by_dtype(dtype)
     outs = benchmark(lambda: [linear_py(wt, x, n_threads=nt) for wt, x in layers])
     for (wt, x), out in zip(layers[:4], outs[:4]):
-        np.testing.assert_allclose(out, x @ to_float32(wt), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(out, kernel_inputs(dtype, x) @ to_float32(wt), rtol=1e-4, atol=1e-4)
     benchmark.extra_info["dtype"] = dtype
     _record(benchmark, nbytes=sum(wt.data.nbytes for wt, _ in layers))
 
@@ -133,6 +145,6 @@ def test_prefill_dtype(benchmark, rng, dtype, name, k, n):
     benchmark.group = f"lowp-prefill:{T}x{k}@{k}x{n} ({name})"
     nt = bench_threads()
     out = benchmark(lambda: linear_py(wt, x, b, n_threads=nt))
-    np.testing.assert_allclose(out, x @ to_float32(wt) + b, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(out, kernel_inputs(dtype, x) @ to_float32(wt) + b, rtol=1e-4, atol=1e-4)
     benchmark.extra_info["dtype"] = dtype
     _record(benchmark, flops=2.0 * T * k * n)
