@@ -51,10 +51,12 @@ def engine_weights(config: Config, weights, dtype: str = "f32", threads: int = 1
     already stored in `dtype` is used where it lies; any other is widened to float32 (f16, bf16: exact) and,
     for bf16 and q8_0, converted by the compiled, parallel quantizers (`threads`). Widening a stored type to
     f32 for dtype "f32" gives a notice (it takes 4 bytes per weight). A misaligned f32 view (a tensor at an
-    odd offset of a TF bundle) or a transposed one (a GGUF file's float matmul weights) is copied, since the
-    C kernels read aligned, C-contiguous [in, out] arrays. ggml blocks stored by a GGUF file (q8_0, q4_0, rows
-    along the output dimension) are used where they lie when `dtype` is theirs, else dequantized first.
+    odd offset of a TF bundle) or a transposed one (a GGUF file's float matmul weights) is copied onto cache
+    lines (engine/aligned.py), since the C kernels read aligned, C-contiguous [in, out] arrays. ggml blocks
+    stored by a GGUF file (q8_0, q4_0, rows along the output dimension) are used where they lie when `dtype`
+    is theirs, else dequantized first.
     Raises ValueError naming the tensor for anything else wrong."""
+    from .engine import aligned
     from .engine.weights import convert, describe_all
     from .formats.dtypes import to_float32
     dtype = check_dtype(dtype)
@@ -77,8 +79,8 @@ def engine_weights(config: Config, weights, dtype: str = "f32", threads: int = 1
             if want == "f32":
                 widened[wt.dtype] = widened.get(wt.dtype, 0) + 1
         if d == want and (want == "f32" or want == "bf16" and isinstance(a, np.ndarray) and a.ndim == 2):
-            if isinstance(a, np.ndarray) and not (a.flags.aligned and a.flags.c_contiguous):
-                a = np.array(a, order="C")             # an aligned, C-contiguous copy
+            if isinstance(a, np.ndarray):
+                a = aligned.contiguous(a)              # a copy only where the kernels cannot read it
             arrays[spec.name], kinds[spec.name] = a, d
             continue
         if d != "f32":
@@ -88,15 +90,15 @@ def engine_weights(config: Config, weights, dtype: str = "f32", threads: int = 1
                 raise ValueError(f"tensor '{spec.name}': {e}") from None
             if want == "f32":
                 widened[d] = widened.get(d, 0) + 1
-        elif isinstance(a, np.ndarray) and not a.flags.aligned:
-            a = np.array(a)
+        if isinstance(a, np.ndarray):
+            a = aligned.contiguous(a)
         if want == "f32":
             arrays[spec.name], kinds[spec.name] = np.ascontiguousarray(a), "f32"
         else:
             if not isinstance(a, np.ndarray) or a.shape != spec.shape:
                 raise ValueError(f"tensor '{spec.name}' has shape {getattr(a, 'shape', None)}, expected "
                                  f"{spec.shape}")
-            arrays[spec.name] = convert(spec.name, np.ascontiguousarray(a), want, spec.role == MATMUL, threads)
+            arrays[spec.name] = convert(spec.name, a, want, spec.role == MATMUL, threads)
             release_pages(a)
     if widened:
         what = ", ".join(f"{n} {d}" for d, n in sorted(widened.items()))
@@ -531,4 +533,5 @@ def check_n_ctx(n_ctx, limit: int) -> int:
 def _own(wt):
     # an f32 WeightTensor over its own copy of the data (not a view of a mapped file)
     from dataclasses import replace
-    return replace(wt, data=np.array(wt.data))
+    from .engine import aligned
+    return replace(wt, data=aligned.copy(wt.data))

@@ -22,6 +22,7 @@ from ._kernels cimport layernorm, add_positions, kv_store, attention, QB, kv_cap
 from ._dtypes cimport WeightDesc, DTypeKernels, dtype_kernels, LAYOUT_IN_OUT, LAYOUT_OUT_IN
 
 # absolute imports: this source is also built as gpt2cy.engine._isa_<variant>._forward (isa.py)
+from gpt2cy.engine import aligned
 from gpt2cy.engine.weights import DTYPES, IN_OUT, OUT_IN, VECTOR, WeightTensor, describe_all, supported
 from gpt2cy.tensors import EMBEDDING, MATMUL, POSITIONS, tensor_specs
 
@@ -240,8 +241,9 @@ cdef class Engine:
         return &flat[0]
 
     cdef float* _buffer(self, Py_ssize_t n) except NULL:
-        # np.empty: large blocks come from mmap, so untouched pages (most of the cache) cost no RSS
-        a = np.empty(n, dtype=np.float32)
+        # np.empty underneath: large blocks come from mmap, so untouched pages (most of the cache) cost no RSS;
+        # the data starts on a cache line (engine/aligned.py)
+        a = aligned.empty(n, np.float32)
         self._arrays.append(a)
         cdef float[::1] v = a
         return &v[0]
@@ -259,7 +261,7 @@ cdef class Engine:
             raise ValueError("threads must be >= 1")
         if self._busy:
             raise RuntimeError("cannot change threads while the model is running in another thread")
-        a = np.empty((n, QB * self._cap), dtype=np.float32)
+        a = aligned.empty((n, QB * self._cap), np.float32)
         cdef float[:, ::1] v = a
         self._scratch_arr = a
         self._scratch = &v[0, 0]

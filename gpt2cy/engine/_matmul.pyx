@@ -407,7 +407,9 @@ cdef void _dot_rows(const float* x, int wtype, const void* wt, float* out, Py_ss
 cdef void _dot_rows_chunk(const float* x, Py_ssize_t ldx, Py_ssize_t M, int wtype, const void* wt, float* out,
                           Py_ssize_t ldo, Py_ssize_t K, Py_ssize_t n0, Py_ssize_t n1) noexcept nogil:
     # out[m, n] = x[m] . wt[n] for n in [n0, n1), every m: the chunk of wt is read from memory for the first
-    # row of x and from cache for the others; each element is the M == 1 row dot's exact arithmetic
+    # row of x and from cache for the others; each element is the M == 1 row dot's exact arithmetic. Every
+    # pass of four rows prefetches: the first the next chunk, the second the one after, so memory is never
+    # idle while a chunk is summed from cache (124M's head, 8 rows, Zen 4: 6.2 -> 5.5 ms)
     cdef Py_ssize_t m = 0, q
     cdef const float* xs[4]
     cdef float* outs[4]
@@ -416,7 +418,7 @@ cdef void _dot_rows_chunk(const float* x, Py_ssize_t ldx, Py_ssize_t M, int wtyp
             for q in range(4):
                 xs[q] = x + (m + q) * ldx
                 outs[q] = out + (m + q) * ldo + n0
-            gemm_dot_rows4(K, xs, <const float*>wt + n0 * K, K, n1 - n0, outs, (n1 - n0) * K if m == 0 else 0)
+            gemm_dot_rows4(K, xs, <const float*>wt + n0 * K, K, n1 - n0, outs, (n1 - n0) * K * (2 if m else 1))
             m += 4
         while m + 2 <= M:
             gemm_dot_rows2(K, x + m * ldx, x + (m + 1) * ldx, <const float*>wt + n0 * K, K, n1 - n0,
@@ -426,7 +428,7 @@ cdef void _dot_rows_chunk(const float* x, Py_ssize_t ldx, Py_ssize_t M, int wtyp
         for q in range(4):
             xs[q] = x + (m + q) * ldx
             outs[q] = out + (m + q) * ldo + n0
-        lp_dot_rows4_bf16(K, xs, <const uint16_t*>wt + n0 * K, K, n1 - n0, outs, (n1 - n0) * K if m == 0 else 0)
+        lp_dot_rows4_bf16(K, xs, <const uint16_t*>wt + n0 * K, K, n1 - n0, outs, (n1 - n0) * K * (2 if m else 1))
         m += 4
     while wtype == W_BF16 and m + 2 <= M:
         lp_dot_rows2_bf16(K, x + m * ldx, x + (m + 1) * ldx, <const uint16_t*>wt + n0 * K, K, n1 - n0,

@@ -13,6 +13,8 @@ from cython.parallel cimport prange
 from libc.stdint cimport uint8_t, uint16_t
 import numpy as np
 
+from gpt2cy.engine import aligned   # converted weights start on a cache line
+
 cdef extern from "_lowp.h" nogil:
     enum:
         LP_QK
@@ -46,7 +48,7 @@ def to_bf16(a, int n_threads=1):
     """float32 [R, C] -> bf16 bit patterns uint16 [R, C] (round to nearest, ties to even)."""
     _check_threads(n_threads)
     a = _matrix(a, np.float32)
-    out = np.empty(a.shape, np.uint16)
+    out = aligned.empty(a.shape, np.uint16)
     cdef Py_ssize_t R = a.shape[0], C = a.shape[1], t, r, n_tasks
     if R == 0 or C == 0:
         return out
@@ -76,7 +78,7 @@ def _to_q(a, int q4, int n_threads):
     cdef Py_ssize_t bb = LP_Q4_BYTES if q4 else LP_Q8_BYTES
     if C % LP_QK:
         raise ValueError(f"{'q4_0' if q4 else 'q8_0'} needs rows of a multiple of {LP_QK} values, got {C}")
-    out = np.empty((R, C // LP_QK * bb), np.uint8)
+    out = aligned.empty((R, C // LP_QK * bb), np.uint8)
     if R == 0 or C == 0:
         return out
     cdef const float[:, ::1] av = a
@@ -123,7 +125,7 @@ def _to_q_t(a, int q4, int n_threads):
     cdef Py_ssize_t K = a.shape[0], N = a.shape[1], t, n_tasks
     if K % LP_QK:
         raise ValueError(f"{'q4_0' if q4 else 'q8_0'} needs a multiple of {LP_QK} inputs, got {K}")
-    out = np.empty((N, K // LP_QK * (LP_Q4_BYTES if q4 else LP_Q8_BYTES)), np.uint8)
+    out = aligned.empty((N, K // LP_QK * (LP_Q4_BYTES if q4 else LP_Q8_BYTES)), np.uint8)
     if K == 0 or N == 0:
         return out
     cdef const float[:, ::1] av = a
