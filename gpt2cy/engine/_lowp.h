@@ -320,7 +320,34 @@ static inline __attribute__((always_inline)) void lp_dot_rows_mr_bf16(int MR, pt
                                                                        const uint16_t *wt, ptrdiff_t ldwt,
                                                                        ptrdiff_t n, float *const *out, ptrdiff_t pf)
 {
-    for (ptrdiff_t j = 0; j < n; j++) {
+    ptrdiff_t j = 0;
+    for (; j + 2 <= n; j += 2) {   /* two rows of wt a pass: each x vector loaded once for both (see gemm_dot_rows4) */
+        const uint16_t *r0 = wt + j * ldwt, *r1 = r0 + ldwt;
+        __m512 a[4], b[4], c[4], d[4];   /* a, b: row j's two chains; c, d: row j + 1's */
+        for (int q = 0; q < MR; q++) a[q] = b[q] = c[q] = d[q] = _mm512_setzero_ps();
+        for (ptrdiff_t k = 0; k < K; k += 32) {
+            __m512 wa = lp_bf16x16(r0 + k), wb = lp_bf16x16(r0 + k + 16);
+            __m512 wc = lp_bf16x16(r1 + k), wd = lp_bf16x16(r1 + k + 16);
+            if (pf) {
+                _mm_prefetch((const char *)(r0 + pf + k), _MM_HINT_T1);
+                _mm_prefetch((const char *)(r1 + pf + k), _MM_HINT_T1);
+            }
+            for (int q = 0; q < MR; q++) {
+                __m512 xa = _mm512_loadu_ps(x[q] + k), xb = _mm512_loadu_ps(x[q] + k + 16);
+                GPT2CY_IN_REGISTER(xa);
+                GPT2CY_IN_REGISTER(xb);
+                a[q] = _mm512_fmadd_ps(xa, wa, a[q]);
+                b[q] = _mm512_fmadd_ps(xb, wb, b[q]);
+                c[q] = _mm512_fmadd_ps(xa, wc, c[q]);
+                d[q] = _mm512_fmadd_ps(xb, wd, d[q]);
+            }
+        }
+        for (int q = 0; q < MR; q++) {
+            out[q][j] = gpt2cy_hsum16(_mm512_add_ps(a[q], b[q]));
+            out[q][j + 1] = gpt2cy_hsum16(_mm512_add_ps(c[q], d[q]));
+        }
+    }
+    for (; j < n; j++) {
         const uint16_t *r0 = wt + j * ldwt;
         __m512 a[4], b[4];
         for (int q = 0; q < MR; q++) a[q] = b[q] = _mm512_setzero_ps();

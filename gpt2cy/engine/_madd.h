@@ -17,6 +17,15 @@
 #define GPT2CY_FUSED 0
 #endif
 
+/* GPT2CY_IN_REGISTER(v): v stays in a register.  A vector loaded once and used by several FMAs is otherwise
+ * folded into each of them as a memory operand by GCC, so a row-dot kernel loads it again for every use and
+ * runs out of load ports before FMAs (_gemm.h's gemm_dot_rows4). */
+#if defined(__GNUC__)
+#define GPT2CY_IN_REGISTER(v) __asm__("" : "+v"(v))
+#else
+#define GPT2CY_IN_REGISTER(v) ((void)0)
+#endif
+
 /* The 16 lanes of v summed in one fixed order (halves of 8, 4, 2, 1): the end of the row dots' 32-lane
  * reductions (_gemm.h's f32 rows, _lowp.h's bf16 rows), which must agree on it. */
 #if defined(__AVX512F__)
