@@ -63,6 +63,9 @@ cdef extern from "_q8act.h" nogil:
                       int nvalid, float* out, Py_ssize_t ldo)
     enum:
         QA_DIRECT
+        QA_DIRECT16
+    void qa_direct16(int qtype, Py_ssize_t b0, Py_ssize_t b1, const int8_t* qx, const float* dx,
+                     const int32_t* cs, const uint8_t* w, Py_ssize_t ldw, float* out)
     void qa_direct_rows(Py_ssize_t K, Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t mr, const int8_t* qx,
                         const float* dx, const int32_t* cs, const uint8_t* w, Py_ssize_t ldw, int nvalid,
                         float* out, Py_ssize_t ldo)
@@ -163,6 +166,11 @@ cdef void _rows_range(int qtype, const int8_t* qx, const int8_t* qt, const float
             b0 = 0
             while b0 < nb:
                 b1 = _min(b0 + kb, nb)
+                if QA_DIRECT16 and m1 - m0 == 1 and nv == QA_W:   # one row, 16 whole rows of w: no repack
+                    qa_direct16(qtype, b0, b1, qx + m0 * K, dx + m0 * nb, cs + m0 * nb, w + (c0 + g) * ldw, ldw,
+                                dots + g)
+                    b0 = b1
+                    continue
                 if direct and qtype == LP_Q4:        # one row, no repack: the same integers
                     qa_direct_rows_q4(K, b0, b1, qx + m0 * K, dx + m0 * nb, cs + m0 * nb, w + (c0 + g) * ldw,
                                       ldw, nv, dots + g)
