@@ -1,7 +1,8 @@
 """The whole forward pass on a random checkpoint with GPT-2 124M's shapes: decode, prefill, load.
 
 Run: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/pytest bench/bench_forward.py --benchmark-only -s
-Groups (transformers+torch in the same group where installed, same thread count):
+Groups (transformers+torch in the same group where installed, same thread count; the peer's tests run after all
+of ours, bench/conftest.py, so no gpt2cy timing shares the process with torch's OpenMP threads):
   decode:ctx64 / decode:ctx512   tokens/s of model.step with the cache holding 64 / 512 positions, for
                                  each weight dtype (f32, bf16, q8_0, q4_0). The machine's read bandwidth is
                                  measured before every round (it drifts with the neighbours of a shared

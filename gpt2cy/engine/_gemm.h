@@ -643,7 +643,7 @@ static void gemm_mv_combine(const float *blk, const float *bias, float *out, ptr
 /* ------------------------------------------------------------------------------------------------------
  * Row dots (the tied lm_head in decode): out[j] = x . wt[j]  for j < n, K-long rows of wt (row stride ldwt).
  * Fixed reduction order: 32 lane sums (lane = k mod 32), then a fixed tree; no thread count involved.
- * At 512 bits the rows GEMM_DOT_PF_ROWS ahead are prefetched into L2 while these four are summed: the
+ * The rows GEMM_DOT_PF_ROWS ahead are prefetched into L2 while these are summed (512 and 256 bits): the
  * hardware prefetchers alone left a core at 16 GB/s on Zen 4 (124M's wte, one thread 9.5 -> 5.8 ms, two
  * 5.0-5.5 -> 2.9-4.2 ms; into L1 (T0) it gained nothing, and 4 rows ahead less than 8).
  */
