@@ -255,6 +255,19 @@ static inline int32_t qa_load4(const int8_t *p)
 #if QA_W == 16 && LP_AVX2
 /* ---------------------------------------------------------------------------------------------- 512-bit */
 
+/* Four fp16 scales (the first two bytes at a, b, c, d) in one general register, a's lowest: 16 scales go
+ * into a vector as four of these (GCC's vpinsrw chain for 16 scalar loads kept the shuffle port busy in
+ * qa_direct16; in the repack, where the shuffles of the transpose dominate, it changed nothing). */
+static inline uint64_t qa_h4(const uint8_t *a, const uint8_t *b, const uint8_t *c, const uint8_t *d)
+{
+    uint16_t h[4];
+    memcpy(&h[0], a, 2);
+    memcpy(&h[1], b, 2);
+    memcpy(&h[2], c, 2);
+    memcpy(&h[3], d, 2);
+    return (uint64_t)h[0] | (uint64_t)h[1] << 16 | (uint64_t)h[2] << 32 | (uint64_t)h[3] << 48;
+}
+
 /* a, b, c, d: within each 128-bit lane, the 4x4 transpose of their dwords (t[i] lane = dword i of a, b, c, d) */
 static inline void qa_t4x4(__m512i a, __m512i b, __m512i c, __m512i d, __m512i *t)
 {
@@ -393,18 +406,12 @@ static inline void qa_direct16(int qtype, ptrdiff_t b0, ptrdiff_t b1, const int8
         const uint8_t *r = w + b * bb;
 #define QA_ROW(n) (r + (n) * ldw)
         QA_PREFETCH_NEXT(next, 16 * bb, _MM_HINT_T1);
-        /* the 16 fp16 scales, four to a general register (GCC's vpinsrw chain kept the shuffle port busy:
-         * q8_0 36.2 -> 37.9, q4_0 20.6 -> 21.8 GB/s; a vpgatherdd was slower than either) */
+        /* the 16 fp16 scales, four to a general register (qa_h4: q8_0 36.2 -> 37.9, q4_0 20.6 -> 21.8 GB/s;
+         * a vpgatherdd was slower than either) */
         uint64_t h4[4];
-        for (int q = 0; q < 4; q++) {
-            uint64_t v = 0;
-            for (int l = 0; l < 4; l++) {
-                uint16_t h;
-                memcpy(&h, QA_ROW(order[4 * q + l]), 2);
-                v |= (uint64_t)h << (16 * l);
-            }
-            h4[q] = v;
-        }
+        for (int q = 0; q < 4; q++)
+            h4[q] = qa_h4(QA_ROW(order[4 * q]), QA_ROW(order[4 * q + 1]), QA_ROW(order[4 * q + 2]),
+                          QA_ROW(order[4 * q + 3]));
         __m512 sv = _mm512_cvtph_ps(_mm256_set_epi64x((long long)h4[3], (long long)h4[2], (long long)h4[1],
                                                       (long long)h4[0]));
         __m512i it;
