@@ -828,7 +828,7 @@ static void gemm_dot_rows2(ptrdiff_t K, const float *x0, const float *x1, const 
 
 /* Row dots for four rows of x at once: as gemm_dot_rows2, two rows of wt per pass (16 accumulators), so a
  * chunk of wt is read from cache a quarter as often.  Each x vector is loaded once into a register for its
- * two FMAs (GPT2CY_IN_REGISTER): GCC otherwise folds the load into both, 20 loads a step instead of 12, and
+ * two FMAs (gpt2cy_dot_step2): GCC otherwise folds the load into both, 20 loads a step instead of 12, and
  * the load ports, not the FMAs, set the pace (Zen 4, one thread, 8 rows of x: 74 -> 90 GFLOP/s). */
 static void gemm_dot_rows4(ptrdiff_t K, const float *const x[4], const float *wt, ptrdiff_t ldwt,
                            ptrdiff_t n, float *const out[4], ptrdiff_t pf)
@@ -853,15 +853,8 @@ static void gemm_dot_rows4(ptrdiff_t K, const float *const x[4], const float *wt
                 _mm_prefetch((const char *)(r1 + pf + k + 16), _MM_HINT_T1);
             }
 #pragma GCC unroll 4
-            for (int q = 0; q < 4; q++) {
-                __m512 xa = _mm512_loadu_ps(x[q] + k), xb = _mm512_loadu_ps(x[q] + k + 16);
-                GPT2CY_IN_REGISTER(xa);
-                GPT2CY_IN_REGISTER(xb);
-                s0[q] = _mm512_fmadd_ps(xa, u0, s0[q]);
-                s1[q] = _mm512_fmadd_ps(xb, u1, s1[q]);
-                t0[q] = _mm512_fmadd_ps(xa, v0, t0[q]);
-                t1[q] = _mm512_fmadd_ps(xb, v1, t1[q]);
-            }
+            for (int q = 0; q < 4; q++)
+                gpt2cy_dot_step2(x[q] + k, u0, u1, v0, v1, &s0[q], &s1[q], &t0[q], &t1[q]);
         }
         if (rem) {
             __m512 u0 = _mm512_maskz_loadu_ps(m0, r0 + kv), u1 = _mm512_maskz_loadu_ps(m1, r0 + kv + 16);

@@ -332,15 +332,8 @@ static inline __attribute__((always_inline)) void lp_dot_rows_mr_bf16(int MR, pt
                 _mm_prefetch((const char *)(r0 + pf + k), _MM_HINT_T1);
                 _mm_prefetch((const char *)(r1 + pf + k), _MM_HINT_T1);
             }
-            for (int q = 0; q < MR; q++) {
-                __m512 xa = _mm512_loadu_ps(x[q] + k), xb = _mm512_loadu_ps(x[q] + k + 16);
-                GPT2CY_IN_REGISTER(xa);
-                GPT2CY_IN_REGISTER(xb);
-                a[q] = _mm512_fmadd_ps(xa, wa, a[q]);
-                b[q] = _mm512_fmadd_ps(xb, wb, b[q]);
-                c[q] = _mm512_fmadd_ps(xa, wc, c[q]);
-                d[q] = _mm512_fmadd_ps(xb, wd, d[q]);
-            }
+            for (int q = 0; q < MR; q++)
+                gpt2cy_dot_step2(x[q] + k, wa, wb, wc, wd, &a[q], &b[q], &c[q], &d[q]);
         }
         for (int q = 0; q < MR; q++) {
             out[q][j] = gpt2cy_hsum16(_mm512_add_ps(a[q], b[q]));

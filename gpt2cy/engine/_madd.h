@@ -38,6 +38,22 @@ static inline float gpt2cy_hsum16(__m512 v)
     q = _mm_add_ss(q, _mm_movehdup_ps(q));
     return _mm_cvtss_f32(q);
 }
+
+/* One 32-input step of two rows of w (lane halves u0, u1 and v0, v1, already floats) against one row of x:
+ * each x vector loaded once into a register for its two FMAs (GPT2CY_IN_REGISTER).  The several-rows row
+ * dots of both heads (_gemm.h's f32 gemm_dot_rows4, _lowp.h's bf16 rows) take this step, each product chain
+ * that of the one-row path. */
+static inline void gpt2cy_dot_step2(const float *x, __m512 u0, __m512 u1, __m512 v0, __m512 v1, __m512 *s0,
+                                    __m512 *s1, __m512 *t0, __m512 *t1)
+{
+    __m512 xa = _mm512_loadu_ps(x), xb = _mm512_loadu_ps(x + 16);
+    GPT2CY_IN_REGISTER(xa);
+    GPT2CY_IN_REGISTER(xb);
+    *s0 = _mm512_fmadd_ps(xa, u0, *s0);
+    *s1 = _mm512_fmadd_ps(xb, u1, *s1);
+    *t0 = _mm512_fmadd_ps(xa, v0, *t0);
+    *t1 = _mm512_fmadd_ps(xb, v1, *t1);
+}
 #endif
 
 /* The 32 lane sums s[8q + i] = v[q] lane i (four 256-bit vectors) reduced in the row dots' fixed order,
