@@ -3,6 +3,9 @@
 Run: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/pytest bench/bench_forward.py --benchmark-only -s
 Groups (transformers+torch in the same group where installed, same thread count; the peer's tests run after all
 of ours, bench/conftest.py, so no gpt2cy timing shares the process with torch's OpenMP threads):
+  decode-ratios:ctx64 / :ctx512  every weight type's decode against f32, the types' rounds interleaved (one
+                                 timed round = STEPS tokens with each type in turn), so each ratio sees the
+                                 same machine: extra_info <dtype>_tokens_per_s and <dtype>_vs_f32
   decode:ctx64 / decode:ctx512   tokens/s of model.step with the cache holding 64 / 512 positions, for
                                  each weight dtype (f32, bf16, q8_0, q4_0). The machine's read bandwidth is
                                  measured before every round (it drifts with the neighbours of a shared
@@ -183,6 +186,45 @@ def test_decode(benchmark, request, models, prompt, bandwidth, impl, ctx, dtype)
     print(f"\n{impl} {dtype} decode ctx {ctx}: {tok_s:.1f} tok/s = {ratio:.0%} of the bandwidth bound (median over "
           f"rounds; {(w + kv) / 1e6:.0f} MB/token, {bw_med / 1e9:.1f} GB/s median) = {tok_s / best_bound:.0%} "
           f"of the best bound seen ({best_bound:.1f} tok/s at {_BEST_BW[0] / 1e9:.1f} GB/s)")
+
+
+@pytest.mark.parametrize("ctx", [64, 512])
+def test_decode_ratios(benchmark, models, prompt, ctx):
+    """Every weight type's decode against f32 with the rounds interleaved: one timed round decodes STEPS tokens
+    with each type in turn, so every ratio is taken over the same stretch of a machine whose bandwidth drifts
+    (the issue's "q8_0 at least 3x f32 and bf16 at least 1.8x f32 in the same run"). extra_info: each type's
+    tokens/s (median over rounds) and its ratio to f32 (median of the per-round ratios)."""
+    benchmark.group = f"decode-ratios:ctx{ctx}"
+    ms = {d: models(d) for d in DTYPES}
+    ids = prompt[:ctx]
+    for m in ms.values():
+        m.reset()
+        m.prefill(ids)
+    per_round = []
+
+    def one_round():
+        secs = {}
+        for d, m in ms.items():
+            m.truncate(ctx)
+            logits = None
+            t0 = time.perf_counter()
+            for _ in range(STEPS):
+                logits = m.step(int(np.argmax(logits)) if logits is not None else 1)
+            secs[d] = time.perf_counter() - t0
+        per_round.append(secs)
+
+    benchmark.pedantic(one_round, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    rounds = per_round[-ROUNDS:]
+    info = benchmark.extra_info
+    line = []
+    for d in DTYPES:
+        tok_s = float(np.median([STEPS / r[d] for r in rounds]))
+        ratio = float(np.median([r["f32"] / r[d] for r in rounds]))
+        info[f"{d}_tokens_per_s"] = round(tok_s, 1)
+        info[f"{d}_vs_f32"] = round(ratio, 3)
+        line.append(f"{d} {tok_s:.1f} tok/s ({ratio:.2f}x)")
+    info["threads"] = bench_threads()
+    print(f"\ndecode ctx {ctx}, rounds interleaving the types: " + ", ".join(line))
 
 
 # ------------------------------------------------------------------------------------ prefill
