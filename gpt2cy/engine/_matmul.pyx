@@ -404,6 +404,12 @@ cdef void _dot_rows(const float* x, int wtype, const void* wt, float* out, Py_ss
             gemm_dot_rows(K, x, <const float*>wt + n0 * K, K, _min(per, N - n0), out + n0)
 
 
+cdef inline Py_ssize_t _pass_prefetch(Py_ssize_t m, Py_ssize_t rows, Py_ssize_t K) noexcept nogil:
+    # how far ahead the pass of four rows of x from row m prefetches wt (elements; 0: not at all): the first
+    # pass the next chunk, the second the one after, later passes nothing (both are on their way by then)
+    return rows * K if m == 0 else (2 * rows * K if m == 4 else 0)
+
+
 cdef void _dot_rows_chunk(const float* x, Py_ssize_t ldx, Py_ssize_t M, int wtype, const void* wt, float* out,
                           Py_ssize_t ldo, Py_ssize_t K, Py_ssize_t n0, Py_ssize_t n1) noexcept nogil:
     # out[m, n] = x[m] . wt[n] for n in [n0, n1), every m: the chunk of wt is read from memory for the first
@@ -418,7 +424,7 @@ cdef void _dot_rows_chunk(const float* x, Py_ssize_t ldx, Py_ssize_t M, int wtyp
             for q in range(4):
                 xs[q] = x + (m + q) * ldx
                 outs[q] = out + (m + q) * ldo + n0
-            gemm_dot_rows4(K, xs, <const float*>wt + n0 * K, K, n1 - n0, outs, (n1 - n0) * K * (2 if m else 1))
+            gemm_dot_rows4(K, xs, <const float*>wt + n0 * K, K, n1 - n0, outs, _pass_prefetch(m, n1 - n0, K))
             m += 4
         while m + 2 <= M:
             gemm_dot_rows2(K, x + m * ldx, x + (m + 1) * ldx, <const float*>wt + n0 * K, K, n1 - n0,
@@ -428,7 +434,7 @@ cdef void _dot_rows_chunk(const float* x, Py_ssize_t ldx, Py_ssize_t M, int wtyp
         for q in range(4):
             xs[q] = x + (m + q) * ldx
             outs[q] = out + (m + q) * ldo + n0
-        lp_dot_rows4_bf16(K, xs, <const uint16_t*>wt + n0 * K, K, n1 - n0, outs, (n1 - n0) * K * (2 if m else 1))
+        lp_dot_rows4_bf16(K, xs, <const uint16_t*>wt + n0 * K, K, n1 - n0, outs, _pass_prefetch(m, n1 - n0, K))
         m += 4
     while wtype == W_BF16 and m + 2 <= M:
         lp_dot_rows2_bf16(K, x + m * ldx, x + (m + 1) * ldx, <const uint16_t*>wt + n0 * K, K, n1 - n0,

@@ -392,12 +392,11 @@ static inline void qa_direct16(int qtype, ptrdiff_t b0, ptrdiff_t b1, const int8
      * pairs of rows, then 64-bit, then 128-bit halves leaves; for q4_0 (four rows a vector, one per 128-bit
      * lane) a 4x4 transpose, its own inverse */
     const int q4 = qtype == LP_Q4;
-    const __m512i row8 = _mm512_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15);
-    const __m512i lane8 = _mm512_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15);
-    const __m512i row4 = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-    const __m512i rows = q4 ? row4 : row8, lanes = q4 ? row4 : lane8;
-    const int *order = q4 ? (const int[16]){0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15}
-                          : (const int[16]){0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15};
+    static const int order4[16] = {0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15};
+    static const int order8[16] = {0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15};
+    const int *order = q4 ? order4 : order8;
+    const __m512i rows = _mm512_loadu_si512((const void *)order);
+    const __m512i lanes = q4 ? rows : _mm512_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15);
     ptrdiff_t bb = q4 ? LP_Q4_BYTES : LP_Q8_BYTES;
     const char *next = (const char *)(w + 16 * ldw) + b0 * 16 * bb;
     __m512 acc = b0 ? _mm512_permutexvar_ps(rows, _mm512_loadu_ps(out)) : _mm512_setzero_ps();
