@@ -190,6 +190,8 @@ def test_tied_head_and_embedding_rows(rng, dtype, v, c):
     # each row of a batch of last rows has the bits it has alone (3001 x 96: many chunks of wte per thread)
     for m in range(len(x)):
         assert np.array_equal(_dtypes.logits_py(wt, x[m:m + 1], dense=False, n_threads=2)[0], rows[m])
+    for m in (2, 3, 5, 6):   # batches of 2 and 3 rows (kernels of their own), and them after a pass of four
+        assert np.array_equal(_dtypes.logits_py(wt, x[:m], dense=False, n_threads=2), rows[:m])
     x17 = rng.standard_normal((17, c)).astype(np.float32)                # past the decode paths' 16 rows
     rows17 = _dtypes.logits_py(wt, x17, dense=False, n_threads=2)
     assert np.array_equal(_dtypes.logits_py(wt, x17[16:], dense=False, n_threads=1)[0], rows17[16])

@@ -165,7 +165,7 @@ def test_decode_rows_have_the_same_bits_as_prefill_rows(rng, k, n):
         full = matmul_py(x, w, b, act=act, n_threads=2)
         for i in (0, 7, 8, 36):
             assert np.array_equal(matmul_py(x[i:i + 1], w, b, act=act, n_threads=2)[0], full[i])
-        for m in (2, 5, 16):
+        for m in (2, 3, 5, 16):   # 2 and 3 rows have a kernel of their own
             assert np.array_equal(matmul_py(x[:m], w, b, act=act, n_threads=2), full[:m])
 
 

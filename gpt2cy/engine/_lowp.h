@@ -362,14 +362,14 @@ static inline __attribute__((always_inline)) void lp_dot_rows_mr_bf16(int MR, pt
 /* out0[j] = x0 . wt[j] and out1[j] = x1 . wt[j] (the last rows of a batch of sequences), each with exactly
  * lp_dot_rows_bf16's arithmetic; each row of wt is widened once for both rows of x. */
 static inline void lp_dot_rows2_bf16(ptrdiff_t K, const float *x0, const float *x1, const uint16_t *wt,
-                                     ptrdiff_t ldwt, ptrdiff_t n, float *out0, float *out1)
+                                     ptrdiff_t ldwt, ptrdiff_t n, float *out0, float *out1, ptrdiff_t pf)
 {
     ptrdiff_t j = 0;
 #if LP_AVX2 && defined(__AVX512F__) && defined(__AVX512DQ__)
     if (K % 32 == 0) {   /* at 8 rows the tied head had run at 12 GB/s, widening wt once per row of x */
         const float *xs[2] = {x0, x1};
         float *os[2] = {out0, out1};
-        lp_dot_rows_mr_bf16(2, K, xs, wt, ldwt, n, os, 0);
+        lp_dot_rows_mr_bf16(2, K, xs, wt, ldwt, n, os, pf);
         return;
     }
 #endif
@@ -380,6 +380,8 @@ static inline void lp_dot_rows2_bf16(ptrdiff_t K, const float *x0, const float *
             __m256 a[4], b[4];
             for (int q = 0; q < 4; q++) a[q] = b[q] = _mm256_setzero_ps();
             for (ptrdiff_t k = 0; k < K; k += 32) {
+                if (pf)
+                    _mm_prefetch((const char *)(r0 + pf + k), _MM_HINT_T1);
 #pragma GCC unroll 4
                 for (int q = 0; q < 4; q++) {
                     __m256 wv = lp_bf16x8(r0 + k + 8 * q);
@@ -397,6 +399,21 @@ static inline void lp_dot_rows2_bf16(ptrdiff_t K, const float *x0, const float *
     }
 }
 
+/* three rows of x (a batch's last three): at 512 bits each row of wt widened once for the three (a pass of
+ * two rows and one of one re-widened it, and the tied head of 3 rows ran 1.3x as long as of 2 or 4) */
+static inline void lp_dot_rows3_bf16(ptrdiff_t K, const float *const x[3], const uint16_t *wt, ptrdiff_t ldwt,
+                                     ptrdiff_t n, float *const out[3], ptrdiff_t pf)
+{
+#if LP_AVX2 && defined(__AVX512F__) && defined(__AVX512DQ__)
+    if (K % 32 == 0) {
+        lp_dot_rows_mr_bf16(3, K, x, wt, ldwt, n, out, pf);
+        return;
+    }
+#endif
+    lp_dot_rows2_bf16(K, x[0], x[1], wt, ldwt, n, out[0], out[1], pf);
+    lp_dot_rows_bf16(K, x[2], wt, ldwt, n, out[2]);
+}
+
 /* four rows of x at once (a batch): lp_dot_rows2_bf16 twice, or at 512 bits each row of wt widened once
  * for all four (prefetching wt pf elements ahead when pf > 0); the same bits either way */
 static inline void lp_dot_rows4_bf16(ptrdiff_t K, const float *const x[4], const uint16_t *wt, ptrdiff_t ldwt,
@@ -408,9 +425,8 @@ static inline void lp_dot_rows4_bf16(ptrdiff_t K, const float *const x[4], const
         return;
     }
 #endif
-    (void)pf;
-    lp_dot_rows2_bf16(K, x[0], x[1], wt, ldwt, n, out[0], out[1]);
-    lp_dot_rows2_bf16(K, x[2], x[3], wt, ldwt, n, out[2], out[3]);
+    lp_dot_rows2_bf16(K, x[0], x[1], wt, ldwt, n, out[0], out[1], pf);
+    lp_dot_rows2_bf16(K, x[2], x[3], wt, ldwt, n, out[2], out[3], 0);
 }
 
 #endif /* GPT2CY_LOWP_H */
