@@ -21,7 +21,7 @@ import gpt2cy
 from gpt2cy.generation.batch import complete_batch
 from gpt2cy.generation.loop import complete
 
-from conftest import bench_threads
+from conftest import bench_threads, median
 
 SMALL = os.environ.get("GPT2CY_BENCH_SMALL") == "1"
 N_PROMPT, N_NEW = (8, 4) if SMALL else (32, 64)
@@ -91,8 +91,9 @@ def test_batch_generate(benchmark, n, impl, models, prompts):
     benchmark.extra_info["impl"] = impl
     benchmark.extra_info["sequences"] = n
     benchmark.extra_info["threads"] = bench_threads()
-    if benchmark.stats is not None:             # None under --benchmark-disable
-        benchmark.extra_info["tokens/s"] = round(n * N_NEW / benchmark.stats.stats.median, 2)
+    med = median(benchmark)
+    if med is not None:
+        benchmark.extra_info["tokens/s"] = round(n * N_NEW / med, 2)
 
 
 STEPS = 4 if SMALL else 32
@@ -141,6 +142,7 @@ def test_batch_step(benchmark, n, dtype, many_of, prompts):
     benchmark.extra_info["sequences"] = n
     benchmark.extra_info["dtype"] = dtype
     benchmark.extra_info["threads"] = bench_threads()
-    if benchmark.stats is not None:
-        benchmark.extra_info["tokens/s"] = round(n * STEPS / benchmark.stats.stats.median, 2)
-        benchmark.extra_info["step ms"] = round(benchmark.stats.stats.median / STEPS * 1e3, 3)
+    med = median(benchmark)
+    if med is not None:
+        benchmark.extra_info["tokens/s"] = round(n * STEPS / med, 2)
+        benchmark.extra_info["step ms"] = round(med / STEPS * 1e3, 3)

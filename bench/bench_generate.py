@@ -11,7 +11,11 @@ Greedy results are checked against each other before any figure counts. With --b
 function run once, no timings) every check still runs and no figure is recorded. GPT2CY_BENCH_SMALL=1 runs
 the same code on a small model (n_embd 64, 2 layers; groups "generate-small-*"), as a smoke test.
 """
+import importlib.util
+import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -20,19 +24,12 @@ import gpt2cy
 from gpt2cy.generation.loop import generate
 from gpt2cy.generation.sampling import Sampler, SamplingParams
 
-from conftest import bench_threads
+from conftest import bench_threads, median
 
 SMALL = os.environ.get("GPT2CY_BENCH_SMALL") == "1"
 SIZE = "small" if SMALL else "124M"      # in the group names
 N_PROMPT, N_NEW = 64, 128
 SAMPLED = dict(temperature=0.8, top_k=40, top_p=0.95)
-
-
-def _median(benchmark):
-    """The timed median in seconds; None when nothing was timed (--benchmark-disable runs each function once
-    and leaves benchmark.stats None)."""
-    stats = getattr(benchmark, "stats", None)
-    return stats.stats.median if stats is not None and getattr(stats, "stats", None) else None
 
 
 @pytest.fixture(scope="module")
@@ -53,12 +50,20 @@ def ours(generate_model_dir):
 
 @pytest.fixture(scope="module")
 def hf(generate_model_dir):
-    """transformers' GPT2LMHeadModel holding the same tensors (Conv1D keeps the [in, out] layout)."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    """transformers' GPT2LMHeadModel holding the same tensors, in this process (the transformers benchmarks,
+    which conftest.py runs after all of ours)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    return _hf_model(generate_model_dir, bench_threads())
+
+
+def _hf_model(model_dir, threads):
+    """GPT2LMHeadModel holding the checkpoint's tensors (Conv1D keeps the [in, out] layout)."""
+    import torch
+    import transformers
     from gpt2cy.formats.checkpoint import hf_name, load_weights
-    torch.set_num_threads(bench_threads())
-    w = load_weights(generate_model_dir)
+    torch.set_num_threads(threads)
+    w = load_weights(model_dir)
     c = w.config
     cfg = transformers.GPT2Config(vocab_size=c.n_vocab, n_positions=c.n_ctx, n_embd=c.n_embd, n_layer=c.n_layer,
                                   n_head=c.n_head)
@@ -94,18 +99,27 @@ def hf_generate(model, ids, sample):
 def _record(benchmark, impl):
     benchmark.extra_info["impl"] = impl
     benchmark.extra_info["threads"] = bench_threads()
-    median = _median(benchmark)
-    if median:
-        benchmark.extra_info["tokens/s"] = round(N_NEW / median, 2)
+    med = median(benchmark)
+    if med:
+        benchmark.extra_info["tokens/s"] = round(N_NEW / med, 2)
 
 
 @pytest.fixture(scope="module")
-def greedy_reference(hf, prompt_ids):
-    return hf_generate(hf, prompt_ids, sample=False)
+def greedy_reference(generate_model_dir, prompt_ids):
+    """transformers' greedy tokens for the prompt, from a process of its own: gpt2cy's greedy benchmark
+    checks against them, and torch's OpenMP runtime must not be running beside our timings."""
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("transformers") is None:
+        pytest.skip("the greedy reference needs torch and transformers")
+    env = dict(os.environ, **{v: str(bench_threads()) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                                "MKL_NUM_THREADS")})
+    out = subprocess.run([sys.executable, __file__, generate_model_dir, json.dumps(prompt_ids),
+                          str(bench_threads())], capture_output=True, text=True, timeout=1800, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("impl", ["gpt2cy", "transformers"])
-def test_generate_greedy(benchmark, impl, ours, hf, prompt_ids, greedy_reference):
+def test_generate_greedy(benchmark, request, impl, ours, prompt_ids, greedy_reference):
     benchmark.group = f"generate-{SIZE}-greedy"
     if impl == "gpt2cy":
         toks = benchmark.pedantic(ours_generate, args=(ours, prompt_ids), kwargs=dict(temperature=0),
@@ -115,17 +129,20 @@ def test_generate_greedy(benchmark, impl, ours, hf, prompt_ids, greedy_reference
         benchmark.extra_info["tokens equal to transformers"] = agree
         assert agree >= 16
     else:
+        hf = request.getfixturevalue("hf")
         toks = benchmark.pedantic(hf_generate, args=(hf, prompt_ids, False), rounds=3, warmup_rounds=1)
+        assert toks == greedy_reference          # this process's model is the reference process's
     assert len(toks) == N_NEW
     _record(benchmark, impl)
 
 
 @pytest.mark.parametrize("impl", ["gpt2cy", "transformers"])
-def test_generate_sampled(benchmark, impl, ours, hf, prompt_ids):
+def test_generate_sampled(benchmark, request, impl, ours, prompt_ids):
     benchmark.group = f"generate-{SIZE}-sampled"
     if impl == "gpt2cy":
         toks = benchmark.pedantic(ours_generate, args=(ours, prompt_ids), kwargs=SAMPLED, rounds=3, warmup_rounds=1)
     else:
+        hf = request.getfixturevalue("hf")
         toks = benchmark.pedantic(hf_generate, args=(hf, prompt_ids, True), rounds=3, warmup_rounds=1)
     assert len(toks) == N_NEW
     _record(benchmark, impl)
@@ -148,9 +165,9 @@ def test_decode_step(benchmark, ours, prompt_ids):
 
     out = benchmark.pedantic(step, rounds=200, warmup_rounds=5)
     assert out.shape == logits.shape and np.isfinite(out).all()
-    median = _median(benchmark)
-    if median:
-        _STEP["s"] = median
+    med = median(benchmark)
+    if med:
+        _STEP["s"] = med
     benchmark.extra_info["threads"] = bench_threads()
 
 
@@ -166,7 +183,13 @@ def test_sampling_overhead(benchmark, setting, ours, prompt_ids):
     sampler = Sampler(params, seed=0)
     tok = benchmark(sampler, logits, prompt_ids)
     assert 0 <= tok < 50257
-    median = _median(benchmark)
-    if "s" in _STEP and median:
+    med = median(benchmark)
+    if "s" in _STEP and med:
         benchmark.extra_info["decode step ms (median)"] = round(_STEP["s"] * 1e3, 3)
-        benchmark.extra_info["overhead %"] = round(100 * median / _STEP["s"], 3)
+        benchmark.extra_info["overhead %"] = round(100 * med / _STEP["s"], 3)
+
+
+if __name__ == "__main__":
+    # the greedy reference's process: model dir, prompt ids (JSON), threads -> the new tokens (JSON)
+    model_dir, ids_json, threads = sys.argv[1:4]
+    print(json.dumps(hf_generate(_hf_model(model_dir, int(threads)), json.loads(ids_json), sample=False)))

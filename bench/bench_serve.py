@@ -23,7 +23,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import bench_threads
+from conftest import bench_threads, median
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("starlette")
@@ -158,10 +158,9 @@ def test_serve_http(benchmark, request, n, server_url, prompts):
         round_of(client, server_url, fresh(), [])          # warm the server and the connections
         benchmark.pedantic(lambda ps: round_of(client, server_url, ps, ttfts), setup=lambda: ((fresh(),), {}),
                            rounds=3)
-    stats = getattr(benchmark, "stats", None)
-    median = stats.stats.median if stats is not None and getattr(stats, "stats", None) else None
-    if median:
-        benchmark.extra_info["tokens/s"] = round(n * N_NEW / median, 1)
+    med = median(benchmark)
+    if med:
+        benchmark.extra_info["tokens/s"] = round(n * N_NEW / med, 1)
     if ttfts:
         benchmark.extra_info["ttft_p50_ms"] = round(float(np.percentile(ttfts, 50)) * 1e3, 1)
         benchmark.extra_info["ttft_p99_ms"] = round(float(np.percentile(ttfts, 99)) * 1e3, 1)

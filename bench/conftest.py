@@ -3,6 +3,7 @@
 Run with: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE pytest --benchmark-only
 """
 import os
+import sys
 
 # Pin every pool before numpy or torch start theirs: oversubscribed OpenMP/BLAS pools swamp the timings.
 _THREADS = os.environ.get("GPT2CY_BENCH_THREADS") or str(min(2, os.cpu_count() or 1))
@@ -17,6 +18,18 @@ def bench_threads() -> int:
     return int(_THREADS)
 
 
+def median(benchmark):
+    """The median seconds of a benchmark's timed rounds, or None under --benchmark-disable: that runs each
+    benchmark once, as a check of what it asserts, and keeps no statistics, so no figure is recorded."""
+    stats = getattr(benchmark, "stats", None)
+    return stats.stats.median if stats is not None and getattr(stats, "stats", None) is not None else None
+
+
+def round_times(benchmark, n):
+    """The last n rounds' seconds, or None under --benchmark-disable (see median)."""
+    return None if median(benchmark) is None else benchmark.stats.stats.data[-n:]
+
+
 def _starts_torch(item) -> bool:
     # a peer run in this process (impl "transformers"), or a test that needs one's output (fixture "hf")
     params = getattr(getattr(item, "callspec", None), "params", {})
@@ -28,6 +41,17 @@ def pytest_collection_modifyitems(session, config, items):
     order): torch brings an OpenMP runtime of its own, and once its threads exist no timing of ours should
     share the process with them. Within a pytest-benchmark group the figures still sit side by side."""
     items[:] = sorted(items, key=_starts_torch)
+
+
+@pytest.fixture(autouse=True)
+def _no_torch_beside_ours(request):
+    """Holds the rule the sort above serves, when benchmarks are timed: one that does not start torch fails
+    if torch is already in the process (a peer's fixture run too early) instead of timing beside its threads."""
+    timed = not (request.config.getoption("benchmark_skip", False)
+                 or request.config.getoption("benchmark_disable", False))
+    if timed and not _starts_torch(request.node) and "torch" in sys.modules:
+        pytest.fail("torch is loaded in this process: a gpt2cy benchmark must not time beside its OpenMP "
+                    "runtime (start torch only in benchmarks that sort last, or in a subprocess)")
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
