@@ -321,9 +321,11 @@ def bf16_dot(request):
 
 
 @pytest.mark.parametrize("m,k,n", [(1, 768, 64), (1, 517, 203), (2, 33, 40), (3, 96, 17), (16, 384, 96),
-                                   (17, 400, 70), (40, 769, 100), (9, 3072, 40), (2, 8200, 33)], ids=str)
+                                   (17, 400, 70), (40, 769, 100), (64, 200, 2100), (65, 400, 70),
+                                   (100, 769, 100), (9, 3072, 40), (2, 8200, 33)], ids=str)
 def test_bf16_products_are_the_stated_arithmetic_bit_for_bit(rng, bf16_dot, m, k, n):
-    # decode (one row, a batch's few rows) and prefill tiles, odd K (a lone last input), column tails, K past
+    # streamed rows (decode, a batch, chunks of up to 64 rows) and prefill tiles (65 rows or more), odd K (a
+    # lone last input), column tails (and columns in chunks at 64 rows), K past
     # one block, K past the decode path's thread-local buffer (8192); both runs (instruction and emulation)
     # and every ISA variant (test_isa) give these bits
     w = (rng.standard_normal((k, n)) * 0.05).astype(np.float32)

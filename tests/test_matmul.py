@@ -101,7 +101,7 @@ def test_matmul_nt_is_the_tied_head(rng, m, k, n):
 
 
 BITS_CASES = [(1, 768, 2304, 0), (1, 3072, 768, 1), (3, 3072, 128, 1), (5, 64, 300, 0), (12, 300, 130, 1),
-              (37, 300, 130, 1), (130, 96, 40, 0)]
+              (37, 300, 130, 1), (64, 200, 2100, 1), (101, 96, 40, 0), (130, 96, 40, 0)]
 
 
 @pytest.mark.parametrize("m,k,n,act", BITS_CASES, ids=str)
@@ -158,14 +158,15 @@ def test_debug_hooks_are_debug_only():
 
 @pytest.mark.parametrize("k,n", [(768, 2304), (3072, 768), (517, 203)], ids=str)   # column split; K split (tall w); tails
 def test_decode_rows_have_the_same_bits_as_prefill_rows(rng, k, n):
-    # the streaming path (decode, and prompts of a few rows) and the tile path perform the same operations
-    # per element, so a row's result does not depend on how many rows came with it
-    x, w, b = rand_problem(rng, 37, k, n)
+    # the streaming path (decode, and up to 64 rows: prompt chunks, big batches; up to 128 as two halves) and
+    # the tile path (129 rows or more) perform the same operations per element, so a row's result does not
+    # depend on how many rows came with it
+    x, w, b = rand_problem(rng, 150, k, n)
     for act in (0, 1):
         full = matmul_py(x, w, b, act=act, n_threads=2)
-        for i in (0, 7, 8, 36):
+        for i in (0, 7, 8, 36, 149):
             assert np.array_equal(matmul_py(x[i:i + 1], w, b, act=act, n_threads=2)[0], full[i])
-        for m in (2, 3, 5, 16):   # 2 and 3 rows have a kernel of their own
+        for m in (2, 3, 5, 16, 17, 37, 64, 65, 128, 129):   # 2 and 3 rows have a kernel of their own
             assert np.array_equal(matmul_py(x[:m], w, b, act=act, n_threads=2), full[:m])
 
 

@@ -329,13 +329,16 @@ static inline void gemm_tile(ptrdiff_t kc, const float *a, ptrdiff_t lda, const 
 #endif
 
 /* ------------------------------------------------------------------------------------------------------
- * Matrix-vector block (decode, and prompts of a few rows): for each of mr <= GEMM_MV_MAXM rows of x,
+ * Matrix-vector block (decode, a batch's rows, prompt chunks): for each of mr <= GEMM_MV_MAXM rows of x,
  * blk[m*ldb + j] = sum_{k<kc} x[m*ldx + k] * w[k*ldw + j] for j < nc, the same single chain per element as
  * gemm_tile.  Eight rows of w stream at once (contiguous segments, each loaded once for all mr rows of x);
- * blk lives in L1.
+ * blk lives in L1 for a few rows, in L2 for many.
  *   x: [mr, kc] row stride ldx;  w: [kc, nc] row stride ldw;  blk: [mr, nc] row stride ldb (overwritten)
  */
-#define GEMM_MV_MAXM 16
+/* Up to 64 rows (prompt chunks, big batches) stream w once: the packed tiles repack every w block for a few
+ * row blocks only, and lost (Zen 4, 2 threads, 124M's 48 block matmuls: f32 17 / 32 / 64 rows 40 / 45-57 /
+ * 68-84 ms tiled, 20 / 31-38 / 58-69 streamed; bf16 25 / 25-28 / 38-43 against 11 / 20-22 / 33). */
+#define GEMM_MV_MAXM 64
 
 #if defined(__AVX512F__)
 /* gemm_mv_block for MR = 2 or 3 rows of x (two or three sequences in a step): as the one-row pass, GEMM_MV_R
