@@ -8,11 +8,14 @@ Groups "batch-124M-<n>seq" hold "batched" and "sequential"; extra_info["tokens/s
 median (aggregate completion tokens per second, prefill of the 32-token prompts included). Group
 "batch-step-124M" times the decode step alone: one Model.forward_batch of n sequences, one token each, at
 positions 32..32+STEPS (extra_info["tokens/s"] = n / the median step), f32; "batch-step-124M-bf16",
-"-q8_0" and "-q4_0" the same with those weights. Target (issue 10): 8 sequences per step at least 5x the tokens/s of one. Both implementations must produce the
+"-q8_0" and "-q4_0" the same with those weights. "batch-step-ratios-124M[-dtype]" times every size in each
+round, interleaved, and records each size's ratio to one sequence from the same rounds (the figure to quote on
+a machine whose bandwidth drifts). Target (issue 10): 8 sequences per step at least 5x the tokens/s of one. Both implementations must produce the
 same tokens (greedy) before a figure counts. GPT2CY_BENCH_SMALL=1 runs the same code on a small model
 with a few tokens, as a smoke test.
 """
 import os
+import time
 
 import numpy as np
 import pytest
@@ -146,3 +149,47 @@ def test_batch_step(benchmark, n, dtype, many_of, prompts):
     if med is not None:
         benchmark.extra_info["tokens/s"] = round(n * STEPS / med, 2)
         benchmark.extra_info["step ms"] = round(med / STEPS * 1e3, 3)
+
+
+@pytest.mark.parametrize("dtype", ["f32", "bf16", "q8_0", "q4_0"])
+def test_batch_step_ratios(benchmark, dtype, many_of, prompts):
+    """The decode step's batch ratios in the same run: one timed round runs STEPS steps of every size in SIZES
+    in turn, so each size's ratio to one sequence is taken over the same stretch of a machine whose memory
+    bandwidth drifts (test_batch_step times one size after another: a step of 2 sequences once came out
+    slower than one of 4). extra_info: per size, tokens/s (median over rounds) and the ratio to one sequence
+    (median of the per-round ratios): the issue's "8 sequences at least 5x one"."""
+    many = many_of(dtype)
+    benchmark.group = ("batch-step-ratios-124M" if not SMALL else "batch-step-ratios-small") + (
+        "" if dtype == "f32" else f"-{dtype}")
+    for s in range(many.n_slots):
+        many.reset(s)
+    firsts = [many.forward_batch([(s, prompts[s])])[0] for s in range(max(SIZES))]
+    tokens = [int(np.argmax(f)) for f in firsts]
+    per_round = []
+
+    def one_round():
+        secs = {}
+        for n in SIZES:
+            for s in range(n):
+                many.truncate(N_PROMPT, s)
+            toks = tokens[:n]
+            t0 = time.perf_counter()
+            for _ in range(STEPS):
+                logits = many.forward_batch([(s, [toks[s]]) for s in range(n)])
+                toks = [int(np.argmax(row)) for row in logits]
+            secs[n] = time.perf_counter() - t0
+        per_round.append(secs)
+
+    benchmark.pedantic(one_round, rounds=5, warmup_rounds=1)
+    info = benchmark.extra_info
+    info.update(dtype=dtype, threads=bench_threads())
+    if median(benchmark) is None:
+        return
+    rounds, line = per_round[-5:], []
+    for n in SIZES:
+        tok_s = float(np.median([n * STEPS / r[n] for r in rounds]))
+        ratio = float(np.median([n * r[1] / r[n] for r in rounds]))
+        info[f"{n}seq_tokens_per_s"] = round(tok_s, 1)
+        info[f"{n}seq_vs_1"] = round(ratio, 2)
+        line.append(f"{n}: {tok_s:.0f} tok/s ({ratio:.2f}x)")
+    print(f"\n{dtype} decode step, sizes interleaved: " + ", ".join(line))
