@@ -399,34 +399,27 @@ static inline void lp_dot_rows2_bf16(ptrdiff_t K, const float *x0, const float *
     }
 }
 
-/* three rows of x (a batch's last three): at 512 bits each row of wt widened once for the three (a pass of
- * two rows and one of one re-widened it, and the tied head of 3 rows ran 1.3x as long as of 2 or 4) */
-static inline void lp_dot_rows3_bf16(ptrdiff_t K, const float *const x[3], const uint16_t *wt, ptrdiff_t ldwt,
-                                     ptrdiff_t n, float *const out[3], ptrdiff_t pf)
+/* three or four rows of x (mr) at once (a batch): at 512 bits each row of wt widened once for all of them
+ * (prefetching wt pf elements ahead when pf > 0), else lp_dot_rows2_bf16 and the rest; the same bits either
+ * way.  Three rows as a pass of two and one of one re-widened wt, and the tied head of 3 rows ran 1.3x as
+ * long as of 2 or 4. */
+static inline void lp_dot_rows34_bf16(ptrdiff_t mr, ptrdiff_t K, const float *const *x, const uint16_t *wt,
+                                      ptrdiff_t ldwt, ptrdiff_t n, float *const *out, ptrdiff_t pf)
 {
 #if LP_AVX2 && defined(__AVX512F__) && defined(__AVX512DQ__)
     if (K % 32 == 0) {
-        lp_dot_rows_mr_bf16(3, K, x, wt, ldwt, n, out, pf);
+        if (mr == 3)
+            lp_dot_rows_mr_bf16(3, K, x, wt, ldwt, n, out, pf);
+        else
+            lp_dot_rows_mr_bf16(4, K, x, wt, ldwt, n, out, pf);
         return;
     }
 #endif
     lp_dot_rows2_bf16(K, x[0], x[1], wt, ldwt, n, out[0], out[1], pf);
-    lp_dot_rows_bf16(K, x[2], wt, ldwt, n, out[2]);
-}
-
-/* four rows of x at once (a batch): lp_dot_rows2_bf16 twice, or at 512 bits each row of wt widened once
- * for all four (prefetching wt pf elements ahead when pf > 0); the same bits either way */
-static inline void lp_dot_rows4_bf16(ptrdiff_t K, const float *const x[4], const uint16_t *wt, ptrdiff_t ldwt,
-                                     ptrdiff_t n, float *const out[4], ptrdiff_t pf)
-{
-#if LP_AVX2 && defined(__AVX512F__) && defined(__AVX512DQ__)
-    if (K % 32 == 0) {
-        lp_dot_rows_mr_bf16(4, K, x, wt, ldwt, n, out, pf);
-        return;
-    }
-#endif
-    lp_dot_rows2_bf16(K, x[0], x[1], wt, ldwt, n, out[0], out[1], pf);
-    lp_dot_rows2_bf16(K, x[2], x[3], wt, ldwt, n, out[2], out[3], 0);
+    if (mr == 3)
+        lp_dot_rows_bf16(K, x[2], wt, ldwt, n, out[2]);
+    else
+        lp_dot_rows2_bf16(K, x[2], x[3], wt, ldwt, n, out[2], out[3], 0);   /* wt in cache by now */
 }
 
 #endif /* GPT2CY_LOWP_H */

@@ -86,10 +86,8 @@ cdef extern from "_lowp.h" nogil:
                           float* out)
     void lp_dot_rows2_bf16(Py_ssize_t K, const float* x0, const float* x1, const uint16_t* wt, Py_ssize_t ldwt,
                            Py_ssize_t n, float* out0, float* out1, Py_ssize_t pf)
-    void lp_dot_rows4_bf16(Py_ssize_t K, const float* const* x, const uint16_t* wt, Py_ssize_t ldwt, Py_ssize_t n,
-                           float* const* out, Py_ssize_t pf)
-    void lp_dot_rows3_bf16(Py_ssize_t K, const float* const* x, const uint16_t* wt, Py_ssize_t ldwt, Py_ssize_t n,
-                           float* const* out, Py_ssize_t pf)
+    void lp_dot_rows34_bf16(Py_ssize_t mr, Py_ssize_t K, const float* const* x, const uint16_t* wt,
+                            Py_ssize_t ldwt, Py_ssize_t n, float* const* out, Py_ssize_t pf)
 
 cdef enum:
     W_BF16X = 2                # inside the drivers: bf16 w times x rounded to bf16 pairs (_bf16dot.h)
@@ -422,7 +420,7 @@ cdef void _dot_rows_chunk(const float* x, Py_ssize_t ldx, Py_ssize_t M, int wtyp
     # idle while a chunk is summed from cache (124M's head, 8 rows, Zen 4: 6.2 -> 5.5 ms). Two or three rows
     # are one pass, which without the prefetch streamed wt as slowly as the one-row path had (2 rows: f32
     # 6.3 -> 5.2 ms, bf16 4.1 -> 2.4 ms, two threads, in one process alternating)
-    cdef Py_ssize_t m = 0, q
+    cdef Py_ssize_t m = 0, q, r
     cdef const float* xs[4]
     cdef float* outs[4]
     if wtype != W_BF16:   # f32: four (then two) rows of x per pass over the chunk
@@ -437,18 +435,13 @@ cdef void _dot_rows_chunk(const float* x, Py_ssize_t ldx, Py_ssize_t M, int wtyp
                            out + m * ldo + n0, out + (m + 1) * ldo + n0,
                            _pass_prefetch(m, n1 - n0, K))
             m += 2
-    while wtype == W_BF16 and m + 4 <= M:
-        for q in range(4):
+    while wtype == W_BF16 and (m + 4 <= M or M - m == 3):   # bf16: four rows a pass, three for the last three
+        r = _min(4, M - m)
+        for q in range(r):
             xs[q] = x + (m + q) * ldx
             outs[q] = out + (m + q) * ldo + n0
-        lp_dot_rows4_bf16(K, xs, <const uint16_t*>wt + n0 * K, K, n1 - n0, outs, _pass_prefetch(m, n1 - n0, K))
-        m += 4
-    if wtype == W_BF16 and M - m == 3:
-        for q in range(3):
-            xs[q] = x + (m + q) * ldx
-            outs[q] = out + (m + q) * ldo + n0
-        lp_dot_rows3_bf16(K, xs, <const uint16_t*>wt + n0 * K, K, n1 - n0, outs, _pass_prefetch(m, n1 - n0, K))
-        m += 3
+        lp_dot_rows34_bf16(r, K, xs, <const uint16_t*>wt + n0 * K, K, n1 - n0, outs, _pass_prefetch(m, n1 - n0, K))
+        m += r
     while wtype == W_BF16 and m + 2 <= M:
         lp_dot_rows2_bf16(K, x + m * ldx, x + (m + 1) * ldx, <const uint16_t*>wt + n0 * K, K, n1 - n0,
                           out + m * ldo + n0, out + (m + 1) * ldo + n0,
