@@ -335,10 +335,24 @@ static inline void gemm_tile(ptrdiff_t kc, const float *a, ptrdiff_t lda, const 
  * blk lives in L1 for a few rows, in L2 for many.
  *   x: [mr, kc] row stride ldx;  w: [kc, nc] row stride ldw;  blk: [mr, nc] row stride ldb (overwritten)
  */
-/* Up to 64 rows (prompt chunks, big batches) stream w once: the packed tiles repack every w block for a few
- * row blocks only, and lost (Zen 4, 2 threads, 124M's 48 block matmuls: f32 17 / 32 / 64 rows 40 / 45-57 /
- * 68-84 ms tiled, 20 / 31-38 / 58-69 streamed; bf16 25 / 25-28 / 38-43 against 11 / 20-22 / 33). */
+/* Rows that stream w once (prompt chunks, big batches) instead of taking the packed tiles, which repack every
+ * w block for a few row blocks only.  Zen 4, 2 threads, 124M's 48 block matmuls, tiled -> streamed:
+ *   512-bit: f32 17 / 32 / 64 rows 38-43 / 45-57 / 68-84 -> 18-22 / 31-38 / 58-69 ms, bf16 22-25 / 25-28 /
+ *   38-43 -> 10-11 / 19-22 / 33; and f32 65-128 rows as two streamed halves 1.04-1.15x the tiles;
+ *   256-bit (-march=haswell on the same machine): bf16 17 / 32 / 64 rows 53 / 83 / 121 -> 35 / 61 / 128 ms;
+ *   f32 within noise of the tiles at 17-32 rows (three runs), 101 -> 159 ms at 64: the 256-bit streamed
+ *   kernel runs near 70 GFLOP/s whatever the rows, so it stops at 32.
+ * The portable build keeps the 16 rows it was written for. */
+#if defined(__AVX512F__)
 #define GEMM_MV_MAXM 64
+#define GEMM_MV_HALVES 1
+#elif defined(__AVX2__) && defined(__FMA__)
+#define GEMM_MV_MAXM 32
+#define GEMM_MV_HALVES 0
+#else
+#define GEMM_MV_MAXM 16
+#define GEMM_MV_HALVES 0
+#endif
 
 #if defined(__AVX512F__)
 /* gemm_mv_block for MR = 2 or 3 rows of x (two or three sequences in a step): as the one-row pass, GEMM_MV_R

@@ -40,6 +40,7 @@ cdef extern from "_gemm.h" nogil:
         GEMM_TLS_FLOATS
         GEMM_TPT
         GEMM_MV_MAXM
+        GEMM_MV_HALVES
     const char* GEMM_ISA
     float* gemm_buf_alloc(size_t n)
     void gemm_buf_free(float* buf)
@@ -489,7 +490,7 @@ cdef void matmul_typed(int wtype, const float* x, Py_ssize_t ldx, const void* w,
     cdef Py_ssize_t h
     if M <= GEMM_MV_MAXM:
         _matvec(x, ldx, wtype, w, bias, out, ldo, M, K, N, act, accumulate, n_threads)
-    elif M <= 2 * GEMM_MV_MAXM:   # two streamed halves beat the tiles up to here too (72-128 rows: 1.04-1.15x)
+    elif GEMM_MV_HALVES and M <= 2 * GEMM_MV_MAXM:   # two streamed halves (_gemm.h)
         h = (M + 1) // 2
         _matvec(x, ldx, wtype, w, bias, out, ldo, h, K, N, act, accumulate, n_threads)
         _matvec(x + h * ldx, ldx, wtype, w, bias, out + h * ldo, ldo, M - h, K, N, act, accumulate, n_threads)
@@ -544,8 +545,8 @@ cdef void _bf16_linear(const float* x, Py_ssize_t ldx, const void* w, const floa
 
 cdef extern from *:
     """
-    /* the rounded input rows of a decode-sized bf16 product: GEMM_MV_MAXM rows of up to 8192 inputs (1 MiB),
-       per thread (thread-local storage of a loaded module is allocated on a thread's first use) */
+    /* the rounded input rows of a decode-sized bf16 product: GEMM_MV_MAXM rows of up to 8192 inputs (up to
+       1 MiB), per thread (thread-local storage of a loaded module is allocated on a thread's first use) */
     #define GPT2CY_BF16_ROWS_U16 (GEMM_MV_MAXM * 8192)
     static uint16_t *gpt2cy_bf16_rows_buffer(size_t n)
     {
