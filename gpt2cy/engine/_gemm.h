@@ -340,8 +340,8 @@ static inline void gemm_tile(ptrdiff_t kc, const float *a, ptrdiff_t lda, const 
  *   512-bit: f32 17 / 32 / 64 rows 38-43 / 45-57 / 68-84 -> 18-22 / 31-38 / 58-69 ms, bf16 22-25 / 25-28 /
  *   38-43 -> 10-11 / 19-22 / 33; and f32 65-128 rows as two streamed halves 1.04-1.15x the tiles;
  *   256-bit (-march=haswell on the same machine): bf16 17 / 32 / 64 rows 53 / 83 / 121 -> 35 / 61 / 128 ms;
- *   f32 within noise of the tiles at 17-32 rows (three runs), 101 -> 159 ms at 64: the 256-bit streamed
- *   kernel runs near 70 GFLOP/s whatever the rows, so it stops at 32.
+ *   f32 32 rows 74-86 -> 43-49 ms (the 16-column several-rows loop below), and at 48-64 rows a tie with the
+ *   tiles, as were two streamed halves at 96: so it stops at 32.
  * The portable build keeps the 16 rows it was written for. */
 #if defined(__AVX512F__)
 #define GEMM_MV_MAXM 64
@@ -557,12 +557,64 @@ static void gemm_mv_block(ptrdiff_t mr, ptrdiff_t kc, const float *x, ptrdiff_t 
             }
         }
     }
-    /* a few rows (a batch of sequences): 8 rows x 8 columns of w in registers, four rows of x at a time
-     * against them (one blk chain per element, k in order: the bits of the one-row path); w's rows are
-     * reached by stepping one pointer (with 8 row offsets GCC spilled them, and the loop ran no faster
-     * than the portable loop below; stepped, 1.4x it at 2-8 rows on Zen 3) */
+    /* a few rows (a batch of sequences): 8 rows of w by 16 columns, four rows of x at a time (one blk chain
+     * per element, k in order: the bits of the one-row path), the next 8 rows of w prefetched into L2.  Two
+     * column vectors give 8 accumulator chains, which the two FMA ports need (8 columns had 4 chains of 8
+     * dependent FMAs waiting on latency); w is loaded per row of x's group from L1, as 16 registers hold
+     * no more (-march=haswell on Zen 4, 124M's block matmuls at 2 threads, 4 / 8 / 16 / 32 rows: 16.2-16.6 /
+     * 21.4-25.8 / 36.5-43.0 / 71.3-77.9 -> 9.7-10.9 / 12.4-15.3 / 22.2-27.3 / 43.4-49.4 ms).  Then 8 columns
+     * with w in registers; w's rows are reached by stepping one pointer (with 8 row offsets GCC spilled
+     * them). */
     for (; mr > 1 && k + 8 <= kc; k += 8) {
-        ptrdiff_t nv = nc & ~(ptrdiff_t)7, j = 0;
+        ptrdiff_t nv = nc & ~(ptrdiff_t)7, nv16 = nc & ~(ptrdiff_t)15, j = 0;
+        for (; j < nv16; j += 16) {
+            const float *w0 = w + k * ldw + j;
+#pragma GCC unroll 8
+            for (int r = 0; r < 8; r++)   /* one line of each of the next 8 rows */
+                _mm_prefetch((const char *)(w0 + (8 + r) * ldw), _MM_HINT_T1);
+            ptrdiff_t m = 0;
+            for (; m + 4 <= mr; m += 4) {
+                const float *x0 = x + m * ldx + k, *x1 = x0 + ldx, *x2 = x1 + ldx, *x3 = x2 + ldx;
+                float *b0 = blk + m * ldb + j, *b1 = b0 + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb;
+                __m256 a0 = _mm256_loadu_ps(b0), c0 = _mm256_loadu_ps(b0 + 8);
+                __m256 a1 = _mm256_loadu_ps(b1), c1 = _mm256_loadu_ps(b1 + 8);
+                __m256 a2 = _mm256_loadu_ps(b2), c2 = _mm256_loadu_ps(b2 + 8);
+                __m256 a3 = _mm256_loadu_ps(b3), c3 = _mm256_loadu_ps(b3 + 8);
+                const float *wp = w0;
+#pragma GCC unroll 8
+                for (int r = 0; r < 8; r++, wp += ldw) {
+                    __m256 wl = _mm256_loadu_ps(wp), wh = _mm256_loadu_ps(wp + 8);
+                    __m256 y0 = _mm256_broadcast_ss(x0 + r), y1 = _mm256_broadcast_ss(x1 + r);
+                    __m256 y2 = _mm256_broadcast_ss(x2 + r), y3 = _mm256_broadcast_ss(x3 + r);
+                    a0 = _mm256_fmadd_ps(y0, wl, a0);
+                    c0 = _mm256_fmadd_ps(y0, wh, c0);
+                    a1 = _mm256_fmadd_ps(y1, wl, a1);
+                    c1 = _mm256_fmadd_ps(y1, wh, c1);
+                    a2 = _mm256_fmadd_ps(y2, wl, a2);
+                    c2 = _mm256_fmadd_ps(y2, wh, c2);
+                    a3 = _mm256_fmadd_ps(y3, wl, a3);
+                    c3 = _mm256_fmadd_ps(y3, wh, c3);
+                }
+                _mm256_storeu_ps(b0, a0); _mm256_storeu_ps(b0 + 8, c0);
+                _mm256_storeu_ps(b1, a1); _mm256_storeu_ps(b1 + 8, c1);
+                _mm256_storeu_ps(b2, a2); _mm256_storeu_ps(b2 + 8, c2);
+                _mm256_storeu_ps(b3, a3); _mm256_storeu_ps(b3 + 8, c3);
+            }
+            for (; m < mr; m++) {
+                const float *xm = x + m * ldx + k;
+                float *bm = blk + m * ldb + j;
+                __m256 a = _mm256_loadu_ps(bm), c = _mm256_loadu_ps(bm + 8);
+                const float *wp = w0;
+#pragma GCC unroll 8
+                for (int r = 0; r < 8; r++, wp += ldw) {
+                    __m256 y = _mm256_broadcast_ss(xm + r);
+                    a = _mm256_fmadd_ps(y, _mm256_loadu_ps(wp), a);
+                    c = _mm256_fmadd_ps(y, _mm256_loadu_ps(wp + 8), c);
+                }
+                _mm256_storeu_ps(bm, a);
+                _mm256_storeu_ps(bm + 8, c);
+            }
+        }
         for (; j < nv; j += 8) {
             __m256 ws[8];
             const float *wp = w + k * ldw + j;
