@@ -2,7 +2,8 @@
 
 Run: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/pytest bench/bench_matmul.py --benchmark-only
 Groups: matmul:<shape> (prefill, GFLOP/s), lm_head:<shape> (x @ wte.T), decode:<what> (one row, GB/s of
-weights streamed), and per weight dtype (bf16, q8_0 beside f32) lowp-decode:<what> and lowp-prefill:<shape>.
+weights streamed), rows:<m> (124M's blocks for 16-128 rows: the streamed path's hand-over to the tiles), and
+per weight dtype (bf16, q8_0 beside f32) lowp-decode:<what> and lowp-prefill:<shape>.
 Every result is checked against numpy before it counts (for bf16 and q8_0: numpy over the dequantized
 weights).
 """
@@ -93,6 +94,31 @@ def test_decode_matvec(benchmark, layers_124m, impl):
     for (w, x), out in zip(layers_124m[:4], outs[:4]):
         np.testing.assert_allclose(out, x @ w, rtol=1e-4, atol=1e-4)
     _record(benchmark, nbytes=sum(w.nbytes for w, _ in layers_124m))
+
+
+ROWS = [16, 17, 32, 64, 65, 128]   # around the hand-over from the streamed path to the tiles (_gemm.h)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("m", ROWS)
+def test_short_prompt(benchmark, rng, layers_124m, impl, m):
+    """124M's 48 block matmuls for m rows (a short prompt, a chunk of a long one, a big batch's step): where
+    GEMM_MV_MAXM hands over from the streamed matrix-vector path to the packed tiles, so its crossover can be
+    re-measured on each CPU (GFLOP/s beside numpy's BLAS)."""
+    benchmark.group = f"rows:{m} x 124M blocks' weights (48 matrices)"
+    nt = bench_threads()
+    xs = {k: rng.standard_normal((m, k), dtype=np.float32) for k in (768, 3072)}
+    pairs = [(w, xs[w.shape[0]]) for w, _ in layers_124m]
+    if impl == "gpt2cy":
+        def fn():
+            return [matmul_py(x, w, n_threads=nt) for w, x in pairs]
+    else:
+        def fn():
+            return [x @ w for w, x in pairs]
+    outs = benchmark(fn)
+    for (w, x), out in zip(pairs[:4], outs[:4]):
+        np.testing.assert_allclose(out, x @ w, rtol=1e-4, atol=1e-4)
+    _record(benchmark, flops=2.0 * m * sum(w.size for w, _ in pairs))
 
 
 # ------------------------------------------------------------------------------------ weight dtypes
