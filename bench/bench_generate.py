@@ -7,7 +7,9 @@ Groups: "generate-124M-greedy" and "generate-124M-sampled" (temp 0.8, top-k 40, 
 both implementations; extra_info["tokens/s"] is 128 / the median. "sampling-overhead" times one decode
 step and one Sampler call on real logits; extra_info["overhead %"] is the ratio of their medians
 (target < 1%).
-Greedy results are checked against each other before any figure counts. With --benchmark-disable (each
+Greedy results are checked against each other before any figure counts: transformers' greedy tokens come from
+a process of their own (the fixture greedy_reference), so gpt2cy's benchmarks run before torch starts in this
+one (conftest.py sorts the transformers benchmarks last). With --benchmark-disable (each
 function run once, no timings) every check still runs and no figure is recorded. GPT2CY_BENCH_SMALL=1 runs
 the same code on a small model (n_embd 64, 2 layers; groups "generate-small-*"), as a smoke test.
 """
