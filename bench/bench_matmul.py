@@ -83,17 +83,22 @@ def layers_124m(rng):
 @pytest.mark.parametrize("impl", IMPLS)
 def test_decode_matvec(benchmark, layers_124m, impl):
     benchmark.group = "decode:124M blocks' weights (1 row x 48 matrices, 340 MB)"
+    _time_blocks(benchmark, impl, layers_124m)
+    _record(benchmark, nbytes=sum(w.nbytes for w, _ in layers_124m))
+
+
+def _time_blocks(benchmark, impl, pairs):
+    """Times x @ w over every (w, x) pair, by gpt2cy or numpy, and checks the first block's four against numpy."""
     nt = bench_threads()
     if impl == "gpt2cy":
         def fn():
-            return [matmul_py(x, w, n_threads=nt) for w, x in layers_124m]
+            return [matmul_py(x, w, n_threads=nt) for w, x in pairs]
     else:
         def fn():
-            return [x @ w for w, x in layers_124m]
+            return [x @ w for w, x in pairs]
     outs = benchmark(fn)
-    for (w, x), out in zip(layers_124m[:4], outs[:4]):
-        np.testing.assert_allclose(out, x @ w, rtol=1e-4, atol=1e-4)
-    _record(benchmark, nbytes=sum(w.nbytes for w, _ in layers_124m))
+    for (w, x), out in zip(pairs[:4], outs[:4]):
+        np.testing.assert_allclose(out, x @ w, rtol=1e-4, atol=1e-4)   # a fast wrong answer is no result
 
 
 ROWS = [16, 17, 32, 64, 65, 128]   # around the hand-over from the streamed path to the tiles (_gemm.h)
@@ -106,18 +111,9 @@ def test_short_prompt(benchmark, rng, layers_124m, impl, m):
     GEMM_MV_MAXM hands over from the streamed matrix-vector path to the packed tiles, so its crossover can be
     re-measured on each CPU (GFLOP/s beside numpy's BLAS)."""
     benchmark.group = f"rows:{m} x 124M blocks' weights (48 matrices)"
-    nt = bench_threads()
     xs = {k: rng.standard_normal((m, k), dtype=np.float32) for k in (768, 3072)}
     pairs = [(w, xs[w.shape[0]]) for w, _ in layers_124m]
-    if impl == "gpt2cy":
-        def fn():
-            return [matmul_py(x, w, n_threads=nt) for w, x in pairs]
-    else:
-        def fn():
-            return [x @ w for w, x in pairs]
-    outs = benchmark(fn)
-    for (w, x), out in zip(pairs[:4], outs[:4]):
-        np.testing.assert_allclose(out, x @ w, rtol=1e-4, atol=1e-4)
+    _time_blocks(benchmark, impl, pairs)
     _record(benchmark, flops=2.0 * m * sum(w.size for w, _ in pairs))
 
 
